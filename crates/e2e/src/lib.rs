@@ -1,0 +1,59 @@
+#![doc = include_str!("../README.md")]
+
+pub mod content;
+mod conversation;
+mod identity;
+pub mod invite;
+pub mod proto;
+pub mod seal;
+
+pub use conversation::{Conversation, Incoming};
+pub use identity::Identity;
+pub use openmls::prelude::Ciphersuite;
+pub use tamizdat_wire::ErrorKind;
+
+/// The ciphersuite of new conversations: X25519 + ML-KEM-768 hybrid (X-Wing) KEM, AES-128-GCM,
+/// SHA-256, Ed25519. Post-quantum confidentiality for everything recorded today.
+pub const DEFAULT_SUITE: Ciphersuite = Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519;
+
+/// Errors of the end-to-end core.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum E2eError {
+    /// An invite that fails its signature or does not decode.
+    #[error("the invite is not valid: {0}")]
+    BadInvite(String),
+    /// An invite past its expiry.
+    #[error("the invite expired; ask for a new one")]
+    ExpiredInvite,
+    /// A link that is damaged.
+    #[error(transparent)]
+    Wire(#[from] tamizdat_wire::WireError),
+    /// A sealed message that does not open with our key.
+    #[error("a sealed message did not open: {0}")]
+    Unseal(String),
+    /// MLS refused a message or an operation.
+    #[error("MLS: {0}")]
+    Mls(String),
+    /// Content inside a decrypted message that does not decode.
+    #[error("undecodable content")]
+    BadContent,
+    /// The state store failed.
+    #[error("key storage failed: {0}")]
+    Storage(String),
+}
+
+impl E2eError {
+    /// What a user interface can do about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            E2eError::BadInvite(_) | E2eError::ExpiredInvite | E2eError::Wire(_) => ErrorKind::BadInput,
+            E2eError::Unseal(_) | E2eError::Mls(_) | E2eError::BadContent => ErrorKind::BadInput,
+            E2eError::Storage(_) => ErrorKind::Fatal,
+        }
+    }
+}
+
+pub(crate) fn mls_err(e: impl std::fmt::Debug) -> E2eError {
+    E2eError::Mls(format!("{e:?}"))
+}

@@ -1,0 +1,101 @@
+//! Protobuf messages that only clients read: invites, join requests and content. The relay
+//! sees none of these in the clear (invites travel out of band; the rest is encrypted).
+#![allow(missing_docs)] // documented in crates/wire/proto/tamizdat.proto's e2e section
+
+use prost::{Message, Oneof};
+use tamizdat_wire::proto::RelayDescriptor;
+
+#[derive(Clone, PartialEq, Message)]
+pub struct InviteBody {
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    #[prost(message, repeated, tag = "2")]
+    pub relays: Vec<RelayDescriptor>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub send_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub key_package: Vec<u8>,
+    #[prost(bytes = "vec", tag = "5")]
+    pub identity_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "6")]
+    pub box_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "7")]
+    pub invite_id: Vec<u8>,
+    #[prost(uint64, tag = "8")]
+    pub expires_at: u64,
+    #[prost(uint32, tag = "9")]
+    pub ciphersuite: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct SignedInvite {
+    #[prost(bytes = "vec", tag = "1")]
+    pub body: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub signature: Vec<u8>,
+}
+
+/// Where a conversation's log lives and the capability to use it.
+#[derive(Clone, PartialEq, Message)]
+pub struct LogRef {
+    #[prost(message, optional, tag = "1")]
+    pub relay: Option<RelayDescriptor>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub log_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub log_secret: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct JoinRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    pub invite_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub welcome: Vec<u8>,
+    #[prost(message, optional, tag = "3")]
+    pub log: Option<LogRef>,
+    #[prost(string, tag = "4")]
+    pub display_name: String,
+    #[prost(bytes = "vec", tag = "5")]
+    pub cursor_id: Vec<u8>,
+    #[prost(uint64, tag = "6")]
+    pub cursor_position: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Sealed {
+    #[prost(bytes = "vec", tag = "1")]
+    pub kem_output: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub ciphertext: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Content {
+    #[prost(bytes = "vec", tag = "1")]
+    pub message_id: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub sent_at_ms: u64,
+    #[prost(oneof = "Body", tags = "3, 4")]
+    pub body: Option<Body>,
+}
+
+#[derive(Clone, PartialEq, Oneof)]
+pub enum Body {
+    #[prost(message, tag = "3")]
+    Text(Text),
+    #[prost(message, tag = "4")]
+    Profile(Profile),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Text {
+    #[prost(string, tag = "1")]
+    pub text: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Profile {
+    #[prost(string, tag = "1")]
+    pub display_name: String,
+}

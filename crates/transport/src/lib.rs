@@ -1,0 +1,88 @@
+#![doc = include_str!("../README.md")]
+
+pub mod client;
+pub mod server;
+pub mod tls;
+
+use std::time::Duration;
+
+pub use tamizdat_wire::ErrorKind;
+
+/// Any byte stream a carrier can run over (TCP today; proxies and pluggable transports later).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A boxed byte stream.
+pub type BoxIo = Box<dyn Io>;
+
+/// How long a TCP connect, a TLS handshake or a WebSocket upgrade may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a connection failed, in terms a user can act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// No endpoint could be reached at the TCP level.
+    #[error("could not connect to {endpoint}: {reason}")]
+    Connect {
+        /// The endpoint tried.
+        endpoint: String,
+        /// What the operating system said.
+        reason: String,
+    },
+    /// A step took longer than allowed.
+    #[error("{step} with {endpoint} timed out")]
+    Timeout {
+        /// TCP, TLS or WebSocket.
+        step: &'static str,
+        /// The endpoint tried.
+        endpoint: String,
+    },
+    /// The TLS handshake failed, or the certificate is not the pinned one (interception).
+    #[error("TLS with {endpoint} failed: {reason}")]
+    Tls {
+        /// The endpoint tried.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server did not accept the WebSocket upgrade (wrong door, or not a relay).
+    #[error("{endpoint} did not open the protocol: {reason}")]
+    Upgrade {
+        /// The endpoint tried.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection broke after it was established.
+    #[error("connection lost: {0}")]
+    Closed(String),
+    /// An endpoint string that is not HOST:PORT.
+    #[error("bad endpoint {0:?}")]
+    BadEndpoint(String),
+    /// Local configuration (TLS keys) is broken.
+    #[error("TLS setup failed: {0}")]
+    Setup(String),
+}
+
+impl TransportError {
+    /// What a user interface can do about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            TransportError::Connect { .. } | TransportError::Timeout { .. } | TransportError::Closed(_) => {
+                ErrorKind::Retry
+            }
+            TransportError::Tls { .. } | TransportError::Upgrade { .. } => ErrorKind::Blocked,
+            TransportError::BadEndpoint(_) => ErrorKind::BadInput,
+            TransportError::Setup(_) => ErrorKind::Fatal,
+        }
+    }
+}
+
+/// The WebSocket limits both sides enforce: one frame is one message, at most the largest
+/// padding bucket.
+pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(tamizdat_wire::limits::MAX_FRAME))
+        .max_frame_size(Some(tamizdat_wire::limits::MAX_FRAME))
+}

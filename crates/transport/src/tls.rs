@@ -1,0 +1,112 @@
+//! The relay's certificate and the client's pinning verifier.
+
+use std::sync::Arc;
+
+use rustls::{
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms},
+    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime},
+    ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme,
+};
+use sha2::{Digest, Sha256};
+
+use crate::TransportError;
+
+/// A relay's TLS identity, as DER.
+pub struct RelayCert {
+    /// The self-signed certificate.
+    pub cert_der: Vec<u8>,
+    /// Its PKCS#8 private key.
+    pub key_der: Vec<u8>,
+}
+
+impl RelayCert {
+    /// Generates a fresh self-signed certificate (ECDSA P-256) for `names` (host names or IP
+    /// addresses; they only matter to browsers, clients pin the certificate itself).
+    pub fn generate(names: Vec<String>) -> Result<Self, TransportError> {
+        let ck = rcgen::generate_simple_self_signed(names).map_err(|e| TransportError::Setup(e.to_string()))?;
+        Ok(Self { cert_der: ck.cert.der().to_vec(), key_der: ck.signing_key.serialize_der() })
+    }
+
+    /// The pin a relay link carries: SHA-256 of the certificate.
+    pub fn pin(&self) -> Vec<u8> {
+        cert_pin(&self.cert_der)
+    }
+
+    /// The rustls server configuration. HTTP/1.1 only, like a small static site.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TransportError> {
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()));
+        let mut config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![CertificateDer::from(self.cert_der.clone())], key)
+            .map_err(|e| TransportError::Setup(e.to_string()))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// SHA-256 of a DER certificate.
+pub fn cert_pin(cert_der: &[u8]) -> Vec<u8> {
+    Sha256::digest(cert_der).to_vec()
+}
+
+/// Trusts exactly one certificate, by its SHA-256, and still checks that the server proves
+/// possession of its key in the handshake.
+#[derive(Debug)]
+struct PinnedVerifier {
+    pin: Vec<u8>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if cert_pin(end_entity.as_ref()) == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("certificate does not match the relay link's pin".into()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// A TLS 1.3 client configuration that trusts only the pinned certificate.
+pub fn pinned_client_config(pin: &[u8]) -> Result<Arc<ClientConfig>, TransportError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = PinnedVerifier { pin: pin.to_vec(), algorithms: provider.signature_verification_algorithms };
+    let mut config = ClientConfig::builder_with_provider(provider as Arc<CryptoProvider>)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TransportError::Setup(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,28 @@
+//! Sizes every implementation enforces. Checked before any work is done on a frame.
+
+/// Protocol versions this build speaks.
+pub const MIN_VERSION: u32 = 1;
+/// Newest protocol version this build speaks.
+pub const MAX_VERSION: u32 = 1;
+
+/// Largest opaque payload (one MLS message or sealed queue message) a relay accepts.
+/// A 60 KiB text plus MLS and content overhead fits with room to spare.
+pub const MAX_PAYLOAD: usize = 128 * 1024;
+
+/// Largest frame on the wire, padding included: the last padding bucket.
+pub const MAX_FRAME: usize = 256 * 1024;
+
+/// Largest number of entries one read returns.
+pub const MAX_READ_ENTRIES: u32 = 256;
+
+/// A reply to a read stops adding entries once its payloads pass this many bytes, so the
+/// padded reply stays within [`MAX_FRAME`].
+pub const READ_REPLY_BUDGET: usize = MAX_FRAME - MAX_PAYLOAD / 2 - 4096;
+
+/// Length of relay-assigned ids (queue ids, log ids) and client-chosen dedup and cursor ids.
+pub const ID_LEN: usize = 16;
+
+/// Length of an Ed25519 public key and signature.
+pub const KEY_LEN: usize = 32;
+/// Length of an Ed25519 signature.
+pub const SIG_LEN: usize = 64;
