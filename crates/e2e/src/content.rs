@@ -2,8 +2,8 @@
 
 use prost::Message;
 
-pub use crate::proto::{Body, Content, Profile, Text};
 use crate::E2eError;
+pub use crate::proto::{Body, Content, Profile, Text};
 
 /// Longest text a message may carry (the CLI promises at least 60 KiB).
 pub const MAX_TEXT: usize = 64 * 1024;

@@ -4,7 +4,7 @@ use openmls::prelude::{BasicCredential, Ciphersuite, CredentialWithKey, OpenMlsP
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::signatures::Signer;
 
-use crate::{mls_err, E2eError};
+use crate::{E2eError, mls_err};
 
 /// The signing identity. The credential's identity bytes are the public key itself: there
 /// is nothing else (no name, no number) to put there.
@@ -17,14 +17,23 @@ impl Identity {
     /// Creates a new identity and stores its private key in the provider's storage.
     pub fn create<P: OpenMlsProvider>(provider: &P, suite: Ciphersuite) -> Result<Self, E2eError> {
         let signer = SignatureKeyPair::new(suite.signature_algorithm()).map_err(mls_err)?;
-        signer.store(provider.storage()).map_err(|e| E2eError::Storage(format!("{e:?}")))?;
+        signer
+            .store(provider.storage())
+            .map_err(|e| E2eError::Storage(format!("{e:?}")))?;
         Ok(Self::from_signer(signer))
     }
 
     /// Loads the identity with this public key from the provider's storage.
-    pub fn load<P: OpenMlsProvider>(provider: &P, public_key: &[u8], suite: Ciphersuite) -> Result<Self, E2eError> {
-        let signer = SignatureKeyPair::read(provider.storage(), public_key, suite.signature_algorithm())
-            .ok_or_else(|| E2eError::Storage("the identity key is missing from the store".into()))?;
+    pub fn load<P: OpenMlsProvider>(
+        provider: &P,
+        public_key: &[u8],
+        suite: Ciphersuite,
+    ) -> Result<Self, E2eError> {
+        let signer =
+            SignatureKeyPair::read(provider.storage(), public_key, suite.signature_algorithm())
+                .ok_or_else(|| {
+                    E2eError::Storage("the identity key is missing from the store".into())
+                })?;
         Ok(Self::from_signer(signer))
     }
 

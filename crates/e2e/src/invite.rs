@@ -2,21 +2,21 @@
 //! the inviter, signed by the inviter's identity key, with an expiry.
 
 use openmls::prelude::{
-    tls_codec::{Deserialize as _, Serialize as _},
     Ciphersuite, KeyPackage, KeyPackageIn, OpenMlsProvider, ProtocolVersion,
+    tls_codec::{Deserialize as _, Serialize as _},
 };
 use openmls_traits::{crypto::OpenMlsCrypto, random::OpenMlsRand};
 use prost::Message;
 use tamizdat_wire::{
     limits::ID_LEN,
-    link::{armor, dearmor, LinkKind},
+    link::{LinkKind, armor, dearmor},
     proto::RelayDescriptor,
 };
 
 use crate::{
-    mls_err,
+    E2eError, Identity, mls_err,
     proto::{InviteBody, SignedInvite},
-    seal, E2eError, Identity,
+    seal,
 };
 
 const VERSION: u32 = 1;
@@ -51,9 +51,17 @@ pub fn create<P: OpenMlsProvider>(
     params: InviteParams<'_>,
 ) -> Result<(String, InviteSecrets), E2eError> {
     let bundle = KeyPackage::builder()
-        .build(suite, provider, identity.signer(), identity.credential().clone())
+        .build(
+            suite,
+            provider,
+            identity.signer(),
+            identity.credential().clone(),
+        )
         .map_err(mls_err)?;
-    let key_package = bundle.key_package().tls_serialize_detached().map_err(mls_err)?;
+    let key_package = bundle
+        .key_package()
+        .tls_serialize_detached()
+        .map_err(mls_err)?;
     let (box_private, box_key) = seal::box_keypair(provider, suite)?;
     let invite_id = provider.rand().random_vec(ID_LEN).map_err(mls_err)?;
     let body = InviteBody {
@@ -69,8 +77,18 @@ pub fn create<P: OpenMlsProvider>(
     }
     .encode_to_vec();
     let signature = identity.sign(&signed_bytes(&body))?;
-    let link = armor(LinkKind::Invite, &SignedInvite { body, signature }.encode_to_vec());
-    Ok((link, InviteSecrets { invite_id, box_private, expires_at: params.expires_at }))
+    let link = armor(
+        LinkKind::Invite,
+        &SignedInvite { body, signature }.encode_to_vec(),
+    );
+    Ok((
+        link,
+        InviteSecrets {
+            invite_id,
+            box_private,
+            expires_at: params.expires_at,
+        },
+    ))
 }
 
 fn signed_bytes(body: &[u8]) -> Vec<u8> {
@@ -90,7 +108,11 @@ pub struct VerifiedInvite {
 
 /// Checks an invite link: checksum, signature by the identity key inside it, fields,
 /// expiry against `now` (Unix seconds) and the KeyPackage, which must belong to that key.
-pub fn verify<P: OpenMlsProvider>(provider: &P, link: &str, now: u64) -> Result<VerifiedInvite, E2eError> {
+pub fn verify<P: OpenMlsProvider>(
+    provider: &P,
+    link: &str,
+    now: u64,
+) -> Result<VerifiedInvite, E2eError> {
     let bytes = dearmor(LinkKind::Invite, link)?;
     let signed = SignedInvite::decode(bytes.as_slice()).map_err(|_| bad("undecodable"))?;
     let body = InviteBody::decode(signed.body.as_slice()).map_err(|_| bad("undecodable body"))?;
@@ -103,7 +125,12 @@ pub fn verify<P: OpenMlsProvider>(provider: &P, link: &str, now: u64) -> Result<
         .ok_or_else(|| bad("unknown ciphersuite"))?;
     provider
         .crypto()
-        .verify_signature(suite.signature_algorithm(), &signed_bytes(&signed.body), &body.identity_key, &signed.signature)
+        .verify_signature(
+            suite.signature_algorithm(),
+            &signed_bytes(&signed.body),
+            &body.identity_key,
+            &signed.signature,
+        )
         .map_err(|_| bad("its signature does not match"))?;
     if body.relays.is_empty() {
         return Err(bad("it names no relay"));
@@ -127,7 +154,11 @@ pub fn verify<P: OpenMlsProvider>(provider: &P, link: &str, now: u64) -> Result<
     if key_package.ciphersuite() != suite {
         return Err(bad("the KeyPackage uses another ciphersuite"));
     }
-    Ok(VerifiedInvite { body, key_package, suite })
+    Ok(VerifiedInvite {
+        body,
+        key_package,
+        suite,
+    })
 }
 
 fn bad(why: &str) -> E2eError {

@@ -1,1 +1,476 @@
-fn main() {}
+//! `tamizdat`: the command line and the relay in one binary.
+
+use std::{
+    io::{IsTerminal, Read, Write},
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand};
+use tamizdat_client::{Client, ClientError, ErrorKind, MessageView};
+use tamizdat_relay::{DEFAULT_RETENTION, Relay, RelayConfig, identity::RelayIdentity};
+
+/// Tamizdat: end-to-end encrypted messaging that gets through censorship.
+#[derive(Parser)]
+#[command(name = "tamizdat", version, about)]
+struct Cli {
+    /// Where this identity's encrypted store lives.
+    #[arg(long, global = true, env = "TAMIZDAT_HOME")]
+    home: Option<PathBuf>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run or manage a relay.
+    Relay {
+        #[command(subcommand)]
+        command: RelayCommand,
+    },
+    /// Create an identity that uses the relay of LINK.
+    Init {
+        /// Your display name; it travels only inside encrypted conversations.
+        #[arg(long)]
+        name: String,
+        /// The relay link (tamizdat:relay/…).
+        #[arg(long)]
+        relay: String,
+    },
+    /// Print a one-time invite link.
+    Invite {
+        /// How long the invite stays valid: 30m, 12h, 7d.
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        expires: Duration,
+    },
+    /// Accept an invite link.
+    Accept {
+        /// The invite link (tamizdat:invite/…).
+        link: String,
+        /// Your name for this contact (otherwise the name they chose).
+        #[arg(long = "as")]
+        alias: Option<String>,
+    },
+    /// List contacts.
+    Contacts,
+    /// Send a message; TEXT of `-` reads standard input.
+    Send {
+        /// The contact.
+        contact: String,
+        /// The text, or `-`.
+        text: String,
+    },
+    /// Deliver what waits and fetch what is new.
+    Sync,
+    /// List a conversation in order.
+    Messages {
+        /// The contact.
+        contact: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RelayCommand {
+    /// Create the relay's keys and print its link.
+    Init {
+        /// Data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Endpoint to put in the link (IP:PORT preferred); repeatable.
+        #[arg(long)]
+        public: Vec<String>,
+    },
+    /// Serve (initialising DATA if needed).
+    Serve {
+        /// Data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:443")]
+        listen: SocketAddr,
+        /// Endpoint to put in the link (IP:PORT preferred); repeatable.
+        #[arg(long)]
+        public: Vec<String>,
+        /// How long undelivered messages are kept: 21d by default.
+        #[arg(long, value_parser = parse_duration)]
+        retention: Option<Duration>,
+    },
+    /// Print the relay's link.
+    Link {
+        /// Data directory.
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30m, 12h or 7d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" | "" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+    };
+    if secs == 0 {
+        return Err("the duration must be positive".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// A failure with the one line the user sees.
+struct Failure(String);
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let hint = match (&e, e.kind()) {
+            (ClientError::Transport(_), ErrorKind::Retry) => {
+                " (check that the relay is running and reachable, then try again)"
+            }
+            (ClientError::Transport(_), ErrorKind::Blocked) => {
+                " (something on the network is interfering; try another network, a proxy or a bridge)"
+            }
+            _ => "",
+        };
+        Failure(format!("{e}{hint}"))
+    }
+}
+
+impl From<tamizdat_relay::RelayError> for Failure {
+    fn from(e: tamizdat_relay::RelayError) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("TAMIZDAT_LOG").unwrap_or_else(|_| {
+        if matches!(cli.command, Command::Relay { .. }) {
+            "info".into()
+        } else {
+            "error".into()
+        }
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn home(cli: &Cli) -> Result<PathBuf, Failure> {
+    if let Some(h) = &cli.home {
+        return Ok(h.clone());
+    }
+    directories::ProjectDirs::from("", "", "tamizdat")
+        .map(|d| d.data_dir().to_path_buf())
+        .ok_or_else(|| {
+            Failure("cannot find a data directory; pass --home DIR or set TAMIZDAT_HOME".into())
+        })
+}
+
+/// The passphrase from `TAMIZDAT_PASSPHRASE`, or asked for on the terminal.
+fn passphrase(confirm: bool) -> Result<String, Failure> {
+    if let Ok(p) = std::env::var("TAMIZDAT_PASSPHRASE") {
+        return Ok(p);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure(
+            "no passphrase: set TAMIZDAT_PASSPHRASE or run in a terminal to be asked".into(),
+        ));
+    }
+    let p = rpassword::prompt_password("Passphrase: ")
+        .map_err(|e| Failure(format!("cannot read the passphrase: {e}")))?;
+    if confirm {
+        let again = rpassword::prompt_password("Again: ")
+            .map_err(|e| Failure(format!("cannot read the passphrase: {e}")))?;
+        if again != p {
+            return Err(Failure(
+                "the two passphrases differ; nothing was created".into(),
+            ));
+        }
+    }
+    Ok(p)
+}
+
+fn open(cli: &Cli) -> Result<Client, Failure> {
+    let home = home(cli)?;
+    if !tamizdat_client::store::exists(&home) {
+        return Err(ClientError::NotInitialised(home.display().to_string()).into());
+    }
+    Ok(Client::open(&home, &passphrase(false)?)?)
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    let s = serde_json::to_string_pretty(value).map_err(|e| Failure(e.to_string()))?;
+    println!("{s}");
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Relay { command } => relay(command).await,
+        Command::Init { name, relay } => {
+            let home = home(&cli)?;
+            if tamizdat_client::store::exists(&home) {
+                return Err(ClientError::AlreadyInitialised(home.display().to_string()).into());
+            }
+            let pass = passphrase(true)?;
+            let client = Client::init(&home, &pass, name, relay).await?;
+            let key = hex::encode(client.identity_key());
+            if cli.json {
+                print_json(
+                    &serde_json::json!({ "name": client.name(), "identity_key": key, "home": home }),
+                )?;
+            } else {
+                println!(
+                    "Created {} in {}. Next: `tamizdat invite`, and send the link to someone.",
+                    client.name(),
+                    home.display()
+                );
+            }
+            client.close().await;
+            Ok(())
+        }
+        Command::Invite { expires } => {
+            let mut client = open(&cli)?;
+            let link = client.invite(expires.as_secs())?;
+            if cli.json {
+                print_json(
+                    &serde_json::json!({ "link": link, "expires_in_secs": expires.as_secs() }),
+                )?;
+            } else {
+                println!("{link}");
+                if std::io::stdout().is_terminal() {
+                    print_qr(&link);
+                }
+            }
+            Ok(())
+        }
+        Command::Accept { link, alias } => {
+            let mut client = open(&cli)?;
+            let result = client.accept(link, alias.as_deref()).await;
+            client.close().await;
+            let name = result?;
+            if cli.json {
+                print_json(&serde_json::json!({ "contact": name }))?;
+            } else {
+                println!("Accepted. You can now write to {name}: tamizdat send {name} \"hello\"");
+            }
+            Ok(())
+        }
+        Command::Contacts => {
+            let client = open(&cli)?;
+            let contacts = client.contacts()?;
+            if cli.json {
+                print_json(&contacts)?;
+            } else if contacts.is_empty() {
+                println!("No contacts yet. `tamizdat invite` makes a link to send someone.");
+            } else {
+                for c in contacts {
+                    println!("{}  ({})", c.name, &c.identity_key[..16]);
+                }
+            }
+            Ok(())
+        }
+        Command::Send { contact, text } => {
+            let text = if text == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .map_err(|e| Failure(format!("cannot read standard input as text: {e}")))?;
+                s
+            } else {
+                text.clone()
+            };
+            let mut client = open(&cli)?;
+            let result = client.send(contact, &text).await;
+            client.close().await;
+            let view = result?;
+            if cli.json {
+                print_json(&view)?;
+            } else {
+                println!("sent to {contact} ({} bytes)", view.text.len());
+            }
+            Ok(())
+        }
+        Command::Sync => {
+            let mut client = open(&cli)?;
+            let result = client.sync().await;
+            client.close().await;
+            let report = result?;
+            if cli.json {
+                return print_json(&report);
+            }
+            for name in &report.new_contacts {
+                println!("new contact: {name}");
+            }
+            for (old, new) in &report.renamed {
+                println!("{old} is now known as {new}");
+            }
+            for m in &report.messages {
+                print_message(m);
+            }
+            if report.new_contacts.is_empty() && report.messages.is_empty() {
+                println!("nothing new");
+            }
+            Ok(())
+        }
+        Command::Messages { contact } => {
+            let client = open(&cli)?;
+            let messages = client.messages(contact)?;
+            if cli.json {
+                print_json(&messages)?;
+            } else {
+                for m in &messages {
+                    print_message(m);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_message(m: &MessageView) {
+    let state = if m.outgoing && m.state != "sent" {
+        format!(" [{}]", m.state)
+    } else {
+        String::new()
+    };
+    println!("{} {}: {}{state}", format_time(m.sent_at), m.sender, m.text);
+}
+
+/// `YYYY-MM-DD HH:MM` in UTC from Unix milliseconds.
+fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{d:02} {h:02}:{m:02}")
+}
+
+fn print_qr(link: &str) {
+    match qrcode::QrCode::with_error_correction_level(link.as_bytes(), qrcode::EcLevel::L) {
+        Ok(code) => {
+            let image = code
+                .render::<qrcode::render::unicode::Dense1x2>()
+                .quiet_zone(true)
+                .build();
+            println!("{image}");
+        }
+        Err(_) => eprintln!("(this invite is too long for a QR code; send the link as text)"),
+    }
+}
+
+async fn relay(command: &RelayCommand) -> Result<(), Failure> {
+    match command {
+        RelayCommand::Init { data, public } => {
+            let identity = match RelayIdentity::load(data)? {
+                Some(mut id) => {
+                    if !public.is_empty() {
+                        id.set_public(public.clone())?;
+                    }
+                    id
+                }
+                None => {
+                    let public = if public.is_empty() {
+                        vec!["127.0.0.1:443".to_string()]
+                    } else {
+                        public.clone()
+                    };
+                    RelayIdentity::create(data, public)?
+                }
+            };
+            println!("{}", identity.link());
+            Ok(())
+        }
+        RelayCommand::Link { data } => {
+            let identity = RelayIdentity::load(data)?.ok_or_else(|| {
+                Failure(format!(
+                    "{} holds no relay; create one with `tamizdat relay init --data {}`",
+                    data.display(),
+                    data.display()
+                ))
+            })?;
+            println!("{}", identity.link());
+            Ok(())
+        }
+        RelayCommand::Serve {
+            data,
+            listen,
+            public,
+            retention,
+        } => {
+            let config = RelayConfig {
+                data: data.clone(),
+                listen: *listen,
+                public: public.clone(),
+                retention: retention.unwrap_or(DEFAULT_RETENTION),
+            };
+            let relay = Relay::bind(config).await?;
+            println!("{}", relay.link());
+            let _ = std::io::stdout().flush();
+            if let Some(addr) = relay.local_addr() {
+                eprintln!("relay listening on {addr}; give people the link above (Ctrl-C stops)");
+            }
+            relay.run(shutdown_signal()).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -29,7 +29,7 @@ pub struct ClientFrame {
 
 #[derive(Clone, PartialEq, Message)]
 pub struct Command {
-    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub op: Option<Op>,
 }
 
@@ -53,8 +53,6 @@ pub enum Op {
     ReadLog(ReadLog),
     #[prost(message, tag = "9")]
     AckLog(AckLog),
-    #[prost(message, tag = "10")]
-    SetCursor(SetCursor),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -133,16 +131,6 @@ pub struct AckLog {
     pub cursor_id: Vec<u8>,
     #[prost(uint64, tag = "3")]
     pub up_to: u64,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct SetCursor {
-    #[prost(bytes = "vec", tag = "1")]
-    pub log_id: Vec<u8>,
-    #[prost(bytes = "vec", tag = "2")]
-    pub cursor_id: Vec<u8>,
-    #[prost(uint64, tag = "3")]
-    pub position: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -1,0 +1,101 @@
+//! A connection to one relay: hello, then signed requests and their replies.
+
+use std::time::Duration;
+
+use ed25519_dalek::{Signer, SigningKey};
+use prost::Message;
+use tamizdat_transport::client::{Connection, connect};
+use tamizdat_wire::{
+    auth_payload, frame,
+    limits::{MAX_VERSION, MIN_VERSION},
+    proto::{ClientFrame, Command, ErrorCode, Hello, Op, RelayDescriptor, Reply, ServerFrame},
+};
+
+use crate::ClientError;
+
+/// How long a request may wait for its reply.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An open, greeted connection to a relay.
+pub struct RelayClient {
+    conn: Connection,
+    nonce: Vec<u8>,
+    next_id: u64,
+}
+
+impl RelayClient {
+    /// Connects and negotiates the protocol version.
+    pub async fn connect(relay: &RelayDescriptor) -> Result<Self, ClientError> {
+        let conn = connect(relay).await?;
+        let mut client = Self {
+            conn,
+            nonce: Vec::new(),
+            next_id: 1,
+        };
+        match client
+            .call(
+                Op::Hello(Hello {
+                    min_version: MIN_VERSION,
+                    max_version: MAX_VERSION,
+                }),
+                None,
+            )
+            .await?
+        {
+            Reply::HelloOk(ok) => {
+                client.nonce = ok.session_nonce;
+                Ok(client)
+            }
+            _ => Err(ClientError::Protocol(
+                "the relay did not answer hello".into(),
+            )),
+        }
+    }
+
+    /// Sends one command, signed with `key` if given, and waits for its reply. A relay error
+    /// comes back as [`ClientError::Relay`].
+    pub async fn call(&mut self, op: Op, key: Option<&SigningKey>) -> Result<Reply, ClientError> {
+        let request_id = self.next_id;
+        self.next_id += 1;
+        let command = Command { op: Some(op) }.encode_to_vec();
+        let signature = key
+            .map(|k| {
+                k.sign(&auth_payload(&self.nonce, request_id, &command))
+                    .to_bytes()
+                    .to_vec()
+            })
+            .unwrap_or_default();
+        let bytes = frame::encode(&ClientFrame {
+            request_id,
+            command,
+            signature,
+        })?;
+        self.conn.send(bytes).await?;
+        let reply = tokio::time::timeout(REQUEST_TIMEOUT, self.conn.recv())
+            .await
+            .map_err(|_| {
+                ClientError::Transport(tamizdat_transport::TransportError::Timeout {
+                    step: "relay reply",
+                    endpoint: self.conn.endpoint().to_string(),
+                })
+            })??;
+        let frame: ServerFrame = frame::decode(&reply)?;
+        if frame.request_id != request_id {
+            return Err(ClientError::Protocol("reply to another request".into()));
+        }
+        match frame.reply {
+            Some(Reply::Error(e)) => Err(ClientError::Relay {
+                code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+                message: e.message,
+                current_epoch: e.current_epoch,
+            }),
+            Some(reply) => Ok(reply),
+            None => Err(ClientError::Protocol("empty reply".into())),
+        }
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        self.conn.close().await;
+    }
+}

@@ -1,0 +1,262 @@
+//! The client's encrypted store: one SQLCipher database holding the app's tables and the
+//! OpenMLS state, keyed from the passphrase with Argon2id. MLS storage is trusted by
+//! OpenMLS (integrity is not rechecked on load), so it must be encrypted at rest.
+
+use std::{fs, path::Path};
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use openmls_rust_crypto::RustCrypto;
+use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
+use openmls_traits::OpenMlsProvider;
+use rand::RngCore;
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::ClientError;
+
+const KEYFILE: &str = "keyfile.json";
+const DATABASE: &str = "tamizdat.db";
+
+/// Argon2id parameters: 64 MiB, 3 passes, 1 lane (RFC 9106's second recommended option,
+/// scaled to a phone-sized memory budget).
+const KDF_MEMORY_KIB: u32 = 64 * 1024;
+const KDF_PASSES: u32 = 3;
+const KDF_LANES: u32 = 1;
+
+/// How the database key is derived; kept next to the database, in the clear (it holds no
+/// secret).
+#[derive(Serialize, Deserialize)]
+struct KeyFile {
+    version: u32,
+    kdf: String,
+    memory_kib: u32,
+    passes: u32,
+    lanes: u32,
+    salt: String,
+}
+
+/// serde_json as the codec of OpenMLS values.
+#[derive(Default)]
+pub struct JsonCodec;
+
+impl Codec for JsonCodec {
+    type Error = serde_json::Error;
+
+    fn to_vec<T: Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
+        serde_json::to_vec(value)
+    }
+
+    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
+        serde_json::from_slice(slice)
+    }
+}
+
+/// OpenMLS provider whose storage is the encrypted database.
+pub struct Provider<'a> {
+    crypto: RustCrypto,
+    storage: SqliteStorageProvider<JsonCodec, &'a Connection>,
+}
+
+impl<'a> Provider<'a> {
+    /// A provider over this connection.
+    pub fn new(conn: &'a Connection) -> Self {
+        Self {
+            crypto: RustCrypto::default(),
+            storage: SqliteStorageProvider::new(conn),
+        }
+    }
+}
+
+impl<'a> OpenMlsProvider for Provider<'a> {
+    type CryptoProvider = RustCrypto;
+    type RandProvider = RustCrypto;
+    type StorageProvider = SqliteStorageProvider<JsonCodec, &'a Connection>;
+
+    fn storage(&self) -> &Self::StorageProvider {
+        &self.storage
+    }
+    fn crypto(&self) -> &Self::CryptoProvider {
+        &self.crypto
+    }
+    fn rand(&self) -> &Self::RandProvider {
+        &self.crypto
+    }
+}
+
+/// Derives the 32-byte database key from the passphrase.
+fn derive_key(passphrase: &str, kf: &KeyFile) -> Result<Zeroizing<[u8; 32]>, ClientError> {
+    let salt = hex::decode(&kf.salt)
+        .map_err(|_| ClientError::Corrupt("the key file's salt is damaged".into()))?;
+    let params = Params::new(kf.memory_kib, kf.passes, kf.lanes, Some(32))
+        .map_err(|e| ClientError::Corrupt(format!("the key file's parameters are invalid: {e}")))?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password_into(passphrase.as_bytes(), &salt, key.as_mut())
+        .map_err(|e| ClientError::Corrupt(format!("key derivation failed: {e}")))?;
+    Ok(key)
+}
+
+/// True if `home` already holds a Tamizdat identity.
+pub fn exists(home: &Path) -> bool {
+    home.join(KEYFILE).exists()
+}
+
+/// Creates a new encrypted store in `home`.
+pub fn create(home: &Path, passphrase: &str) -> Result<Connection, ClientError> {
+    if exists(home) {
+        return Err(ClientError::AlreadyInitialised(home.display().to_string()));
+    }
+    if passphrase.is_empty() {
+        return Err(ClientError::BadInput(
+            "the passphrase is empty; choose one (TAMIZDAT_PASSPHRASE or the prompt)".into(),
+        ));
+    }
+    fs::create_dir_all(home).map_err(|e| ClientError::Io(format!("{}: {e}", home.display())))?;
+    let mut salt = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    let kf = KeyFile {
+        version: 1,
+        kdf: "argon2id".into(),
+        memory_kib: KDF_MEMORY_KIB,
+        passes: KDF_PASSES,
+        lanes: KDF_LANES,
+        salt: hex::encode(salt),
+    };
+    let key = derive_key(passphrase, &kf)?;
+    let _ = fs::remove_file(home.join(DATABASE));
+    let mut conn = open_keyed(&home.join(DATABASE), &key)?;
+    migrate(&mut conn)?;
+    let json = serde_json::to_vec_pretty(&kf).map_err(|e| ClientError::Io(e.to_string()))?;
+    // The key file is written last: its presence means "initialised".
+    fs::write(home.join(KEYFILE), json).map_err(|e| ClientError::Io(e.to_string()))?;
+    Ok(conn)
+}
+
+/// Opens the store in `home`; a wrong passphrase is reported as such.
+pub fn open(home: &Path, passphrase: &str) -> Result<Connection, ClientError> {
+    let raw = fs::read(home.join(KEYFILE))
+        .map_err(|_| ClientError::NotInitialised(home.display().to_string()))?;
+    let kf: KeyFile = serde_json::from_slice(&raw)
+        .map_err(|_| ClientError::Corrupt(format!("{KEYFILE} is damaged")))?;
+    if kf.kdf != "argon2id" {
+        return Err(ClientError::Corrupt(format!(
+            "unknown key derivation {:?}",
+            kf.kdf
+        )));
+    }
+    let key = derive_key(passphrase, &kf)?;
+    let mut conn = open_keyed(&home.join(DATABASE), &key)?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn open_keyed(path: &Path, key: &[u8; 32]) -> Result<Connection, ClientError> {
+    let conn =
+        Connection::open(path).map_err(|e| ClientError::Io(format!("{}: {e}", path.display())))?;
+    let pragma = Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex::encode(key)));
+    conn.execute_batch(&pragma)
+        .map_err(|e| ClientError::Io(e.to_string()))?;
+    // Keying activates SQLCipher's logging to stderr; a wrong passphrase would print its own
+    // lines there. The user gets our one-line error instead.
+    for quiet in ["PRAGMA cipher_log = off", "PRAGMA cipher_log_level = NONE"] {
+        let _ = conn.query_row(quiet, [], |_| Ok(()));
+    }
+    // The first read tells a wrong key apart: SQLCipher cannot decrypt page 1.
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(_) => {}
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::NotADatabase =>
+        {
+            return Err(ClientError::WrongPassphrase);
+        }
+        Err(e) => return Err(ClientError::Io(e.to_string())),
+    }
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;")
+        .map_err(|e| ClientError::Io(e.to_string()))?;
+    Ok(conn)
+}
+
+const SCHEMA_V1: &str = "
+CREATE TABLE profile (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    name TEXT NOT NULL,
+    identity_key BLOB NOT NULL,
+    suite INTEGER NOT NULL,
+    relay_link TEXT NOT NULL,
+    queue_read_id BLOB NOT NULL,
+    queue_send_id BLOB NOT NULL,
+    queue_secret BLOB NOT NULL,
+    queue_cursor INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE invites (
+    invite_id BLOB PRIMARY KEY,
+    box_private BLOB NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE accepted_invites (invite_id BLOB PRIMARY KEY);
+CREATE TABLE contacts (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    named_by_user INTEGER NOT NULL DEFAULT 0,
+    identity_key BLOB NOT NULL,
+    group_id BLOB NOT NULL UNIQUE,
+    joined_epoch INTEGER NOT NULL,
+    relay_link TEXT NOT NULL,
+    log_id BLOB NOT NULL,
+    log_secret BLOB NOT NULL,
+    cursor_id BLOB NOT NULL,
+    cursor INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    contact_id INTEGER NOT NULL REFERENCES contacts(id),
+    message_id BLOB NOT NULL,
+    seq INTEGER,
+    outgoing INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    sent_at INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    UNIQUE (contact_id, message_id)
+);
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    relay_link TEXT NOT NULL,
+    target BLOB NOT NULL,
+    target_secret BLOB,
+    kind TEXT NOT NULL CHECK (kind IN ('log', 'queue')),
+    dedup_id BLOB NOT NULL UNIQUE,
+    payload BLOB NOT NULL,
+    message_row INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE own_entries (
+    contact_id INTEGER NOT NULL,
+    dedup_id BLOB NOT NULL,
+    PRIMARY KEY (contact_id, dedup_id)
+);
+";
+
+fn migrate(conn: &mut Connection) -> Result<(), ClientError> {
+    SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut *conn)
+        .run_migrations()
+        .map_err(|e| ClientError::Io(format!("MLS storage migration: {e}")))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| ClientError::Io(e.to_string()))?;
+    if version < 1 {
+        let tx = conn
+            .unchecked_transaction()
+            .map_err(|e| ClientError::Io(e.to_string()))?;
+        tx.execute_batch(SCHEMA_V1)
+            .map_err(|e| ClientError::Io(e.to_string()))?;
+        tx.execute_batch("PRAGMA user_version = 1")
+            .map_err(|e| ClientError::Io(e.to_string()))?;
+        tx.commit().map_err(|e| ClientError::Io(e.to_string()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! The relay process: listener, front door, sessions, retention, graceful shutdown.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use tamizdat_transport::server::{Accepted, FrontDoor};
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
+
+use crate::{
+    RelayError, cover, current_hour,
+    identity::RelayIdentity,
+    session,
+    store::{Store, Write},
+};
+
+/// Default retention of undelivered entries.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(21 * 24 * 3600);
+/// Most simultaneous connections; past it, new ones wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 20_000;
+/// How long shutdown waits for sessions to finish what they are doing.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How to run a relay.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// Data directory (keys and database).
+    pub data: PathBuf,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Endpoints to advertise; empty keeps what the data directory has, or uses the bound
+    /// address.
+    pub public: Vec<String>,
+    /// How long undelivered entries are kept.
+    pub retention: Duration,
+}
+
+/// A relay bound to its address, ready to serve.
+pub struct Relay {
+    listener: TcpListener,
+    identity: RelayIdentity,
+    config: RelayConfig,
+}
+
+impl Relay {
+    /// Binds the listener and loads or creates the relay's identity.
+    pub async fn bind(config: RelayConfig) -> Result<Self, RelayError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| RelayError::Listen {
+                addr: config.listen.to_string(),
+                reason: e.to_string(),
+            })?;
+        let local = listener.local_addr().map_err(|e| RelayError::Listen {
+            addr: config.listen.to_string(),
+            reason: e.to_string(),
+        })?;
+        let identity = match RelayIdentity::load(&config.data)? {
+            Some(mut id) => {
+                if !config.public.is_empty() && config.public != id.public {
+                    id.set_public(config.public.clone())?;
+                }
+                id
+            }
+            None => {
+                let public = if config.public.is_empty() {
+                    vec![advertised(local)]
+                } else {
+                    config.public.clone()
+                };
+                RelayIdentity::create(&config.data, public)?
+            }
+        };
+        Ok(Self {
+            listener,
+            identity,
+            config,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// The relay link clients use.
+    pub fn link(&self) -> String {
+        self.identity.link()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets sessions finish for a
+    /// moment, and returns once every acknowledged write is committed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
+        let (store, writer) = Store::open_sqlite(&self.config.data.join("relay.db")).await?;
+        let door = Arc::new(FrontDoor::new(
+            self.identity.cert.server_config()?,
+            self.identity.descriptor().door_path(),
+            Arc::new(cover::default_site()),
+        ));
+        let retention_hours =
+            i64::try_from(self.config.retention.as_secs() / 3600).unwrap_or(i64::MAX);
+        let expiry = tokio::spawn(expire_loop(store.clone(), retention_hours));
+        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut sessions = JoinSet::new();
+        tracing::info!("relay serving");
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let (tcp, _peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let (door, store) = (door.clone(), store.clone());
+            sessions.spawn(async move {
+                let _permit = permit;
+                if let Ok(Accepted::Protocol(ws)) = door.accept(tcp).await {
+                    session::run(*ws, store).await;
+                }
+            });
+            while sessions.try_join_next().is_some() {}
+        }
+        tracing::info!("relay stopping");
+        drop(self.listener);
+        expiry.abort();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        sessions.shutdown().await;
+        drop(store);
+        writer.finished().await;
+        tracing::info!("relay stopped; all acknowledged writes are on disk");
+        Ok(())
+    }
+}
+
+/// An address clients can use when none was given: the bound one, with loopback standing in
+/// for "all interfaces".
+fn advertised(local: SocketAddr) -> String {
+    let ip = if local.ip().is_unspecified() {
+        if local.is_ipv4() {
+            "127.0.0.1".parse().ok()
+        } else {
+            "::1".parse().ok()
+        }
+    } else {
+        Some(local.ip())
+    };
+    SocketAddr::new(ip.unwrap_or(local.ip()), local.port()).to_string()
+}
+
+async fn expire_loop(store: Store, retention_hours: i64) {
+    loop {
+        let before_hour = current_hour().saturating_sub(retention_hours);
+        if let Err(e) = store.write(Write::Expire { before_hour }).await {
+            tracing::warn!(error = %e, "retention pass failed");
+        }
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    }
+}

@@ -1,0 +1,313 @@
+//! One client connection: version negotiation, then request/reply. Every check that can
+//! refuse a request (size, ids, signature) runs before any storage work.
+
+use std::time::Duration;
+
+use prost::Message;
+use rand::RngCore;
+use tamizdat_transport::server::{ServerWs, recv_frame, send_frame};
+use tamizdat_wire::{
+    frame,
+    limits::{self, ID_LEN, KEY_LEN, MAX_PAYLOAD},
+    mls::peek_header,
+    proto::{
+        Appended, ClientFrame, Command, Done, Entries, Error, ErrorCode, HelloOk, LogCreated, Op,
+        QueueCreated, Reply, ServerFrame,
+    },
+    verify_auth,
+};
+
+use crate::{
+    current_hour,
+    store::{Outcome, Store, Write},
+};
+
+/// A connection with no complete request for this long is closed.
+const IDLE: Duration = Duration::from_secs(300);
+
+struct Session {
+    store: Store,
+    nonce: Vec<u8>,
+}
+
+/// A refusal: its code, its message, and whether the connection ends with it.
+struct Refusal {
+    code: ErrorCode,
+    message: &'static str,
+    epoch: u64,
+    fatal: bool,
+}
+
+fn refuse(code: ErrorCode, message: &'static str) -> Refusal {
+    Refusal {
+        code,
+        message,
+        epoch: 0,
+        fatal: false,
+    }
+}
+
+/// Runs a session until the client leaves, idles out or breaks the protocol.
+pub async fn run(mut ws: ServerWs, store: Store) {
+    let mut nonce = vec![0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let mut session = Session { store, nonce };
+    let mut greeted = false;
+    loop {
+        let bytes = match tokio::time::timeout(IDLE, recv_frame(&mut ws)).await {
+            Ok(Ok(Some(b))) => b,
+            _ => break,
+        };
+        let (request_id, reply, fatal) = match frame::decode::<ClientFrame>(&bytes) {
+            Ok(cf) => {
+                let id = cf.request_id;
+                match session.handle(&cf, &mut greeted).await {
+                    Ok(reply) => (id, reply, false),
+                    Err(r) => (id, error_reply(&r), r.fatal),
+                }
+            }
+            Err(_) => (
+                0,
+                error_reply(&Refusal {
+                    fatal: true,
+                    ..refuse(ErrorCode::BadRequest, "malformed frame")
+                }),
+                true,
+            ),
+        };
+        let Ok(out) = frame::encode(&ServerFrame {
+            request_id,
+            reply: Some(reply),
+        }) else {
+            break;
+        };
+        if send_frame(&mut ws, out).await.is_err() || fatal {
+            break;
+        }
+    }
+    let _ = ws.close(None).await;
+}
+
+fn error_reply(r: &Refusal) -> Reply {
+    Reply::Error(Error {
+        code: r.code as i32,
+        message: r.message.to_string(),
+        current_epoch: r.epoch,
+    })
+}
+
+fn check_id(id: &[u8]) -> Result<(), Refusal> {
+    if id.len() == ID_LEN {
+        Ok(())
+    } else {
+        Err(refuse(ErrorCode::BadRequest, "an id has the wrong length"))
+    }
+}
+
+fn check_payload(payload: &[u8]) -> Result<(), Refusal> {
+    match payload.len() {
+        0 => Err(refuse(ErrorCode::BadRequest, "empty payload")),
+        n if n > MAX_PAYLOAD => Err(refuse(ErrorCode::TooLarge, "payload over the limit")),
+        _ => Ok(()),
+    }
+}
+
+fn new_id() -> Vec<u8> {
+    let mut id = vec![0u8; ID_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    id
+}
+
+fn internal(_: crate::RelayError) -> Refusal {
+    refuse(ErrorCode::Internal, "the relay could not store this; retry")
+}
+
+impl Session {
+    async fn handle(&mut self, cf: &ClientFrame, greeted: &mut bool) -> Result<Reply, Refusal> {
+        let command = Command::decode(cf.command.as_slice()).map_err(|_| Refusal {
+            fatal: true,
+            ..refuse(ErrorCode::BadRequest, "undecodable command")
+        })?;
+        let op = command
+            .op
+            .ok_or(refuse(ErrorCode::BadRequest, "empty command"))?;
+        if !*greeted {
+            let Op::Hello(hello) = op else {
+                return Err(Refusal {
+                    fatal: true,
+                    ..refuse(ErrorCode::BadRequest, "hello first")
+                });
+            };
+            let version = hello.max_version.min(limits::MAX_VERSION);
+            if version < hello.min_version.max(limits::MIN_VERSION) {
+                return Err(Refusal {
+                    fatal: true,
+                    ..refuse(ErrorCode::VersionMismatch, "no common protocol version")
+                });
+            }
+            *greeted = true;
+            return Ok(Reply::HelloOk(HelloOk {
+                version,
+                session_nonce: self.nonce.clone(),
+                max_frame: limits::MAX_FRAME as u32,
+                max_payload: MAX_PAYLOAD as u32,
+            }));
+        }
+        let authorized =
+            |key: &[u8]| verify_auth(key, &self.nonce, cf.request_id, &cf.command, &cf.signature);
+        match op {
+            Op::Hello(_) => Err(refuse(ErrorCode::BadRequest, "hello twice")),
+            Op::CreateQueue(c) => {
+                if c.read_key.len() != KEY_LEN || !authorized(&c.read_key) {
+                    return Err(refuse(ErrorCode::Unauthorized, "prove the read key"));
+                }
+                let (read_id, send_id) = (new_id(), new_id());
+                let w = Write::CreateQueue {
+                    read_id: read_id.clone(),
+                    send_id: send_id.clone(),
+                    read_key: c.read_key,
+                };
+                self.store.write(w).await.map_err(internal)?;
+                Ok(Reply::QueueCreated(QueueCreated { read_id, send_id }))
+            }
+            Op::SendToQueue(c) => {
+                check_id(&c.send_id)?;
+                check_id(&c.dedup_id)?;
+                check_payload(&c.payload)?;
+                let w = Write::SendToQueue {
+                    send_id: c.send_id,
+                    dedup_id: c.dedup_id,
+                    payload: c.payload,
+                    hour: current_hour(),
+                };
+                match self.store.write(w).await.map_err(internal)? {
+                    Outcome::Stored { .. } => Ok(Reply::Done(Done {})),
+                    Outcome::QueueFull => Err(refuse(
+                        ErrorCode::RateLimited,
+                        "the queue is full; retry later",
+                    )),
+                    _ => Err(refuse(ErrorCode::Unauthorized, "no such queue")),
+                }
+            }
+            Op::ReadQueue(c) => {
+                self.authorize_queue(&c.read_id, &authorized).await?;
+                let (entries, more) = self
+                    .store
+                    .read_queue(&c.read_id, c.after, c.limit)
+                    .await
+                    .map_err(internal)?;
+                Ok(Reply::Entries(Entries { entries, more }))
+            }
+            Op::AckQueue(c) => {
+                self.authorize_queue(&c.read_id, &authorized).await?;
+                self.store
+                    .write(Write::AckQueue {
+                        read_id: c.read_id,
+                        up_to: c.up_to,
+                    })
+                    .await
+                    .map_err(internal)?;
+                Ok(Reply::Done(Done {}))
+            }
+            Op::CreateLog(c) => {
+                if c.log_key.len() != KEY_LEN || !authorized(&c.log_key) {
+                    return Err(refuse(ErrorCode::Unauthorized, "prove the log key"));
+                }
+                let log_id = new_id();
+                self.store
+                    .write(Write::CreateLog {
+                        log_id: log_id.clone(),
+                        log_key: c.log_key,
+                    })
+                    .await
+                    .map_err(internal)?;
+                Ok(Reply::LogCreated(LogCreated { log_id }))
+            }
+            Op::Append(c) => {
+                check_id(&c.dedup_id)?;
+                check_payload(&c.payload)?;
+                let header = peek_header(&c.payload)
+                    .map_err(|_| refuse(ErrorCode::NotMls, "not an MLS group message"))?;
+                self.authorize_log(&c.log_id, &authorized).await?;
+                let w = Write::Append {
+                    log_id: c.log_id,
+                    dedup_id: c.dedup_id,
+                    payload: c.payload,
+                    header,
+                    hour: current_hour(),
+                };
+                match self.store.write(w).await.map_err(internal)? {
+                    Outcome::Stored {
+                        seq,
+                        epoch,
+                        duplicate,
+                    } => Ok(Reply::Appended(Appended {
+                        seq,
+                        epoch,
+                        duplicate,
+                    })),
+                    Outcome::StaleEpoch { current } => Err(Refusal {
+                        epoch: current,
+                        ..refuse(
+                            ErrorCode::StaleEpoch,
+                            "another commit already took this epoch",
+                        )
+                    }),
+                    Outcome::Refused(why) => Err(refuse(ErrorCode::BadRequest, why)),
+                    _ => Err(refuse(ErrorCode::Unauthorized, "no such log")),
+                }
+            }
+            Op::ReadLog(c) => {
+                self.authorize_log(&c.log_id, &authorized).await?;
+                let (entries, more) = self
+                    .store
+                    .read_log(&c.log_id, c.after, c.limit)
+                    .await
+                    .map_err(internal)?;
+                Ok(Reply::Entries(Entries { entries, more }))
+            }
+            Op::AckLog(c) => {
+                check_id(&c.cursor_id)?;
+                self.authorize_log(&c.log_id, &authorized).await?;
+                let w = Write::AckLog {
+                    log_id: c.log_id,
+                    cursor_id: c.cursor_id,
+                    up_to: c.up_to,
+                };
+                self.store.write(w).await.map_err(internal)?;
+                Ok(Reply::Done(Done {}))
+            }
+        }
+    }
+
+    /// Unknown ids and wrong signatures get the same answer: no oracle for which ids exist.
+    async fn authorize_queue(
+        &self,
+        read_id: &[u8],
+        authorized: &impl Fn(&[u8]) -> bool,
+    ) -> Result<(), Refusal> {
+        check_id(read_id)?;
+        match self.store.queue_key(read_id).await.map_err(internal)? {
+            Some(key) if authorized(&key) => Ok(()),
+            _ => Err(refuse(
+                ErrorCode::Unauthorized,
+                "not authorized for this queue",
+            )),
+        }
+    }
+
+    async fn authorize_log(
+        &self,
+        log_id: &[u8],
+        authorized: &impl Fn(&[u8]) -> bool,
+    ) -> Result<(), Refusal> {
+        check_id(log_id)?;
+        match self.store.log_key(log_id).await.map_err(internal)? {
+            Some(key) if authorized(&key) => Ok(()),
+            _ => Err(refuse(
+                ErrorCode::Unauthorized,
+                "not authorized for this log",
+            )),
+        }
+    }
+}

@@ -1,0 +1,555 @@
+//! The relay's storage: one SQL code path (sqlx `Any`) with per-backend migrations.
+//!
+//! Every write goes through one writer task that batches whatever is waiting into a single
+//! transaction (group commit): one fsync covers many clients, and nobody is answered before
+//! the transaction that holds their write is durable.
+
+use std::time::Duration;
+
+use sqlx::{AnyConnection, AnyPool, Connection, Row, any::AnyPoolOptions};
+use tamizdat_wire::{
+    mls::{ContentType, MlsHeader},
+    proto::Entry,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::RelayError;
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 256;
+/// Most messages waiting in one queue; past it, senders are told to slow down.
+pub const QUEUE_QUOTA: i64 = 10_000;
+
+/// A write, applied in a group-committed transaction.
+#[derive(Debug)]
+pub enum Write {
+    /// A new queue.
+    CreateQueue {
+        /// Reader's id.
+        read_id: Vec<u8>,
+        /// Sender's id.
+        send_id: Vec<u8>,
+        /// Reader's public key.
+        read_key: Vec<u8>,
+    },
+    /// A message into a queue, by its send id.
+    SendToQueue {
+        /// Sender's id.
+        send_id: Vec<u8>,
+        /// Client-chosen id that makes retries harmless.
+        dedup_id: Vec<u8>,
+        /// Opaque sealed payload.
+        payload: Vec<u8>,
+        /// Coarse arrival time.
+        hour: i64,
+    },
+    /// The reader is done with messages up to `up_to`.
+    AckQueue {
+        /// Reader's id.
+        read_id: Vec<u8>,
+        /// Last sequence number handled.
+        up_to: u64,
+    },
+    /// A new conversation log.
+    CreateLog {
+        /// Log id.
+        log_id: Vec<u8>,
+        /// Members' shared public key.
+        log_key: Vec<u8>,
+    },
+    /// An MLS message into a log.
+    Append {
+        /// Log id.
+        log_id: Vec<u8>,
+        /// Client-chosen id that makes retries harmless.
+        dedup_id: Vec<u8>,
+        /// The MLS message.
+        payload: Vec<u8>,
+        /// Its cleartext header.
+        header: MlsHeader,
+        /// Coarse arrival time.
+        hour: i64,
+    },
+    /// A reader's cursor moves forward; entries every cursor passed are deleted.
+    AckLog {
+        /// Log id.
+        log_id: Vec<u8>,
+        /// Reader's cursor id.
+        cursor_id: Vec<u8>,
+        /// Last sequence number handled.
+        up_to: u64,
+    },
+    /// Deletes everything that arrived before `before_hour`.
+    Expire {
+        /// Cut-off.
+        before_hour: i64,
+    },
+}
+
+/// What a write did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied.
+    Done,
+    /// Stored (or found stored already) at this sequence number.
+    Stored {
+        /// Sequence number.
+        seq: u64,
+        /// The log's epoch after this entry (logs only).
+        epoch: u64,
+        /// The same dedup id was stored before: nothing new was written.
+        duplicate: bool,
+    },
+    /// A commit for an epoch that already has one.
+    StaleEpoch {
+        /// The log's current epoch.
+        current: u64,
+    },
+    /// No such id.
+    NotFound,
+    /// The queue is full.
+    QueueFull,
+    /// Refused for a reason the client should hear.
+    Refused(&'static str),
+}
+
+struct Job {
+    write: Write,
+    reply: oneshot::Sender<Result<Outcome, RelayError>>,
+}
+
+/// The group-commit writer; await [`WriterTask::finished`] for a clean shutdown.
+pub struct WriterTask(tokio::task::JoinHandle<()>);
+
+impl WriterTask {
+    /// Waits until the writer committed everything it was handed and closed the database.
+    pub async fn finished(self) {
+        let _ = self.0.await;
+    }
+}
+
+/// Handle to the relay's database.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    writer: mpsc::Sender<Job>,
+}
+
+const SQLITE_MIGRATIONS: &[(i64, &'static str)] =
+    &[(1, include_str!("../migrations/sqlite/0001_initial.sql"))];
+
+fn db_err(e: sqlx::Error) -> RelayError {
+    RelayError::Storage(e.to_string())
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (and migrates) the SQLite database at `path`. The [`WriterTask`] finishes once
+    /// every clone of the store is dropped and every write handed to it is committed.
+    pub async fn open_sqlite(path: &std::path::Path) -> Result<(Self, WriterTask), RelayError> {
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut writer = AnyConnection::connect(&url).await.map_err(db_err)?;
+        for pragma in [
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=FULL",
+            "PRAGMA busy_timeout=5000",
+        ] {
+            sqlx::raw_sql(pragma)
+                .execute(&mut writer)
+                .await
+                .map_err(db_err)?;
+        }
+        migrate(&mut writer, SQLITE_MIGRATIONS).await?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql("PRAGMA busy_timeout=5000")
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(db_err)?;
+        let (tx, rx) = mpsc::channel(4096);
+        let task = WriterTask(tokio::spawn(writer_task(writer, rx)));
+        Ok((Self { pool, writer: tx }, task))
+    }
+
+    /// Applies a write; returns once it is durable.
+    pub async fn write(&self, write: Write) -> Result<Outcome, RelayError> {
+        let (reply, wait) = oneshot::channel();
+        self.writer
+            .send(Job { write, reply })
+            .await
+            .map_err(|_| RelayError::ShuttingDown)?;
+        wait.await.map_err(|_| RelayError::ShuttingDown)?
+    }
+
+    /// The public key of a queue's reader, by read id.
+    pub async fn queue_key(&self, read_id: &[u8]) -> Result<Option<Vec<u8>>, RelayError> {
+        let row = sqlx::query("SELECT read_key FROM queues WHERE read_id = $1")
+            .bind(read_id.to_vec())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.map(|r| r.try_get::<Vec<u8>, _>(0))
+            .transpose()
+            .map_err(db_err)
+    }
+
+    /// The members' public key of a log.
+    pub async fn log_key(&self, log_id: &[u8]) -> Result<Option<Vec<u8>>, RelayError> {
+        let row = sqlx::query("SELECT log_key FROM logs WHERE log_id = $1")
+            .bind(log_id.to_vec())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.map(|r| r.try_get::<Vec<u8>, _>(0))
+            .transpose()
+            .map_err(db_err)
+    }
+
+    /// Messages in a queue after `after`, within the reply budget.
+    pub async fn read_queue(
+        &self,
+        read_id: &[u8],
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<Entry>, bool), RelayError> {
+        let sql = "SELECT seq, dedup_id, payload, received_hour FROM queue_messages WHERE read_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+        self.read_entries(sql, read_id, after, limit).await
+    }
+
+    /// Entries of a log after `after`, within the reply budget.
+    pub async fn read_log(
+        &self,
+        log_id: &[u8],
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<Entry>, bool), RelayError> {
+        let sql = "SELECT seq, dedup_id, payload, received_hour FROM log_entries WHERE log_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+        self.read_entries(sql, log_id, after, limit).await
+    }
+
+    async fn read_entries(
+        &self,
+        sql: &'static str,
+        id: &[u8],
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<Entry>, bool), RelayError> {
+        let limit = limit.clamp(1, tamizdat_wire::limits::MAX_READ_ENTRIES);
+        let rows = sqlx::query(sql)
+            .bind(id.to_vec())
+            .bind(to_i64(after))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let mut more = rows.len() > limit as usize;
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        for row in rows.into_iter().take(limit as usize) {
+            let payload: Vec<u8> = row.try_get(2).map_err(db_err)?;
+            if !entries.is_empty()
+                && bytes + payload.len() > tamizdat_wire::limits::READ_REPLY_BUDGET
+            {
+                more = true;
+                break;
+            }
+            bytes += payload.len();
+            entries.push(Entry {
+                seq: to_u64(row.try_get(0).map_err(db_err)?),
+                dedup_id: row.try_get(1).map_err(db_err)?,
+                payload,
+                received_hour: to_u64(row.try_get(3).map_err(db_err)?),
+            });
+        }
+        Ok((entries, more))
+    }
+}
+
+async fn migrate(
+    conn: &mut AnyConnection,
+    migrations: &[(i64, &'static str)],
+) -> Result<(), RelayError> {
+    sqlx::raw_sql("CREATE TABLE IF NOT EXISTS tamizdat_schema (version INTEGER PRIMARY KEY)")
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    for (version, sql) in migrations {
+        let done = sqlx::query("SELECT version FROM tamizdat_schema WHERE version = $1")
+            .bind(*version)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        if done.is_some() {
+            continue;
+        }
+        let mut tx = conn.begin().await.map_err(db_err)?;
+        sqlx::raw_sql(*sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        sqlx::query("INSERT INTO tamizdat_schema (version) VALUES ($1)")
+            .bind(*version)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Group commit: take everything waiting, apply it in one transaction, answer after COMMIT.
+async fn writer_task(mut conn: AnyConnection, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = apply_batch(&mut conn, &jobs).await;
+        for (job, result) in jobs.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+    let _ = conn.close().await;
+}
+
+async fn apply_batch(conn: &mut AnyConnection, jobs: &[Job]) -> Vec<Result<Outcome, RelayError>> {
+    let attempt = async {
+        let mut tx = conn.begin().await?;
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            outcomes.push(apply(&mut tx, &job.write).await?);
+        }
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(outcomes)
+    };
+    match attempt.await {
+        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        Err(e) => {
+            tracing::error!(error = %e, batch = jobs.len(), "write batch failed; clients will retry");
+            jobs.iter()
+                .map(|_| Err(RelayError::Storage(e.to_string())))
+                .collect()
+        }
+    }
+}
+
+async fn apply(tx: &mut AnyConnection, write: &Write) -> Result<Outcome, sqlx::Error> {
+    match write {
+        Write::CreateQueue {
+            read_id,
+            send_id,
+            read_key,
+        } => {
+            sqlx::query("INSERT INTO queues (read_id, send_id, read_key) VALUES ($1, $2, $3)")
+                .bind(read_id.clone())
+                .bind(send_id.clone())
+                .bind(read_key.clone())
+                .execute(&mut *tx)
+                .await?;
+            Ok(Outcome::Done)
+        }
+        Write::SendToQueue {
+            send_id,
+            dedup_id,
+            payload,
+            hour,
+        } => {
+            let Some(row) = sqlx::query("SELECT read_id, next_seq FROM queues WHERE send_id = $1")
+                .bind(send_id.clone())
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                return Ok(Outcome::NotFound);
+            };
+            let read_id: Vec<u8> = row.try_get(0)?;
+            let seq: i64 = row.try_get(1)?;
+            if let Some(dup) =
+                sqlx::query("SELECT seq FROM queue_messages WHERE read_id = $1 AND dedup_id = $2")
+                    .bind(read_id.clone())
+                    .bind(dedup_id.clone())
+                    .fetch_optional(&mut *tx)
+                    .await?
+            {
+                return Ok(Outcome::Stored {
+                    seq: to_u64(dup.try_get(0)?),
+                    epoch: 0,
+                    duplicate: true,
+                });
+            }
+            let count: i64 = sqlx::query("SELECT COUNT(*) FROM queue_messages WHERE read_id = $1")
+                .bind(read_id.clone())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            if count >= QUEUE_QUOTA {
+                return Ok(Outcome::QueueFull);
+            }
+            sqlx::query("INSERT INTO queue_messages (read_id, seq, dedup_id, payload, received_hour) VALUES ($1, $2, $3, $4, $5)")
+                .bind(read_id.clone())
+                .bind(seq)
+                .bind(dedup_id.clone())
+                .bind(payload.clone())
+                .bind(*hour)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE queues SET next_seq = $1 WHERE read_id = $2")
+                .bind(seq + 1)
+                .bind(read_id)
+                .execute(&mut *tx)
+                .await?;
+            Ok(Outcome::Stored {
+                seq: to_u64(seq),
+                epoch: 0,
+                duplicate: false,
+            })
+        }
+        Write::AckQueue { read_id, up_to } => {
+            sqlx::query("DELETE FROM queue_messages WHERE read_id = $1 AND seq <= $2")
+                .bind(read_id.clone())
+                .bind(to_i64(*up_to))
+                .execute(&mut *tx)
+                .await?;
+            Ok(Outcome::Done)
+        }
+        Write::CreateLog { log_id, log_key } => {
+            sqlx::query("INSERT INTO logs (log_id, log_key) VALUES ($1, $2)")
+                .bind(log_id.clone())
+                .bind(log_key.clone())
+                .execute(&mut *tx)
+                .await?;
+            Ok(Outcome::Done)
+        }
+        Write::Append {
+            log_id,
+            dedup_id,
+            payload,
+            header,
+            hour,
+        } => append(tx, log_id, dedup_id, payload, header, *hour).await,
+        Write::AckLog {
+            log_id,
+            cursor_id,
+            up_to,
+        } => {
+            sqlx::query(
+                "INSERT INTO log_cursors (log_id, cursor_id, position) VALUES ($1, $2, $3) \
+                 ON CONFLICT (log_id, cursor_id) DO UPDATE SET position = \
+                 CASE WHEN excluded.position > log_cursors.position THEN excluded.position ELSE log_cursors.position END",
+            )
+            .bind(log_id.clone())
+            .bind(cursor_id.clone())
+            .bind(to_i64(*up_to))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "DELETE FROM log_entries WHERE log_id = $1 AND seq <= (SELECT MIN(position) FROM log_cursors WHERE log_id = $1)",
+            )
+            .bind(log_id.clone())
+            .execute(&mut *tx)
+            .await?;
+            Ok(Outcome::Done)
+        }
+        Write::Expire { before_hour } => {
+            for sql in [
+                "DELETE FROM queue_messages WHERE received_hour < $1",
+                "DELETE FROM log_entries WHERE received_hour < $1",
+            ] {
+                sqlx::query(sql)
+                    .bind(*before_hour)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+/// The Delivery Service rule: entries get consecutive sequence numbers; a commit is accepted
+/// only for the log's current epoch and moves it forward (compare-and-swap inside the
+/// transaction); nothing from a future epoch or another group is accepted.
+async fn append(
+    tx: &mut AnyConnection,
+    log_id: &[u8],
+    dedup_id: &[u8],
+    payload: &[u8],
+    header: &MlsHeader,
+    hour: i64,
+) -> Result<Outcome, sqlx::Error> {
+    let Some(row) = sqlx::query("SELECT group_id, epoch, next_seq FROM logs WHERE log_id = $1")
+        .bind(log_id.to_vec())
+        .fetch_optional(&mut *tx)
+        .await?
+    else {
+        return Ok(Outcome::NotFound);
+    };
+    let group_id: Option<Vec<u8>> = row.try_get(0)?;
+    let epoch = to_u64(row.try_get(1)?);
+    let seq: i64 = row.try_get(2)?;
+    if let Some(dup) =
+        sqlx::query("SELECT seq FROM log_entries WHERE log_id = $1 AND dedup_id = $2")
+            .bind(log_id.to_vec())
+            .bind(dedup_id.to_vec())
+            .fetch_optional(&mut *tx)
+            .await?
+    {
+        return Ok(Outcome::Stored {
+            seq: to_u64(dup.try_get(0)?),
+            epoch,
+            duplicate: true,
+        });
+    }
+    if group_id
+        .as_deref()
+        .is_some_and(|g| g != header.group_id.as_slice())
+    {
+        return Ok(Outcome::Refused("this log belongs to another group"));
+    }
+    let new_epoch = match header.content_type {
+        ContentType::Commit if header.epoch != epoch => {
+            return Ok(Outcome::StaleEpoch { current: epoch });
+        }
+        ContentType::Commit => epoch + 1,
+        _ if header.epoch > epoch => return Ok(Outcome::Refused("a message from a future epoch")),
+        _ => epoch,
+    };
+    sqlx::query("INSERT INTO log_entries (log_id, seq, dedup_id, epoch, payload, received_hour) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(log_id.to_vec())
+        .bind(seq)
+        .bind(dedup_id.to_vec())
+        .bind(to_i64(header.epoch))
+        .bind(payload.to_vec())
+        .bind(hour)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE logs SET next_seq = $1, epoch = $2, group_id = $3 WHERE log_id = $4")
+        .bind(seq + 1)
+        .bind(to_i64(new_epoch))
+        .bind(header.group_id.clone())
+        .bind(log_id.to_vec())
+        .execute(&mut *tx)
+        .await?;
+    Ok(Outcome::Stored {
+        seq: to_u64(seq),
+        epoch: new_epoch,
+        duplicate: false,
+    })
+}
