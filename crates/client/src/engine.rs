@@ -289,7 +289,6 @@ impl Client {
                 to_i64(secrets.expires_at)
             ],
         )?;
-        drop(provider);
         tx.commit()?;
         Ok(link)
     }
@@ -461,7 +460,6 @@ impl Client {
                 "INSERT INTO accepted_invites (invite_id) VALUES (?1)",
                 [&body.invite_id],
             )?;
-            drop(provider);
             tx.commit()?;
             name
         };
@@ -567,7 +565,6 @@ impl Client {
                 payload,
                 Some(row),
             )?;
-            drop(provider);
             tx.commit()?;
             row
         };
@@ -813,7 +810,6 @@ impl Client {
             "UPDATE profile SET queue_cursor = ?1 WHERE id = 1",
             [to_i64(entry.seq)],
         )?;
-        drop(provider);
         tx.commit()?;
         self.profile.queue_cursor = entry.seq;
         Ok(())
@@ -918,7 +914,6 @@ impl Client {
                     Incoming::Commit { .. } | Incoming::Own => Ok(None),
                 }
             })();
-            drop(provider);
             match outcome {
                 Ok(Some(view)) => report.messages.push(view),
                 Ok(None) => {}

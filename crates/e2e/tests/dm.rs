@@ -1,4 +1,5 @@
 //! Two members in memory: invite, verify, start, join, talk both ways.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use tamizdat_e2e::{

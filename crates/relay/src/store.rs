@@ -135,7 +135,7 @@ pub struct Store {
     writer: mpsc::Sender<Job>,
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &'static str)] =
+const SQLITE_MIGRATIONS: &[(i64, &str)] =
     &[(1, include_str!("../migrations/sqlite/0001_initial.sql"))];
 
 fn db_err(e: sqlx::Error) -> RelayError {

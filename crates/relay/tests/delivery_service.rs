@@ -1,4 +1,5 @@
 //! The relay store's Delivery Service rules, on a real SQLite file.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use tamizdat_relay::store::{Outcome, Store, Write};
 use tamizdat_wire::mls::{ContentType, MlsHeader};

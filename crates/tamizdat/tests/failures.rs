@@ -1,4 +1,5 @@
 //! Bad input, bad passphrases, unreachable relays, hostile bytes: clear errors, nothing lost.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! People talking through a real relay process, over loopback TLS + WebSocket.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! What the relay shows the world, and what it keeps on disk.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
 

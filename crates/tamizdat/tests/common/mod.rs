@@ -1,5 +1,6 @@
 //! Shared helpers: a relay process and people using the real binary.
-#![allow(dead_code, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(dead_code)]
 
 use std::{
     io::{BufRead, BufReader, Write},

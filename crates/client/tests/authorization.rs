@@ -1,0 +1,151 @@
+//! Every operation tried without the right key fails, says so, and leaves the data intact.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use prost::Message;
+use tamizdat_client::{relay::RelayClient, ClientError};
+use tamizdat_relay::{Relay, RelayConfig};
+use tamizdat_wire::{
+    frame,
+    proto::{
+        AckLog, AckQueue, Append, ClientFrame, Command, CreateLog, CreateQueue, ErrorCode, Hello, Op, ReadLog, ReadQueue,
+        RelayDescriptor, Reply, SendToQueue, ServerFrame,
+    },
+};
+
+async fn relay() -> (tempfile::TempDir, RelayDescriptor, tokio::sync::oneshot::Sender<()>) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RelayConfig {
+        data: dir.path().join("relay"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        public: vec![],
+        retention: Duration::from_secs(3600 * 24),
+    };
+    let relay = Relay::bind(config).await.unwrap();
+    let descriptor = RelayDescriptor::from_link(&relay.link()).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(relay.run(async move {
+        let _ = stopped.await;
+    }));
+    (dir, descriptor, stop)
+}
+
+fn key() -> SigningKey {
+    SigningKey::generate(&mut rand::rngs::OsRng)
+}
+
+fn code(r: Result<Reply, ClientError>) -> ErrorCode {
+    match r {
+        Err(ClientError::Relay { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// A minimal MLS PrivateMessage header: version 1, wire format 2, group id, epoch, type.
+fn mls(epoch: u64, content_type: u8) -> Vec<u8> {
+    let mut m = vec![0, 1, 0, 2, 3, b'g', b'i', b'd'];
+    m.extend_from_slice(&epoch.to_be_bytes());
+    m.push(content_type);
+    m.extend_from_slice(&[0; 24]);
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_works_without_the_right_key() {
+    let (_dir, d, _stop) = relay().await;
+    let mut c = RelayClient::connect(&d).await.unwrap();
+    let (owner, stranger) = (key(), key());
+
+    // Creating needs proof of the key being registered.
+    let create = |k: &SigningKey| Op::CreateQueue(CreateQueue { read_key: k.verifying_key().to_bytes().to_vec() });
+    assert_eq!(code(c.call(create(&owner), Some(&stranger)).await), ErrorCode::Unauthorized);
+    assert_eq!(code(c.call(create(&owner), None).await), ErrorCode::Unauthorized);
+    let Reply::QueueCreated(q) = c.call(create(&owner), Some(&owner)).await.unwrap() else { panic!() };
+    assert_ne!(q.read_id, q.send_id);
+    let send = |dedup: u8| Op::SendToQueue(SendToQueue { send_id: q.send_id.clone(), dedup_id: vec![dedup; 16], payload: vec![1, 2, 3] });
+    c.call(send(1), None).await.unwrap();
+
+    let read = |id: &[u8]| Op::ReadQueue(ReadQueue { read_id: id.to_vec(), after: 0, limit: 10 });
+    assert_eq!(code(c.call(read(&q.read_id), Some(&stranger)).await), ErrorCode::Unauthorized);
+    assert_eq!(code(c.call(read(&q.read_id), None).await), ErrorCode::Unauthorized);
+    // The send id is no read capability, and unknown ids look the same as wrong keys.
+    assert_eq!(code(c.call(read(&q.send_id), Some(&owner)).await), ErrorCode::Unauthorized);
+    assert_eq!(code(c.call(read(&[0; 16]), Some(&owner)).await), ErrorCode::Unauthorized);
+    let ack = Op::AckQueue(AckQueue { read_id: q.read_id.clone(), up_to: 100 });
+    assert_eq!(code(c.call(ack, Some(&stranger)).await), ErrorCode::Unauthorized);
+    let Reply::Entries(e) = c.call(read(&q.read_id), Some(&owner)).await.unwrap() else { panic!() };
+    assert_eq!(e.entries.len(), 1, "the refused ack deleted nothing");
+
+    // Logs: create, append, read and ack all need the log key.
+    let log_key = key();
+    let create_log = Op::CreateLog(CreateLog { log_key: log_key.verifying_key().to_bytes().to_vec() });
+    assert_eq!(code(c.call(create_log.clone(), Some(&stranger)).await), ErrorCode::Unauthorized);
+    let Reply::LogCreated(l) = c.call(create_log, Some(&log_key)).await.unwrap() else { panic!() };
+    let append = |dedup: u8, payload: Vec<u8>| Op::Append(Append { log_id: l.log_id.clone(), dedup_id: vec![dedup; 16], payload });
+    c.call(append(1, mls(0, 3)), Some(&log_key)).await.unwrap();
+    assert_eq!(code(c.call(append(2, mls(1, 3)), Some(&stranger)).await), ErrorCode::Unauthorized);
+    assert_eq!(code(c.call(append(2, mls(1, 3)), None).await), ErrorCode::Unauthorized);
+    assert_eq!(code(c.call(append(3, b"not mls at all".to_vec()), Some(&log_key)).await), ErrorCode::NotMls);
+    assert_eq!(code(c.call(append(4, vec![0; 200 * 1024]), Some(&log_key)).await), ErrorCode::TooLarge);
+    let read_log = Op::ReadLog(ReadLog { log_id: l.log_id.clone(), after: 0, limit: 10 });
+    assert_eq!(code(c.call(read_log.clone(), Some(&stranger)).await), ErrorCode::Unauthorized);
+    let ack_log = Op::AckLog(AckLog { log_id: l.log_id.clone(), cursor_id: vec![1; 16], up_to: 10 });
+    assert_eq!(code(c.call(ack_log, Some(&stranger)).await), ErrorCode::Unauthorized);
+    let Reply::Entries(e) = c.call(read_log, Some(&log_key)).await.unwrap() else { panic!() };
+    assert_eq!(e.entries.len(), 1, "only the authorized append is there");
+    // Stale commits are refused with the current epoch.
+    match c.call(append(5, mls(0, 3)), Some(&log_key)).await {
+        Err(ClientError::Relay { code: ErrorCode::StaleEpoch, current_epoch: 1, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A signed request captured on one connection is useless on another: the signature covers
+/// the relay's per-connection nonce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_requests_do_not_replay_on_another_connection() {
+    let (_dir, d, _stop) = relay().await;
+    let owner = key();
+    let mut c = RelayClient::connect(&d).await.unwrap();
+    let Reply::QueueCreated(q) =
+        c.call(Op::CreateQueue(CreateQueue { read_key: owner.verifying_key().to_bytes().to_vec() }), Some(&owner)).await.unwrap()
+    else {
+        panic!()
+    };
+    // Build a request signed for some other nonce, as an eavesdropper would have captured it.
+    let command = Command { op: Some(Op::ReadQueue(ReadQueue { read_id: q.read_id.clone(), after: 0, limit: 10 })) }.encode_to_vec();
+    let signature = ed25519_dalek::Signer::sign(&owner, &tamizdat_wire::auth_payload(&[7; 32], 2, &command)).to_bytes().to_vec();
+    let mut raw = tamizdat_transport::client::connect(&d).await.unwrap();
+    let hello = Command { op: Some(Op::Hello(Hello { min_version: 1, max_version: 1 })) }.encode_to_vec();
+    raw.send(frame::encode(&ClientFrame { request_id: 1, command: hello, signature: vec![] }).unwrap()).await.unwrap();
+    let _hello_ok: ServerFrame = frame::decode(&raw.recv().await.unwrap()).unwrap();
+    raw.send(frame::encode(&ClientFrame { request_id: 2, command, signature }).unwrap()).await.unwrap();
+    let reply: ServerFrame = frame::decode(&raw.recv().await.unwrap()).unwrap();
+    match reply.reply {
+        Some(Reply::Error(e)) => assert_eq!(e.code, ErrorCode::Unauthorized as i32),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A malformed frame ends that connection only; the relay keeps serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_frame_closes_only_its_connection() {
+    let (_dir, d, _stop) = relay().await;
+    let mut raw = tamizdat_transport::client::connect(&d).await.unwrap();
+    raw.send(vec![0xde, 0xad, 0xbe, 0xef]).await.unwrap();
+    let reply: ServerFrame = frame::decode(&raw.recv().await.unwrap()).unwrap();
+    assert!(matches!(reply.reply, Some(Reply::Error(ref e)) if e.code == ErrorCode::BadRequest as i32));
+    assert!(raw.recv().await.is_err(), "the relay closed this connection");
+    // Requests before hello are refused too.
+    let mut early = tamizdat_transport::client::connect(&d).await.unwrap();
+    let cmd = Command { op: Some(Op::ReadQueue(ReadQueue { read_id: vec![0; 16], after: 0, limit: 1 })) }.encode_to_vec();
+    early.send(frame::encode(&ClientFrame { request_id: 1, command: cmd, signature: vec![] }).unwrap()).await.unwrap();
+    let reply: ServerFrame = frame::decode(&early.recv().await.unwrap()).unwrap();
+    assert!(matches!(reply.reply, Some(Reply::Error(_))));
+    // Someone else is unaffected.
+    let mut fine = RelayClient::connect(&d).await.unwrap();
+    let k = key();
+    assert!(fine.call(Op::CreateQueue(CreateQueue { read_key: k.verifying_key().to_bytes().to_vec() }), Some(&k)).await.is_ok());
+}
