@@ -23,8 +23,8 @@ use tamizdat_wire::{
     limits::{ID_LEN, MAX_READ_ENTRIES},
     mls::peek_header,
     proto::{
-        AckLog, AckQueue, Append, CreateLog, CreateQueue, Entry, ErrorCode, Op, ReadLog, ReadQueue,
-        RelayDescriptor, Reply, SendToQueue,
+        AckLog, AckQueue, Append, CreateLog, CreateQueue, Entry, ErrorCode, Op, ReadLog, ReadQueue, RelayDescriptor,
+        Reply, SendToQueue,
     },
 };
 
@@ -106,10 +106,7 @@ struct ContactRow {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn now_secs() -> u64 {
@@ -123,9 +120,8 @@ fn random_id() -> Vec<u8> {
 }
 
 fn signing_key(secret: &[u8]) -> Result<SigningKey, ClientError> {
-    let bytes: [u8; 32] = secret
-        .try_into()
-        .map_err(|_| ClientError::Corrupt("a stored key has the wrong length".into()))?;
+    let bytes: [u8; 32] =
+        secret.try_into().map_err(|_| ClientError::Corrupt("a stored key has the wrong length".into()))?;
     Ok(SigningKey::from_bytes(&bytes))
 }
 
@@ -140,19 +136,11 @@ fn clean_name(raw: &str) -> String {
     while name.len() > MAX_NAME {
         name.pop();
     }
-    if name.is_empty() {
-        "contact".into()
-    } else {
-        name
-    }
+    if name.is_empty() { "contact".into() } else { name }
 }
 
 fn check_own_name(name: &str) -> Result<(), ClientError> {
-    if name.trim().is_empty()
-        || name.len() > MAX_NAME
-        || name.chars().any(char::is_control)
-        || name != name.trim()
-    {
+    if name.trim().is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) || name != name.trim() {
         return Err(ClientError::BadInput(format!(
             "a name must be 1 to {MAX_NAME} bytes of printable text without surrounding spaces"
         )));
@@ -171,25 +159,18 @@ pub struct Client {
 impl Client {
     /// Creates an identity in `home` that uses the relay of `relay_link`. The relay is asked
     /// for a contact queue first, so nothing is created if it cannot be reached.
-    pub async fn init(
-        home: &Path,
-        passphrase: &str,
-        name: &str,
-        relay_link: &str,
-    ) -> Result<Self, ClientError> {
+    pub async fn init(home: &Path, passphrase: &str, name: &str, relay_link: &str) -> Result<Self, ClientError> {
         check_own_name(name)?;
         if store::exists(home) {
             return Err(ClientError::AlreadyInitialised(home.display().to_string()));
         }
-        let relay = RelayDescriptor::from_link(relay_link)
-            .map_err(|e| ClientError::BadInput(format!("relay link: {e}")))?;
+        let relay =
+            RelayDescriptor::from_link(relay_link).map_err(|e| ClientError::BadInput(format!("relay link: {e}")))?;
         let queue_key = SigningKey::generate(&mut rand::rngs::OsRng);
         let mut rc = RelayClient::connect(&relay).await?;
         let reply = rc
             .call(
-                Op::CreateQueue(CreateQueue {
-                    read_key: queue_key.verifying_key().to_bytes().to_vec(),
-                }),
+                Op::CreateQueue(CreateQueue { read_key: queue_key.verifying_key().to_bytes().to_vec() }),
                 Some(&queue_key),
             )
             .await?;
@@ -235,8 +216,7 @@ impl Client {
             )
             .optional()?
             .ok_or_else(|| ClientError::Corrupt("the store has no profile".into()))?;
-        let suite = Ciphersuite::try_from(profile.2)
-            .map_err(|_| ClientError::Corrupt("unknown ciphersuite".into()))?;
+        let suite = Ciphersuite::try_from(profile.2).map_err(|_| ClientError::Corrupt("unknown ciphersuite".into()))?;
         let profile = ProfileRow {
             name: profile.0,
             identity_key: profile.1,
@@ -251,12 +231,7 @@ impl Client {
             let provider = Provider::new(&conn);
             Identity::load(&provider, &profile.identity_key, suite)?
         };
-        Ok(Self {
-            conn,
-            identity,
-            profile,
-            relays: HashMap::new(),
-        })
+        Ok(Self { conn, identity, profile, relays: HashMap::new() })
     }
 
     /// Our display name.
@@ -274,20 +249,12 @@ impl Client {
         let expires_at = now_secs().saturating_add(ttl_secs);
         let tx = self.conn.unchecked_transaction()?;
         let provider = Provider::new(&tx);
-        let params = InviteParams {
-            relays: vec![self.profile.relay.clone()],
-            send_id: &self.profile.queue_send_id,
-            expires_at,
-        };
-        let (link, secrets) =
-            invite::create(&provider, &self.identity, self.profile.suite, params)?;
+        let params =
+            InviteParams { relays: vec![self.profile.relay.clone()], send_id: &self.profile.queue_send_id, expires_at };
+        let (link, secrets) = invite::create(&provider, &self.identity, self.profile.suite, params)?;
         tx.execute(
             "INSERT INTO invites (invite_id, box_private, expires_at) VALUES (?1, ?2, ?3)",
-            params![
-                secrets.invite_id,
-                secrets.box_private,
-                to_i64(secrets.expires_at)
-            ],
+            params![secrets.invite_id, secrets.box_private, to_i64(secrets.expires_at)],
         )?;
         tx.commit()?;
         Ok(link)
@@ -299,23 +266,13 @@ impl Client {
             let rc = RelayClient::connect(&descriptor).await?;
             self.relays.insert(link.to_string(), rc);
         }
-        self.relays
-            .get_mut(link)
-            .ok_or_else(|| ClientError::Protocol("relay connection vanished".into()))
+        self.relays.get_mut(link).ok_or_else(|| ClientError::Protocol("relay connection vanished".into()))
     }
 
     /// A call that drops a broken connection so the next call reconnects.
-    async fn call(
-        &mut self,
-        link: &str,
-        op: Op,
-        key: Option<&SigningKey>,
-    ) -> Result<Reply, ClientError> {
+    async fn call(&mut self, link: &str, op: Op, key: Option<&SigningKey>) -> Result<Reply, ClientError> {
         let result = self.relay(link).await?.call(op, key).await;
-        if matches!(
-            result,
-            Err(ClientError::Transport(_) | ClientError::Protocol(_))
-        ) {
+        if matches!(result, Err(ClientError::Transport(_) | ClientError::Protocol(_))) {
             self.relays.remove(link);
         }
         result
@@ -336,16 +293,10 @@ impl Client {
         }
         let accepted: Option<i64> = self
             .conn
-            .query_row(
-                "SELECT 1 FROM accepted_invites WHERE invite_id = ?1",
-                [&body.invite_id],
-                |r| r.get(0),
-            )
+            .query_row("SELECT 1 FROM accepted_invites WHERE invite_id = ?1", [&body.invite_id], |r| r.get(0))
             .optional()?;
         if accepted.is_some() {
-            return Err(ClientError::BadInput(
-                "you already accepted this invite".into(),
-            ));
+            return Err(ClientError::BadInput("you already accepted this invite".into()));
         }
         if let Some(alias) = alias {
             check_own_name(alias)?;
@@ -355,11 +306,8 @@ impl Client {
                 )));
             }
         }
-        let relay = body
-            .relays
-            .first()
-            .ok_or_else(|| ClientError::BadInput("the invite names no relay".into()))?
-            .clone();
+        let relay =
+            body.relays.first().ok_or_else(|| ClientError::BadInput("the invite names no relay".into()))?.clone();
         let relay_link = relay.to_link();
 
         // On the relay first: a log, and a cursor for each member, so nothing is deleted
@@ -368,9 +316,7 @@ impl Client {
         let reply = self
             .call(
                 &relay_link,
-                Op::CreateLog(CreateLog {
-                    log_key: log_key.verifying_key().to_bytes().to_vec(),
-                }),
+                Op::CreateLog(CreateLog { log_key: log_key.verifying_key().to_bytes().to_vec() }),
                 Some(&log_key),
             )
             .await?;
@@ -379,13 +325,8 @@ impl Client {
         };
         let (own_cursor, peer_cursor) = (random_id(), random_id());
         for cursor in [&own_cursor, &peer_cursor] {
-            let ack = AckLog {
-                log_id: created.log_id.clone(),
-                cursor_id: cursor.clone(),
-                up_to: 0,
-            };
-            self.call(&relay_link, Op::AckLog(ack), Some(&log_key))
-                .await?;
+            let ack = AckLog { log_id: created.log_id.clone(), cursor_id: cursor.clone(), up_to: 0 };
+            self.call(&relay_link, Op::AckLog(ack), Some(&log_key)).await?;
         }
 
         // Then locally, in one transaction: the group, the contact and the outbox.
@@ -394,34 +335,19 @@ impl Client {
             let provider = Provider::new(&tx);
             // The log is new and only we hold its key, so no other commit can take epoch 0:
             // merging before the relay stores it is safe here.
-            let (mut conv, commit, welcome) = Conversation::start(
-                &provider,
-                &self.identity,
-                verified.suite,
-                verified.key_package.clone(),
-            )?;
+            let (mut conv, commit, welcome) =
+                Conversation::start(&provider, &self.identity, verified.suite, verified.key_package.clone())?;
             conv.confirm_commit(&provider)?;
             let name = match alias {
                 Some(a) => a.to_string(),
-                None => unique_name(
-                    &tx,
-                    &format!("invite-{}", hex::encode(&body.identity_key[..3])),
-                )?,
+                None => unique_name(&tx, &format!("invite-{}", hex::encode(&body.identity_key[..3])))?,
             };
             tx.execute(
                 "INSERT INTO contacts (name, named_by_user, identity_key, group_id, joined_epoch, relay_link, log_id, log_secret, cursor_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![name, alias.is_some(), body.identity_key, conv.group_id(), to_i64(conv.epoch()), relay_link, created.log_id, log_key.to_bytes().to_vec(), own_cursor, to_i64(now_ms())],
             )?;
             let contact_id = tx.last_insert_rowid();
-            enqueue_log(
-                &tx,
-                contact_id,
-                &relay_link,
-                &created.log_id,
-                &log_key,
-                commit,
-                None,
-            )?;
+            enqueue_log(&tx, contact_id, &relay_link, &created.log_id, &log_key, commit, None)?;
             let join = JoinRequest {
                 invite_id: body.invite_id.clone(),
                 welcome,
@@ -434,32 +360,15 @@ impl Client {
                 cursor_id: peer_cursor,
                 cursor_position: 0,
             };
-            let sealed = seal::seal(
-                &provider,
-                verified.suite,
-                &body.box_key,
-                &body.invite_id,
-                &join.encode_to_vec(),
-            )?;
+            let sealed = seal::seal(&provider, verified.suite, &body.box_key, &body.invite_id, &join.encode_to_vec())?;
             tx.execute(
                 "INSERT INTO outbox (relay_link, target, kind, dedup_id, payload) VALUES (?1, ?2, 'queue', ?3, ?4)",
                 params![relay_link, body.send_id, random_id(), sealed],
             )?;
             let profile = self.profile_content();
             let payload = conv.encrypt(&provider, &self.identity, &profile)?;
-            enqueue_log(
-                &tx,
-                contact_id,
-                &relay_link,
-                &created.log_id,
-                &log_key,
-                payload,
-                None,
-            )?;
-            tx.execute(
-                "INSERT INTO accepted_invites (invite_id) VALUES (?1)",
-                [&body.invite_id],
-            )?;
+            enqueue_log(&tx, contact_id, &relay_link, &created.log_id, &log_key, payload, None)?;
+            tx.execute("INSERT INTO accepted_invites (invite_id) VALUES (?1)", [&body.invite_id])?;
             tx.commit()?;
             name
         };
@@ -471,25 +380,16 @@ impl Client {
         Content {
             message_id: random_id(),
             sent_at_ms: now_ms(),
-            body: Some(Body::Profile(Profile {
-                display_name: self.profile.name.clone(),
-            })),
+            body: Some(Body::Profile(Profile { display_name: self.profile.name.clone() })),
         }
     }
 
     fn contact_id(&self, name: &str) -> Result<Option<i64>, ClientError> {
-        Ok(self
-            .conn
-            .query_row("SELECT id FROM contacts WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()?)
+        Ok(self.conn.query_row("SELECT id FROM contacts WHERE name = ?1", [name], |r| r.get(0)).optional()?)
     }
 
     fn contact(&self, name: &str) -> Result<ContactRow, ClientError> {
-        let id = self
-            .contact_id(name)?
-            .ok_or_else(|| ClientError::UnknownContact(name.to_string()))?;
+        let id = self.contact_id(name)?.ok_or_else(|| ClientError::UnknownContact(name.to_string()))?;
         self.contact_by_id(id)
     }
 
@@ -533,10 +433,7 @@ impl Client {
             return Err(ClientError::BadInput("the message is empty".into()));
         }
         if text.len() > MAX_TEXT {
-            return Err(ClientError::BadInput(format!(
-                "the message is {} bytes; the limit is {MAX_TEXT}",
-                text.len()
-            )));
+            return Err(ClientError::BadInput(format!("the message is {} bytes; the limit is {MAX_TEXT}", text.len())));
         }
         let c = self.contact(contact)?;
         let content = Content {
@@ -547,24 +444,15 @@ impl Client {
         let row = {
             let tx = self.conn.unchecked_transaction()?;
             let provider = Provider::new(&tx);
-            let mut conv = Conversation::load(&provider, &c.group_id)?.ok_or_else(|| {
-                ClientError::Corrupt(format!("the conversation with {} is missing", c.name))
-            })?;
+            let mut conv = Conversation::load(&provider, &c.group_id)?
+                .ok_or_else(|| ClientError::Corrupt(format!("the conversation with {} is missing", c.name)))?;
             let payload = conv.encrypt(&provider, &self.identity, &content)?;
             tx.execute(
                 "INSERT INTO messages (contact_id, message_id, outgoing, text, sent_at, state) VALUES (?1, ?2, 1, ?3, ?4, 'sending')",
                 params![c.id, content.message_id, text, to_i64(content.sent_at_ms)],
             )?;
             let row = tx.last_insert_rowid();
-            enqueue_log(
-                &tx,
-                c.id,
-                &c.relay_link,
-                &c.log_id,
-                &c.log_key,
-                payload,
-                Some(row),
-            )?;
+            enqueue_log(&tx, c.id, &c.relay_link, &c.log_id, &c.log_key, payload, Some(row))?;
             tx.commit()?;
             row
         };
@@ -596,27 +484,18 @@ impl Client {
                     },
                 )
                 .optional()?;
-            let Some((id, link, target, secret, kind, dedup_id, payload, message_row)) = next
-            else {
+            let Some((id, link, target, secret, kind, dedup_id, payload, message_row)) = next else {
                 break;
             };
             let result = if kind == "log" {
                 let key = signing_key(secret.as_deref().unwrap_or_default())?;
-                let op = Op::Append(Append {
-                    log_id: target,
-                    dedup_id,
-                    payload,
-                });
+                let op = Op::Append(Append { log_id: target, dedup_id, payload });
                 self.call(&link, op, Some(&key)).await.map(|r| match r {
                     Reply::Appended(a) => Some(a.seq),
                     _ => None,
                 })
             } else {
-                let op = Op::SendToQueue(SendToQueue {
-                    send_id: target,
-                    dedup_id,
-                    payload,
-                });
+                let op = Op::SendToQueue(SendToQueue { send_id: target, dedup_id, payload });
                 self.call(&link, op, None).await.map(|_| None)
             };
             match result {
@@ -645,13 +524,8 @@ impl Client {
                     tx.commit()?;
                 }
                 Err(e) => {
-                    self.conn.execute(
-                        "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1",
-                        [id],
-                    )?;
-                    let queued: i64 =
-                        self.conn
-                            .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+                    self.conn.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1", [id])?;
+                    let queued: i64 = self.conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
                     return Err(ClientError::Undelivered {
                         queued: usize::try_from(queued).unwrap_or(0),
                         cause: Box::new(e),
@@ -665,10 +539,7 @@ impl Client {
     /// Delivers the outbox, then fetches and processes everything pending: join requests on
     /// our queue, then every conversation's log.
     pub async fn sync(&mut self) -> Result<SyncReport, ClientError> {
-        let mut report = SyncReport {
-            delivered: self.flush_outbox().await?,
-            ..SyncReport::default()
-        };
+        let mut report = SyncReport { delivered: self.flush_outbox().await?, ..SyncReport::default() };
         self.sync_queue(&mut report).await?;
         let ids: Vec<i64> = {
             let mut stmt = self.conn.prepare("SELECT id FROM contacts ORDER BY id")?;
@@ -691,8 +562,7 @@ impl Client {
                 limit: MAX_READ_ENTRIES,
             };
             let key = self.profile.queue_key.clone();
-            let Reply::Entries(batch) = self.call(&link, Op::ReadQueue(read), Some(&key)).await?
-            else {
+            let Reply::Entries(batch) = self.call(&link, Op::ReadQueue(read), Some(&key)).await? else {
                 return Err(ClientError::Protocol("expected Entries".into()));
             };
             let Some(last) = batch.entries.last().map(|e| e.seq) else {
@@ -701,10 +571,7 @@ impl Client {
             for entry in &batch.entries {
                 self.handle_queue_entry(entry, report)?;
             }
-            let ack = AckQueue {
-                read_id: self.profile.queue_read_id.clone(),
-                up_to: last,
-            };
+            let ack = AckQueue { read_id: self.profile.queue_read_id.clone(), up_to: last };
             self.call(&link, Op::AckQueue(ack), Some(&key)).await?;
             if !batch.more {
                 break;
@@ -715,19 +582,13 @@ impl Client {
 
     /// A queue entry is a sealed join request for one of our open invites. Whatever it is, the
     /// cursor moves past it in the same transaction.
-    fn handle_queue_entry(
-        &mut self,
-        entry: &Entry,
-        report: &mut SyncReport,
-    ) -> Result<(), ClientError> {
+    fn handle_queue_entry(&mut self, entry: &Entry, report: &mut SyncReport) -> Result<(), ClientError> {
         let tx = self.conn.unchecked_transaction()?;
         tx.execute("SAVEPOINT entry", [])?;
         let provider = Provider::new(&tx);
         let outcome = (|| -> Result<Option<String>, ClientError> {
             let invites: Vec<(Vec<u8>, Vec<u8>, i64)> = {
-                let mut stmt = tx.prepare(
-                    "SELECT invite_id, box_private, expires_at FROM invites WHERE used = 0",
-                )?;
+                let mut stmt = tx.prepare("SELECT invite_id, box_private, expires_at FROM invites WHERE used = 0")?;
                 let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                 rows.collect::<Result<_, _>>()?
             };
@@ -737,40 +598,29 @@ impl Client {
                     .map(|p| (id.clone(), *expires, p))
             });
             let Some((invite_id, expires_at, plaintext)) = opened else {
-                return Err(ClientError::BadInput(
-                    "a queue entry matches no open invite".into(),
-                ));
+                return Err(ClientError::BadInput("a queue entry matches no open invite".into()));
             };
-            // Arrival is known to the hour; an answer that arrived after expiry is refused.
+            // Arrival is known only to the hour: an answer that arrived in an hour starting
+            // after the expiry is refused, so an invite has up to an hour of grace.
             if to_i64(entry.received_hour.saturating_mul(3600)) > expires_at {
                 return Err(ClientError::Invite(E2eError::ExpiredInvite));
             }
             let join = JoinRequest::decode(plaintext.as_slice())
                 .map_err(|_| ClientError::BadInput("undecodable join request".into()))?;
             if join.invite_id != invite_id || join.cursor_id.len() != ID_LEN {
-                return Err(ClientError::BadInput(
-                    "join request for another invite".into(),
-                ));
+                return Err(ClientError::BadInput("join request for another invite".into()));
             }
-            let log = join
-                .log
-                .ok_or_else(|| ClientError::BadInput("join request without a log".into()))?;
-            let relay = log
-                .relay
-                .ok_or_else(|| ClientError::BadInput("join request without a relay".into()))?;
+            let log = join.log.ok_or_else(|| ClientError::BadInput("join request without a log".into()))?;
+            let relay = log.relay.ok_or_else(|| ClientError::BadInput("join request without a relay".into()))?;
             relay.validate()?;
             if log.log_id.len() != ID_LEN {
-                return Err(ClientError::BadInput(
-                    "join request with a bad log id".into(),
-                ));
+                return Err(ClientError::BadInput("join request with a bad log id".into()));
             }
             let log_key = signing_key(&log.log_secret)?;
             let mut conv = Conversation::join(&provider, &join.welcome)?;
             let peers = conv.peers(&self.profile.identity_key);
             let [peer] = peers.as_slice() else {
-                return Err(ClientError::BadInput(
-                    "a 1:1 invite was answered with a group".into(),
-                ));
+                return Err(ClientError::BadInput("a 1:1 invite was answered with a group".into()));
             };
             let name = unique_name(&tx, &clean_name(&join.display_name))?;
             let relay_link = relay.to_link();
@@ -779,20 +629,9 @@ impl Client {
                 params![name, peer, conv.group_id(), to_i64(conv.epoch()), relay_link, log.log_id, log.log_secret, join.cursor_id, to_i64(join.cursor_position), to_i64(now_ms())],
             )?;
             let contact_id = tx.last_insert_rowid();
-            tx.execute(
-                "UPDATE invites SET used = 1 WHERE invite_id = ?1",
-                [&invite_id],
-            )?;
+            tx.execute("UPDATE invites SET used = 1 WHERE invite_id = ?1", [&invite_id])?;
             let payload = conv.encrypt(&provider, &self.identity, &self.profile_content())?;
-            enqueue_log(
-                &tx,
-                contact_id,
-                &relay_link,
-                &log.log_id,
-                &log_key,
-                payload,
-                None,
-            )?;
+            enqueue_log(&tx, contact_id, &relay_link, &log.log_id, &log_key, payload, None)?;
             Ok(Some(name))
         })();
         match outcome {
@@ -806,31 +645,17 @@ impl Client {
             }
         }
         tx.execute("RELEASE entry", [])?;
-        tx.execute(
-            "UPDATE profile SET queue_cursor = ?1 WHERE id = 1",
-            [to_i64(entry.seq)],
-        )?;
+        tx.execute("UPDATE profile SET queue_cursor = ?1 WHERE id = 1", [to_i64(entry.seq)])?;
         tx.commit()?;
         self.profile.queue_cursor = entry.seq;
         Ok(())
     }
 
-    async fn sync_log(
-        &mut self,
-        contact_id: i64,
-        report: &mut SyncReport,
-    ) -> Result<(), ClientError> {
+    async fn sync_log(&mut self, contact_id: i64, report: &mut SyncReport) -> Result<(), ClientError> {
         loop {
             let c = self.contact_by_id(contact_id)?;
-            let read = ReadLog {
-                log_id: c.log_id.clone(),
-                after: c.cursor,
-                limit: MAX_READ_ENTRIES,
-            };
-            let Reply::Entries(batch) = self
-                .call(&c.relay_link, Op::ReadLog(read), Some(&c.log_key))
-                .await?
-            else {
+            let read = ReadLog { log_id: c.log_id.clone(), after: c.cursor, limit: MAX_READ_ENTRIES };
+            let Reply::Entries(batch) = self.call(&c.relay_link, Op::ReadLog(read), Some(&c.log_key)).await? else {
                 return Err(ClientError::Protocol("expected Entries".into()));
             };
             let Some(last) = batch.entries.last().map(|e| e.seq) else {
@@ -839,13 +664,8 @@ impl Client {
             for entry in &batch.entries {
                 self.handle_log_entry(contact_id, entry, report)?;
             }
-            let ack = AckLog {
-                log_id: c.log_id.clone(),
-                cursor_id: c.cursor_id.clone(),
-                up_to: last,
-            };
-            self.call(&c.relay_link, Op::AckLog(ack), Some(&c.log_key))
-                .await?;
+            let ack = AckLog { log_id: c.log_id.clone(), cursor_id: c.cursor_id.clone(), up_to: last };
+            self.call(&c.relay_link, Op::AckLog(ack), Some(&c.log_key)).await?;
             if !batch.more {
                 break;
             }
@@ -855,12 +675,7 @@ impl Client {
 
     /// Processes one log entry in one transaction with the cursor move, so an entry is never
     /// processed twice and never skipped by a crash.
-    fn handle_log_entry(
-        &mut self,
-        contact_id: i64,
-        entry: &Entry,
-        report: &mut SyncReport,
-    ) -> Result<(), ClientError> {
+    fn handle_log_entry(&mut self, contact_id: i64, entry: &Entry, report: &mut SyncReport) -> Result<(), ClientError> {
         let c = self.contact_by_id(contact_id)?;
         if entry.seq <= c.cursor {
             return Ok(());
@@ -876,11 +691,9 @@ impl Client {
         if own.is_some() {
             // Our own entry: if its acknowledgement was lost, the log is the proof of delivery.
             let pending: Option<(i64, Option<i64>)> = tx
-                .query_row(
-                    "SELECT id, message_row FROM outbox WHERE dedup_id = ?1",
-                    [&entry.dedup_id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+                .query_row("SELECT id, message_row FROM outbox WHERE dedup_id = ?1", [&entry.dedup_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .optional()?;
             if let Some((outbox_id, row)) = pending {
                 if let Some(row) = row {
@@ -899,15 +712,12 @@ impl Client {
                 if header.epoch < c.joined_epoch {
                     return Ok(None); // from before we joined
                 }
-                let mut conv = Conversation::load(&provider, &c.group_id)?.ok_or_else(|| {
-                    ClientError::Corrupt(format!("the conversation with {} is missing", c.name))
-                })?;
+                let mut conv = Conversation::load(&provider, &c.group_id)?
+                    .ok_or_else(|| ClientError::Corrupt(format!("the conversation with {} is missing", c.name)))?;
                 match conv.process(&provider, &entry.payload)? {
                     Incoming::Content { sender, content } => {
                         if sender != c.identity_key {
-                            return Err(ClientError::BadInput(
-                                "content from a key that is not this contact's".into(),
-                            ));
+                            return Err(ClientError::BadInput("content from a key that is not this contact's".into()));
                         }
                         self.store_content(&tx, &c, entry.seq, content, report)
                     }
@@ -926,10 +736,7 @@ impl Client {
             }
             tx.execute("RELEASE entry", [])?;
         }
-        tx.execute(
-            "UPDATE contacts SET cursor = ?1 WHERE id = ?2",
-            params![to_i64(entry.seq), c.id],
-        )?;
+        tx.execute("UPDATE contacts SET cursor = ?1 WHERE id = ?2", params![to_i64(entry.seq), c.id])?;
         tx.commit()?;
         Ok(())
     }
@@ -963,18 +770,12 @@ impl Client {
                 }))
             }
             Some(Body::Profile(p)) => {
-                let named_by_user: bool = tx.query_row(
-                    "SELECT named_by_user FROM contacts WHERE id = ?1",
-                    [c.id],
-                    |r| r.get(0),
-                )?;
+                let named_by_user: bool =
+                    tx.query_row("SELECT named_by_user FROM contacts WHERE id = ?1", [c.id], |r| r.get(0))?;
                 let wanted = clean_name(&p.display_name);
                 if !named_by_user && wanted != c.name {
                     let name = unique_name(tx, &wanted)?;
-                    tx.execute(
-                        "UPDATE contacts SET name = ?1 WHERE id = ?2",
-                        params![name, c.id],
-                    )?;
+                    tx.execute("UPDATE contacts SET name = ?1 WHERE id = ?2", params![name, c.id])?;
                     report.renamed.push((c.name.clone(), name));
                 }
                 Ok(None)
@@ -985,9 +786,7 @@ impl Client {
 
     /// All contacts, oldest first.
     pub fn contacts(&self) -> Result<Vec<ContactView>, ClientError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, identity_key, created_at FROM contacts ORDER BY id")?;
+        let mut stmt = self.conn.prepare("SELECT name, identity_key, created_at FROM contacts ORDER BY id")?;
         let rows = stmt.query_map([], |r| {
             Ok(ContactView {
                 name: r.get(0)?,
@@ -1001,12 +800,9 @@ impl Client {
     /// A conversation in log order; messages still waiting to be sent come last.
     pub fn messages(&self, contact: &str) -> Result<Vec<MessageView>, ClientError> {
         let c = self.contact(contact)?;
-        let mut stmt = self.conn.prepare(
-            "SELECT id FROM messages WHERE contact_id = ?1 ORDER BY seq IS NULL, seq, id",
-        )?;
-        let ids: Vec<i64> = stmt
-            .query_map([c.id], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let mut stmt =
+            self.conn.prepare("SELECT id FROM messages WHERE contact_id = ?1 ORDER BY seq IS NULL, seq, id")?;
+        let ids: Vec<i64> = stmt.query_map([c.id], |r| r.get(0))?.collect::<Result<_, _>>()?;
         ids.into_iter().map(|id| self.message_by_row(id)).collect()
     }
 
@@ -1040,11 +836,7 @@ impl Client {
 
     /// The home directory's database files, for tests and audits.
     pub fn files(home: &Path) -> Vec<PathBuf> {
-        ["tamizdat.db", "tamizdat.db-wal", "keyfile.json"]
-            .iter()
-            .map(|f| home.join(f))
-            .filter(|p| p.exists())
-            .collect()
+        ["tamizdat.db", "tamizdat.db-wal", "keyfile.json"].iter().map(|f| home.join(f)).filter(|p| p.exists()).collect()
     }
 }
 
@@ -1063,10 +855,7 @@ fn enqueue_log(
         "INSERT INTO outbox (relay_link, target, target_secret, kind, dedup_id, payload, message_row) VALUES (?1, ?2, ?3, 'log', ?4, ?5, ?6)",
         params![relay_link, log_id, log_key.to_bytes().to_vec(), dedup, payload, message_row],
     )?;
-    tx.execute(
-        "INSERT INTO own_entries (contact_id, dedup_id) VALUES (?1, ?2)",
-        params![contact_id, dedup],
-    )?;
+    tx.execute("INSERT INTO own_entries (contact_id, dedup_id) VALUES (?1, ?2)", params![contact_id, dedup])?;
     Ok(())
 }
 
@@ -1074,13 +863,8 @@ fn enqueue_log(
 fn unique_name(conn: &Connection, base: &str) -> Result<String, ClientError> {
     let mut candidate = base.to_string();
     for n in 2.. {
-        let taken: Option<i64> = conn
-            .query_row(
-                "SELECT 1 FROM contacts WHERE name = ?1",
-                [&candidate],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let taken: Option<i64> =
+            conn.query_row("SELECT 1 FROM contacts WHERE name = ?1", [&candidate], |r| r.get(0)).optional()?;
         if taken.is_none() {
             return Ok(candidate);
         }

@@ -13,9 +13,7 @@ use tamizdat_wire::proto::ErrorCode;
 #[non_exhaustive]
 pub enum ClientError {
     /// No identity in this home directory.
-    #[error(
-        "no Tamizdat identity in {0}; create one with `tamizdat init --name NAME --relay LINK`"
-    )]
+    #[error("no Tamizdat identity in {0}; create one with `tamizdat init --name NAME --relay LINK`")]
     NotInitialised(String),
     /// An identity already exists.
     #[error("{0} already holds a Tamizdat identity; use another --home to create a second one")]
@@ -83,13 +81,8 @@ impl ClientError {
             | ClientError::UnknownContact(_)
             | ClientError::Invite(_) => ErrorKind::BadInput,
             ClientError::Transport(e) => e.kind(),
-            ClientError::Relay {
-                code: ErrorCode::Internal | ErrorCode::RateLimited,
-                ..
-            } => ErrorKind::Retry,
-            ClientError::Relay { .. } | ClientError::Protocol(_) | ClientError::Wire(_) => {
-                ErrorKind::Fatal
-            }
+            ClientError::Relay { code: ErrorCode::Internal | ErrorCode::RateLimited, .. } => ErrorKind::Retry,
+            ClientError::Relay { .. } | ClientError::Protocol(_) | ClientError::Wire(_) => ErrorKind::Fatal,
             ClientError::E2e(e) => e.kind(),
             ClientError::Io(_) | ClientError::Corrupt(_) => ErrorKind::Fatal,
             ClientError::Undelivered { cause, .. } => cause.kind(),

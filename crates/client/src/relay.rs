@@ -27,28 +27,13 @@ impl RelayClient {
     /// Connects and negotiates the protocol version.
     pub async fn connect(relay: &RelayDescriptor) -> Result<Self, ClientError> {
         let conn = connect(relay).await?;
-        let mut client = Self {
-            conn,
-            nonce: Vec::new(),
-            next_id: 1,
-        };
-        match client
-            .call(
-                Op::Hello(Hello {
-                    min_version: MIN_VERSION,
-                    max_version: MAX_VERSION,
-                }),
-                None,
-            )
-            .await?
-        {
+        let mut client = Self { conn, nonce: Vec::new(), next_id: 1 };
+        match client.call(Op::Hello(Hello { min_version: MIN_VERSION, max_version: MAX_VERSION }), None).await? {
             Reply::HelloOk(ok) => {
                 client.nonce = ok.session_nonce;
                 Ok(client)
             }
-            _ => Err(ClientError::Protocol(
-                "the relay did not answer hello".into(),
-            )),
+            _ => Err(ClientError::Protocol("the relay did not answer hello".into())),
         }
     }
 
@@ -59,28 +44,19 @@ impl RelayClient {
         self.next_id += 1;
         let command = Command { op: Some(op) }.encode_to_vec();
         let signature = key
-            .map(|k| {
-                k.sign(&auth_payload(&self.nonce, request_id, &command))
-                    .to_bytes()
-                    .to_vec()
-            })
+            .map(|k| k.sign(&auth_payload(&self.nonce, request_id, &command)).to_bytes().to_vec())
             .unwrap_or_default();
-        let bytes = frame::encode(&ClientFrame {
-            request_id,
-            command,
-            signature,
-        })?;
+        let bytes = frame::encode(&ClientFrame { request_id, command, signature })?;
         self.conn.send(bytes).await?;
-        let reply = tokio::time::timeout(REQUEST_TIMEOUT, self.conn.recv())
-            .await
-            .map_err(|_| {
-                ClientError::Transport(tamizdat_transport::TransportError::Timeout {
-                    step: "relay reply",
-                    endpoint: self.conn.endpoint().to_string(),
-                })
-            })??;
+        let reply = tokio::time::timeout(REQUEST_TIMEOUT, self.conn.recv()).await.map_err(|_| {
+            ClientError::Transport(tamizdat_transport::TransportError::Timeout {
+                step: "relay reply",
+                endpoint: self.conn.endpoint().to_string(),
+            })
+        })??;
         let frame: ServerFrame = frame::decode(&reply)?;
-        if frame.request_id != request_id {
+        // Request id 0 carries connection-level errors (a frame the relay could not read).
+        if frame.request_id != request_id && frame.request_id != 0 {
             return Err(ClientError::Protocol("reply to another request".into()));
         }
         match frame.reply {

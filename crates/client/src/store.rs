@@ -61,10 +61,7 @@ pub struct Provider<'a> {
 impl<'a> Provider<'a> {
     /// A provider over this connection.
     pub fn new(conn: &'a Connection) -> Self {
-        Self {
-            crypto: RustCrypto::default(),
-            storage: SqliteStorageProvider::new(conn),
-        }
+        Self { crypto: RustCrypto::default(), storage: SqliteStorageProvider::new(conn) }
     }
 }
 
@@ -86,8 +83,7 @@ impl<'a> OpenMlsProvider for Provider<'a> {
 
 /// Derives the 32-byte database key from the passphrase.
 fn derive_key(passphrase: &str, kf: &KeyFile) -> Result<Zeroizing<[u8; 32]>, ClientError> {
-    let salt = hex::decode(&kf.salt)
-        .map_err(|_| ClientError::Corrupt("the key file's salt is damaged".into()))?;
+    let salt = hex::decode(&kf.salt).map_err(|_| ClientError::Corrupt("the key file's salt is damaged".into()))?;
     let params = Params::new(kf.memory_kib, kf.passes, kf.lanes, Some(32))
         .map_err(|e| ClientError::Corrupt(format!("the key file's parameters are invalid: {e}")))?;
     let mut key = Zeroizing::new([0u8; 32]);
@@ -135,15 +131,11 @@ pub fn create(home: &Path, passphrase: &str) -> Result<Connection, ClientError> 
 
 /// Opens the store in `home`; a wrong passphrase is reported as such.
 pub fn open(home: &Path, passphrase: &str) -> Result<Connection, ClientError> {
-    let raw = fs::read(home.join(KEYFILE))
-        .map_err(|_| ClientError::NotInitialised(home.display().to_string()))?;
-    let kf: KeyFile = serde_json::from_slice(&raw)
-        .map_err(|_| ClientError::Corrupt(format!("{KEYFILE} is damaged")))?;
+    let raw = fs::read(home.join(KEYFILE)).map_err(|_| ClientError::NotInitialised(home.display().to_string()))?;
+    let kf: KeyFile =
+        serde_json::from_slice(&raw).map_err(|_| ClientError::Corrupt(format!("{KEYFILE} is damaged")))?;
     if kf.kdf != "argon2id" {
-        return Err(ClientError::Corrupt(format!(
-            "unknown key derivation {:?}",
-            kf.kdf
-        )));
+        return Err(ClientError::Corrupt(format!("unknown key derivation {:?}", kf.kdf)));
     }
     let key = derive_key(passphrase, &kf)?;
     let mut conn = open_keyed(&home.join(DATABASE), &key)?;
@@ -152,30 +144,26 @@ pub fn open(home: &Path, passphrase: &str) -> Result<Connection, ClientError> {
 }
 
 fn open_keyed(path: &Path, key: &[u8; 32]) -> Result<Connection, ClientError> {
-    let conn =
-        Connection::open(path).map_err(|e| ClientError::Io(format!("{}: {e}", path.display())))?;
+    let conn = Connection::open(path).map_err(|e| ClientError::Io(format!("{}: {e}", path.display())))?;
     let pragma = Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex::encode(key)));
-    conn.execute_batch(&pragma)
-        .map_err(|e| ClientError::Io(e.to_string()))?;
+    conn.execute_batch(&pragma).map_err(|e| ClientError::Io(e.to_string()))?;
     // Keying activates SQLCipher's logging to stderr; a wrong passphrase would print its own
     // lines there. The user gets our one-line error instead.
     for quiet in ["PRAGMA cipher_log = off", "PRAGMA cipher_log_level = NONE"] {
         let _ = conn.query_row(quiet, [], |_| Ok(()));
     }
     // The first read tells a wrong key apart: SQLCipher cannot decrypt page 1.
-    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-        r.get::<_, i64>(0)
-    }) {
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
         Ok(_) => {}
-        Err(rusqlite::Error::SqliteFailure(e, _))
-            if e.code == rusqlite::ErrorCode::NotADatabase =>
-        {
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::NotADatabase => {
             return Err(ClientError::WrongPassphrase);
         }
         Err(e) => return Err(ClientError::Io(e.to_string())),
     }
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;")
-        .map_err(|e| ClientError::Io(e.to_string()))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;",
+    )
+    .map_err(|e| ClientError::Io(e.to_string()))?;
     Ok(conn)
 }
 
@@ -245,17 +233,12 @@ fn migrate(conn: &mut Connection) -> Result<(), ClientError> {
     SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut *conn)
         .run_migrations()
         .map_err(|e| ClientError::Io(format!("MLS storage migration: {e}")))?;
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| ClientError::Io(e.to_string()))?;
+    let version: i64 =
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| ClientError::Io(e.to_string()))?;
     if version < 1 {
-        let tx = conn
-            .unchecked_transaction()
-            .map_err(|e| ClientError::Io(e.to_string()))?;
-        tx.execute_batch(SCHEMA_V1)
-            .map_err(|e| ClientError::Io(e.to_string()))?;
-        tx.execute_batch("PRAGMA user_version = 1")
-            .map_err(|e| ClientError::Io(e.to_string()))?;
+        let tx = conn.unchecked_transaction().map_err(|e| ClientError::Io(e.to_string()))?;
+        tx.execute_batch(SCHEMA_V1).map_err(|e| ClientError::Io(e.to_string()))?;
+        tx.execute_batch("PRAGMA user_version = 1").map_err(|e| ClientError::Io(e.to_string()))?;
         tx.commit().map_err(|e| ClientError::Io(e.to_string()))?;
     }
     Ok(())

@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use prost::Message;
-use tamizdat_client::{relay::RelayClient, ClientError};
+use tamizdat_client::{ClientError, relay::RelayClient};
 use tamizdat_relay::{Relay, RelayConfig};
 use tamizdat_wire::{
     frame,
     proto::{
-        AckLog, AckQueue, Append, ClientFrame, Command, CreateLog, CreateQueue, ErrorCode, Hello, Op, ReadLog, ReadQueue,
-        RelayDescriptor, Reply, SendToQueue, ServerFrame,
+        AckLog, AckQueue, Append, ClientFrame, Command, CreateLog, CreateQueue, ErrorCode, Hello, Op, ReadLog,
+        ReadQueue, RelayDescriptor, Reply, SendToQueue, ServerFrame,
     },
 };
 
@@ -64,7 +64,9 @@ async fn nothing_works_without_the_right_key() {
     assert_eq!(code(c.call(create(&owner), None).await), ErrorCode::Unauthorized);
     let Reply::QueueCreated(q) = c.call(create(&owner), Some(&owner)).await.unwrap() else { panic!() };
     assert_ne!(q.read_id, q.send_id);
-    let send = |dedup: u8| Op::SendToQueue(SendToQueue { send_id: q.send_id.clone(), dedup_id: vec![dedup; 16], payload: vec![1, 2, 3] });
+    let send = |dedup: u8| {
+        Op::SendToQueue(SendToQueue { send_id: q.send_id.clone(), dedup_id: vec![dedup; 16], payload: vec![1, 2, 3] })
+    };
     c.call(send(1), None).await.unwrap();
 
     let read = |id: &[u8]| Op::ReadQueue(ReadQueue { read_id: id.to_vec(), after: 0, limit: 10 });
@@ -83,7 +85,9 @@ async fn nothing_works_without_the_right_key() {
     let create_log = Op::CreateLog(CreateLog { log_key: log_key.verifying_key().to_bytes().to_vec() });
     assert_eq!(code(c.call(create_log.clone(), Some(&stranger)).await), ErrorCode::Unauthorized);
     let Reply::LogCreated(l) = c.call(create_log, Some(&log_key)).await.unwrap() else { panic!() };
-    let append = |dedup: u8, payload: Vec<u8>| Op::Append(Append { log_id: l.log_id.clone(), dedup_id: vec![dedup; 16], payload });
+    let append = |dedup: u8, payload: Vec<u8>| {
+        Op::Append(Append { log_id: l.log_id.clone(), dedup_id: vec![dedup; 16], payload })
+    };
     c.call(append(1, mls(0, 3)), Some(&log_key)).await.unwrap();
     assert_eq!(code(c.call(append(2, mls(1, 3)), Some(&stranger)).await), ErrorCode::Unauthorized);
     assert_eq!(code(c.call(append(2, mls(1, 3)), None).await), ErrorCode::Unauthorized);
@@ -109,14 +113,18 @@ async fn captured_requests_do_not_replay_on_another_connection() {
     let (_dir, d, _stop) = relay().await;
     let owner = key();
     let mut c = RelayClient::connect(&d).await.unwrap();
-    let Reply::QueueCreated(q) =
-        c.call(Op::CreateQueue(CreateQueue { read_key: owner.verifying_key().to_bytes().to_vec() }), Some(&owner)).await.unwrap()
+    let Reply::QueueCreated(q) = c
+        .call(Op::CreateQueue(CreateQueue { read_key: owner.verifying_key().to_bytes().to_vec() }), Some(&owner))
+        .await
+        .unwrap()
     else {
         panic!()
     };
     // Build a request signed for some other nonce, as an eavesdropper would have captured it.
-    let command = Command { op: Some(Op::ReadQueue(ReadQueue { read_id: q.read_id.clone(), after: 0, limit: 10 })) }.encode_to_vec();
-    let signature = ed25519_dalek::Signer::sign(&owner, &tamizdat_wire::auth_payload(&[7; 32], 2, &command)).to_bytes().to_vec();
+    let command = Command { op: Some(Op::ReadQueue(ReadQueue { read_id: q.read_id.clone(), after: 0, limit: 10 })) }
+        .encode_to_vec();
+    let signature =
+        ed25519_dalek::Signer::sign(&owner, &tamizdat_wire::auth_payload(&[7; 32], 2, &command)).to_bytes().to_vec();
     let mut raw = tamizdat_transport::client::connect(&d).await.unwrap();
     let hello = Command { op: Some(Op::Hello(Hello { min_version: 1, max_version: 1 })) }.encode_to_vec();
     raw.send(frame::encode(&ClientFrame { request_id: 1, command: hello, signature: vec![] }).unwrap()).await.unwrap();
@@ -140,12 +148,17 @@ async fn a_malformed_frame_closes_only_its_connection() {
     assert!(raw.recv().await.is_err(), "the relay closed this connection");
     // Requests before hello are refused too.
     let mut early = tamizdat_transport::client::connect(&d).await.unwrap();
-    let cmd = Command { op: Some(Op::ReadQueue(ReadQueue { read_id: vec![0; 16], after: 0, limit: 1 })) }.encode_to_vec();
+    let cmd =
+        Command { op: Some(Op::ReadQueue(ReadQueue { read_id: vec![0; 16], after: 0, limit: 1 })) }.encode_to_vec();
     early.send(frame::encode(&ClientFrame { request_id: 1, command: cmd, signature: vec![] }).unwrap()).await.unwrap();
     let reply: ServerFrame = frame::decode(&early.recv().await.unwrap()).unwrap();
     assert!(matches!(reply.reply, Some(Reply::Error(_))));
     // Someone else is unaffected.
     let mut fine = RelayClient::connect(&d).await.unwrap();
     let k = key();
-    assert!(fine.call(Op::CreateQueue(CreateQueue { read_key: k.verifying_key().to_bytes().to_vec() }), Some(&k)).await.is_ok());
+    assert!(
+        fine.call(Op::CreateQueue(CreateQueue { read_key: k.verifying_key().to_bytes().to_vec() }), Some(&k))
+            .await
+            .is_ok()
+    );
 }

@@ -5,9 +5,9 @@
 //! if another commit won the epoch, it is dropped ([`Conversation::abort_commit`]).
 
 use openmls::prelude::{
-    BasicCredential, Ciphersuite, CredentialType, GroupId, KeyPackage, MlsGroup,
-    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, OpenMlsProvider,
-    ProcessedMessageContent, ProtocolMessage, SenderRatchetConfiguration, StagedWelcome,
+    BasicCredential, Ciphersuite, CredentialType, GroupId, KeyPackage, MlsGroup, MlsGroupCreateConfig,
+    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, OpenMlsProvider, ProcessedMessageContent, ProtocolMessage,
+    SenderRatchetConfiguration, StagedWelcome,
     tls_codec::{Deserialize as _, Serialize as _},
 };
 
@@ -73,16 +73,9 @@ impl Conversation {
             .padding_size(PADDING)
             .sender_ratchet_configuration(ratchet_config())
             .build();
-        let mut group = MlsGroup::new(
-            provider,
-            identity.signer(),
-            &config,
-            identity.credential().clone(),
-        )
-        .map_err(mls_err)?;
-        let (commit, welcome, _info) = group
-            .add_members(provider, identity.signer(), &[peer])
-            .map_err(mls_err)?;
+        let mut group =
+            MlsGroup::new(provider, identity.signer(), &config, identity.credential().clone()).map_err(mls_err)?;
+        let (commit, welcome, _info) = group.add_members(provider, identity.signer(), &[peer]).map_err(mls_err)?;
         let commit = commit.tls_serialize_detached().map_err(mls_err)?;
         let welcome = welcome.tls_serialize_detached().map_err(mls_err)?;
         Ok((Self { group }, commit, welcome))
@@ -94,8 +87,7 @@ impl Conversation {
         let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
             return Err(E2eError::Mls("not a Welcome".into()));
         };
-        let staged = StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
-            .map_err(mls_err)?;
+        let staged = StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None).map_err(mls_err)?;
         let group = staged.into_group(provider).map_err(mls_err)?;
         let conv = Self { group };
         conv.check_credentials()?;
@@ -103,10 +95,7 @@ impl Conversation {
     }
 
     /// Loads a conversation from the provider's storage.
-    pub fn load<P: OpenMlsProvider>(
-        provider: &P,
-        group_id: &[u8],
-    ) -> Result<Option<Self>, E2eError> {
+    pub fn load<P: OpenMlsProvider>(provider: &P, group_id: &[u8]) -> Result<Option<Self>, E2eError> {
         let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
             .map_err(|e| E2eError::Storage(format!("{e:?}")))?;
         Ok(group.map(|group| Self { group }))
@@ -124,11 +113,7 @@ impl Conversation {
 
     /// The identity keys of the other members.
     pub fn peers(&self, own: &[u8]) -> Vec<Vec<u8>> {
-        self.group
-            .members()
-            .map(|m| m.signature_key)
-            .filter(|k| k.as_slice() != own)
-            .collect()
+        self.group.members().map(|m| m.signature_key).filter(|k| k.as_slice() != own).collect()
     }
 
     /// Merges our pending commit after the relay accepted it.
@@ -138,9 +123,7 @@ impl Conversation {
 
     /// Drops our pending commit after the relay refused it.
     pub fn abort_commit<P: OpenMlsProvider>(&mut self, provider: &P) -> Result<(), E2eError> {
-        self.group
-            .clear_pending_commit(provider.storage())
-            .map_err(mls_err)
+        self.group.clear_pending_commit(provider.storage()).map_err(mls_err)
     }
 
     /// Encrypts content for the group.
@@ -150,25 +133,15 @@ impl Conversation {
         identity: &Identity,
         content: &Content,
     ) -> Result<Vec<u8>, E2eError> {
-        let msg = self
-            .group
-            .create_message(provider, identity.signer(), &content.to_bytes())
-            .map_err(mls_err)?;
+        let msg = self.group.create_message(provider, identity.signer(), &content.to_bytes()).map_err(mls_err)?;
         msg.tls_serialize_detached().map_err(mls_err)
     }
 
     /// Processes one message from the conversation's log.
-    pub fn process<P: OpenMlsProvider>(
-        &mut self,
-        provider: &P,
-        bytes: &[u8],
-    ) -> Result<Incoming, E2eError> {
+    pub fn process<P: OpenMlsProvider>(&mut self, provider: &P, bytes: &[u8]) -> Result<Incoming, E2eError> {
         let msg = MlsMessageIn::tls_deserialize_exact(bytes).map_err(mls_err)?;
         let protocol: ProtocolMessage = msg.try_into_protocol_message().map_err(mls_err)?;
-        let processed = self
-            .group
-            .process_message(provider, protocol)
-            .map_err(mls_err)?;
+        let processed = self.group.process_message(provider, protocol).map_err(mls_err)?;
         let sender = processed.credential().clone();
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
@@ -181,12 +154,8 @@ impl Conversation {
                     let leaf = added.add_proposal().key_package().leaf_node();
                     check_credential(leaf.credential(), leaf.signature_key().as_slice())?;
                 }
-                self.group
-                    .merge_staged_commit(provider, *staged)
-                    .map_err(mls_err)?;
-                Ok(Incoming::Commit {
-                    epoch: self.epoch(),
-                })
+                self.group.merge_staged_commit(provider, *staged).map_err(mls_err)?;
+                Ok(Incoming::Commit { epoch: self.epoch() })
             }
             ProcessedMessageContent::OwnPrivateMessage => Ok(Incoming::Own),
             other => Err(E2eError::Mls(format!("unexpected message: {other:?}"))),
@@ -208,18 +177,13 @@ fn basic_identity(credential: &openmls::prelude::Credential) -> Result<Vec<u8>, 
     Ok(basic.identity().to_vec())
 }
 
-fn check_credential(
-    credential: &openmls::prelude::Credential,
-    signature_key: &[u8],
-) -> Result<(), E2eError> {
+fn check_credential(credential: &openmls::prelude::Credential, signature_key: &[u8]) -> Result<(), E2eError> {
     if credential.credential_type() != CredentialType::Basic {
         return Err(E2eError::Mls("a member has a non-basic credential".into()));
     }
     let basic = BasicCredential::try_from(credential.clone()).map_err(mls_err)?;
     if basic.identity() != signature_key {
-        return Err(E2eError::Mls(
-            "a member's credential does not name its own key".into(),
-        ));
+        return Err(E2eError::Mls("a member's credential does not name its own key".into()));
     }
     Ok(())
 }

@@ -17,23 +17,14 @@ impl Identity {
     /// Creates a new identity and stores its private key in the provider's storage.
     pub fn create<P: OpenMlsProvider>(provider: &P, suite: Ciphersuite) -> Result<Self, E2eError> {
         let signer = SignatureKeyPair::new(suite.signature_algorithm()).map_err(mls_err)?;
-        signer
-            .store(provider.storage())
-            .map_err(|e| E2eError::Storage(format!("{e:?}")))?;
+        signer.store(provider.storage()).map_err(|e| E2eError::Storage(format!("{e:?}")))?;
         Ok(Self::from_signer(signer))
     }
 
     /// Loads the identity with this public key from the provider's storage.
-    pub fn load<P: OpenMlsProvider>(
-        provider: &P,
-        public_key: &[u8],
-        suite: Ciphersuite,
-    ) -> Result<Self, E2eError> {
-        let signer =
-            SignatureKeyPair::read(provider.storage(), public_key, suite.signature_algorithm())
-                .ok_or_else(|| {
-                    E2eError::Storage("the identity key is missing from the store".into())
-                })?;
+    pub fn load<P: OpenMlsProvider>(provider: &P, public_key: &[u8], suite: Ciphersuite) -> Result<Self, E2eError> {
+        let signer = SignatureKeyPair::read(provider.storage(), public_key, suite.signature_algorithm())
+            .ok_or_else(|| E2eError::Storage("the identity key is missing from the store".into()))?;
         Ok(Self::from_signer(signer))
     }
 

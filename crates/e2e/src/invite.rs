@@ -51,17 +51,9 @@ pub fn create<P: OpenMlsProvider>(
     params: InviteParams<'_>,
 ) -> Result<(String, InviteSecrets), E2eError> {
     let bundle = KeyPackage::builder()
-        .build(
-            suite,
-            provider,
-            identity.signer(),
-            identity.credential().clone(),
-        )
+        .build(suite, provider, identity.signer(), identity.credential().clone())
         .map_err(mls_err)?;
-    let key_package = bundle
-        .key_package()
-        .tls_serialize_detached()
-        .map_err(mls_err)?;
+    let key_package = bundle.key_package().tls_serialize_detached().map_err(mls_err)?;
     let (box_private, box_key) = seal::box_keypair(provider, suite)?;
     let invite_id = provider.rand().random_vec(ID_LEN).map_err(mls_err)?;
     let body = InviteBody {
@@ -77,18 +69,8 @@ pub fn create<P: OpenMlsProvider>(
     }
     .encode_to_vec();
     let signature = identity.sign(&signed_bytes(&body))?;
-    let link = armor(
-        LinkKind::Invite,
-        &SignedInvite { body, signature }.encode_to_vec(),
-    );
-    Ok((
-        link,
-        InviteSecrets {
-            invite_id,
-            box_private,
-            expires_at: params.expires_at,
-        },
-    ))
+    let link = armor(LinkKind::Invite, &SignedInvite { body, signature }.encode_to_vec());
+    Ok((link, InviteSecrets { invite_id, box_private, expires_at: params.expires_at }))
 }
 
 fn signed_bytes(body: &[u8]) -> Vec<u8> {
@@ -108,11 +90,7 @@ pub struct VerifiedInvite {
 
 /// Checks an invite link: checksum, signature by the identity key inside it, fields,
 /// expiry against `now` (Unix seconds) and the KeyPackage, which must belong to that key.
-pub fn verify<P: OpenMlsProvider>(
-    provider: &P,
-    link: &str,
-    now: u64,
-) -> Result<VerifiedInvite, E2eError> {
+pub fn verify<P: OpenMlsProvider>(provider: &P, link: &str, now: u64) -> Result<VerifiedInvite, E2eError> {
     let bytes = dearmor(LinkKind::Invite, link)?;
     let signed = SignedInvite::decode(bytes.as_slice()).map_err(|_| bad("undecodable"))?;
     let body = InviteBody::decode(signed.body.as_slice()).map_err(|_| bad("undecodable body"))?;
@@ -154,11 +132,7 @@ pub fn verify<P: OpenMlsProvider>(
     if key_package.ciphersuite() != suite {
         return Err(bad("the KeyPackage uses another ciphersuite"));
     }
-    Ok(VerifiedInvite {
-        body,
-        key_package,
-        suite,
-    })
+    Ok(VerifiedInvite { body, key_package, suite })
 }
 
 fn bad(why: &str) -> E2eError {

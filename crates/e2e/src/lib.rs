@@ -47,9 +47,7 @@ impl E2eError {
     /// What a user interface can do about it.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            E2eError::BadInvite(_) | E2eError::ExpiredInvite | E2eError::Wire(_) => {
-                ErrorKind::BadInput
-            }
+            E2eError::BadInvite(_) | E2eError::ExpiredInvite | E2eError::Wire(_) => ErrorKind::BadInput,
             E2eError::Unseal(_) | E2eError::Mls(_) | E2eError::BadContent => ErrorKind::BadInput,
             E2eError::Storage(_) => ErrorKind::Fatal,
         }

@@ -1,6 +1,6 @@
 //! Protobuf messages that only clients read: invites, join requests and content. The relay
 //! sees none of these in the clear (invites travel out of band; the rest is encrypted).
-#![allow(missing_docs)] // documented in crates/wire/proto/tamizdat.proto's e2e section
+#![allow(missing_docs)] // documented in crates/e2e/proto/e2e.proto, which this mirrors
 
 use prost::{Message, Oneof};
 use tamizdat_wire::proto::RelayDescriptor;

@@ -10,15 +10,9 @@ use crate::{E2eError, mls_err, proto::Sealed};
 const INFO: &[u8] = b"tamizdat seal v1";
 
 /// A fresh box key pair: `(private, public)`.
-pub fn box_keypair<P: OpenMlsProvider>(
-    provider: &P,
-    suite: Ciphersuite,
-) -> Result<(Vec<u8>, Vec<u8>), E2eError> {
+pub fn box_keypair<P: OpenMlsProvider>(provider: &P, suite: Ciphersuite) -> Result<(Vec<u8>, Vec<u8>), E2eError> {
     let ikm = provider.rand().random_vec(32).map_err(mls_err)?;
-    let kp = provider
-        .crypto()
-        .derive_hpke_keypair(suite.hpke_config(), &ikm)
-        .map_err(mls_err)?;
+    let kp = provider.crypto().derive_hpke_keypair(suite.hpke_config(), &ikm).map_err(mls_err)?;
     let private: &[u8] = kp.private.as_ref();
     Ok((private.to_vec(), kp.public))
 }
@@ -31,15 +25,9 @@ pub fn seal<P: OpenMlsProvider>(
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<Vec<u8>, E2eError> {
-    let ct = provider
-        .crypto()
-        .hpke_seal(suite.hpke_config(), public, INFO, aad, plaintext)
-        .map_err(mls_err)?;
-    Ok(Sealed {
-        kem_output: ct.kem_output.as_slice().to_vec(),
-        ciphertext: ct.ciphertext.as_slice().to_vec(),
-    }
-    .encode_to_vec())
+    let ct = provider.crypto().hpke_seal(suite.hpke_config(), public, INFO, aad, plaintext).map_err(mls_err)?;
+    Ok(Sealed { kem_output: ct.kem_output.as_slice().to_vec(), ciphertext: ct.ciphertext.as_slice().to_vec() }
+        .encode_to_vec())
 }
 
 /// Opens a sealed message with the box private key.
@@ -51,10 +39,7 @@ pub fn open<P: OpenMlsProvider>(
     sealed: &[u8],
 ) -> Result<Vec<u8>, E2eError> {
     let sealed = Sealed::decode(sealed).map_err(|_| E2eError::Unseal("undecodable".into()))?;
-    let input = HpkeCiphertext {
-        kem_output: sealed.kem_output.into(),
-        ciphertext: sealed.ciphertext.into(),
-    };
+    let input = HpkeCiphertext { kem_output: sealed.kem_output.into(), ciphertext: sealed.ciphertext.into() };
     provider
         .crypto()
         .hpke_open(suite.hpke_config(), &input, private, INFO, aad)

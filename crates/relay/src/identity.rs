@@ -35,10 +35,7 @@ pub struct RelayIdentity {
 }
 
 fn dir_err(dir: &Path, reason: impl ToString) -> RelayError {
-    RelayError::DataDir {
-        path: dir.display().to_string(),
-        reason: reason.to_string(),
-    }
+    RelayError::DataDir { path: dir.display().to_string(), reason: reason.to_string() }
 }
 
 impl RelayIdentity {
@@ -48,42 +45,26 @@ impl RelayIdentity {
         if !meta_path.exists() {
             return Ok(None);
         }
-        let meta: Meta =
-            serde_json::from_slice(&fs::read(&meta_path).map_err(|e| dir_err(dir, e))?)
-                .map_err(|e| dir_err(dir, format!("{META} is damaged: {e}")))?;
-        let door = hex::decode(&meta.door)
-            .map_err(|_| dir_err(dir, format!("{META} has a damaged door key")))?;
+        let meta: Meta = serde_json::from_slice(&fs::read(&meta_path).map_err(|e| dir_err(dir, e))?)
+            .map_err(|e| dir_err(dir, format!("{META} is damaged: {e}")))?;
+        let door = hex::decode(&meta.door).map_err(|_| dir_err(dir, format!("{META} has a damaged door key")))?;
         let cert = RelayCert {
             cert_der: fs::read(dir.join(CERT)).map_err(|e| dir_err(dir, format!("{CERT}: {e}")))?,
             key_der: fs::read(dir.join(KEY)).map_err(|e| dir_err(dir, format!("{KEY}: {e}")))?,
         };
-        Ok(Some(Self {
-            cert,
-            door,
-            public: meta.public,
-            dir: dir.to_path_buf(),
-        }))
+        Ok(Some(Self { cert, door, public: meta.public, dir: dir.to_path_buf() }))
     }
 
     /// Creates a new identity in `dir` (created if missing).
     pub fn create(dir: &Path, public: Vec<String>) -> Result<Self, RelayError> {
         fs::create_dir_all(dir).map_err(|e| dir_err(dir, e))?;
         let names: Vec<String> = public.iter().filter_map(|e| host_of(e)).collect();
-        let cert = RelayCert::generate(if names.is_empty() {
-            vec!["localhost".into()]
-        } else {
-            names
-        })?;
+        let cert = RelayCert::generate(if names.is_empty() { vec!["localhost".into()] } else { names })?;
         let mut door = vec![0u8; tamizdat_wire::limits::ID_LEN];
         rand::rngs::OsRng.fill_bytes(&mut door);
         write_private(&dir.join(KEY), &cert.key_der).map_err(|e| dir_err(dir, e))?;
         fs::write(dir.join(CERT), &cert.cert_der).map_err(|e| dir_err(dir, e))?;
-        let id = Self {
-            cert,
-            door,
-            public,
-            dir: dir.to_path_buf(),
-        };
+        let id = Self { cert, door, public, dir: dir.to_path_buf() };
         id.save()?;
         Ok(id)
     }
@@ -95,22 +76,14 @@ impl RelayIdentity {
     }
 
     fn save(&self) -> Result<(), RelayError> {
-        let meta = Meta {
-            version: 1,
-            door: hex::encode(&self.door),
-            public: self.public.clone(),
-        };
+        let meta = Meta { version: 1, door: hex::encode(&self.door), public: self.public.clone() };
         let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| dir_err(&self.dir, e))?;
         write_private(&self.dir.join(META), &bytes).map_err(|e| dir_err(&self.dir, e))
     }
 
     /// The descriptor clients put in their links.
     pub fn descriptor(&self) -> RelayDescriptor {
-        RelayDescriptor {
-            endpoints: self.public.clone(),
-            cert_sha256: self.cert.pin(),
-            door: self.door.clone(),
-        }
+        RelayDescriptor { endpoints: self.public.clone(), cert_sha256: self.cert.pin(), door: self.door.clone() }
     }
 
     /// The relay link.
@@ -121,11 +94,7 @@ impl RelayIdentity {
 
 fn host_of(endpoint: &str) -> Option<String> {
     let (host, _) = endpoint.rsplit_once(':')?;
-    Some(
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
-    )
+    Some(host.trim_start_matches('[').trim_end_matches(']').to_string())
 }
 
 /// Writes a file readable only by its owner.

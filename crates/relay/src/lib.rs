@@ -53,9 +53,6 @@ impl RelayError {
 
 /// Seconds since the Unix epoch, rounded down to the hour: the only clock the relay stores.
 pub(crate) fn current_hour() -> i64 {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     i64::try_from(secs / 3600).unwrap_or(i64::MAX)
 }

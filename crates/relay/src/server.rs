@@ -45,14 +45,10 @@ impl Relay {
     pub async fn bind(config: RelayConfig) -> Result<Self, RelayError> {
         let listener = TcpListener::bind(config.listen)
             .await
-            .map_err(|e| RelayError::Listen {
-                addr: config.listen.to_string(),
-                reason: e.to_string(),
-            })?;
-        let local = listener.local_addr().map_err(|e| RelayError::Listen {
-            addr: config.listen.to_string(),
-            reason: e.to_string(),
-        })?;
+            .map_err(|e| RelayError::Listen { addr: config.listen.to_string(), reason: e.to_string() })?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| RelayError::Listen { addr: config.listen.to_string(), reason: e.to_string() })?;
         let identity = match RelayIdentity::load(&config.data)? {
             Some(mut id) => {
                 if !config.public.is_empty() && config.public != id.public {
@@ -61,19 +57,11 @@ impl Relay {
                 id
             }
             None => {
-                let public = if config.public.is_empty() {
-                    vec![advertised(local)]
-                } else {
-                    config.public.clone()
-                };
+                let public = if config.public.is_empty() { vec![advertised(local)] } else { config.public.clone() };
                 RelayIdentity::create(&config.data, public)?
             }
         };
-        Ok(Self {
-            listener,
-            identity,
-            config,
-        })
+        Ok(Self { listener, identity, config })
     }
 
     /// The address actually bound.
@@ -95,8 +83,7 @@ impl Relay {
             self.identity.descriptor().door_path(),
             Arc::new(cover::default_site()),
         ));
-        let retention_hours =
-            i64::try_from(self.config.retention.as_secs() / 3600).unwrap_or(i64::MAX);
+        let retention_hours = i64::try_from(self.config.retention.as_secs() / 3600).unwrap_or(i64::MAX);
         let expiry = tokio::spawn(expire_loop(store.clone(), retention_hours));
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut sessions = JoinSet::new();
@@ -130,10 +117,7 @@ impl Relay {
         tracing::info!("relay stopping");
         drop(self.listener);
         expiry.abort();
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while sessions.join_next().await.is_some() {}
-        })
-        .await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while sessions.join_next().await.is_some() {} }).await;
         sessions.shutdown().await;
         drop(store);
         writer.finished().await;
@@ -146,11 +130,7 @@ impl Relay {
 /// for "all interfaces".
 fn advertised(local: SocketAddr) -> String {
     let ip = if local.ip().is_unspecified() {
-        if local.is_ipv4() {
-            "127.0.0.1".parse().ok()
-        } else {
-            "::1".parse().ok()
-        }
+        if local.is_ipv4() { "127.0.0.1".parse().ok() } else { "::1".parse().ok() }
     } else {
         Some(local.ip())
     };

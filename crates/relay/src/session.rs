@@ -11,8 +11,8 @@ use tamizdat_wire::{
     limits::{self, ID_LEN, KEY_LEN, MAX_PAYLOAD},
     mls::peek_header,
     proto::{
-        Appended, ClientFrame, Command, Done, Entries, Error, ErrorCode, HelloOk, LogCreated, Op,
-        QueueCreated, Reply, ServerFrame,
+        Appended, ClientFrame, Command, Done, Entries, Error, ErrorCode, HelloOk, LogCreated, Op, QueueCreated, Reply,
+        ServerFrame,
     },
     verify_auth,
 };
@@ -39,12 +39,7 @@ struct Refusal {
 }
 
 fn refuse(code: ErrorCode, message: &'static str) -> Refusal {
-    Refusal {
-        code,
-        message,
-        epoch: 0,
-        fatal: false,
-    }
+    Refusal { code, message, epoch: 0, fatal: false }
 }
 
 /// Runs a session until the client leaves, idles out or breaks the protocol.
@@ -66,19 +61,11 @@ pub async fn run(mut ws: ServerWs, store: Store) {
                     Err(r) => (id, error_reply(&r), r.fatal),
                 }
             }
-            Err(_) => (
-                0,
-                error_reply(&Refusal {
-                    fatal: true,
-                    ..refuse(ErrorCode::BadRequest, "malformed frame")
-                }),
-                true,
-            ),
+            Err(_) => {
+                (0, error_reply(&Refusal { fatal: true, ..refuse(ErrorCode::BadRequest, "malformed frame") }), true)
+            }
         };
-        let Ok(out) = frame::encode(&ServerFrame {
-            request_id,
-            reply: Some(reply),
-        }) else {
+        let Ok(out) = frame::encode(&ServerFrame { request_id, reply: Some(reply) }) else {
             break;
         };
         if send_frame(&mut ws, out).await.is_err() || fatal {
@@ -89,19 +76,11 @@ pub async fn run(mut ws: ServerWs, store: Store) {
 }
 
 fn error_reply(r: &Refusal) -> Reply {
-    Reply::Error(Error {
-        code: r.code as i32,
-        message: r.message.to_string(),
-        current_epoch: r.epoch,
-    })
+    Reply::Error(Error { code: r.code as i32, message: r.message.to_string(), current_epoch: r.epoch })
 }
 
 fn check_id(id: &[u8]) -> Result<(), Refusal> {
-    if id.len() == ID_LEN {
-        Ok(())
-    } else {
-        Err(refuse(ErrorCode::BadRequest, "an id has the wrong length"))
-    }
+    if id.len() == ID_LEN { Ok(()) } else { Err(refuse(ErrorCode::BadRequest, "an id has the wrong length")) }
 }
 
 fn check_payload(payload: &[u8]) -> Result<(), Refusal> {
@@ -124,19 +103,12 @@ fn internal(_: crate::RelayError) -> Refusal {
 
 impl Session {
     async fn handle(&mut self, cf: &ClientFrame, greeted: &mut bool) -> Result<Reply, Refusal> {
-        let command = Command::decode(cf.command.as_slice()).map_err(|_| Refusal {
-            fatal: true,
-            ..refuse(ErrorCode::BadRequest, "undecodable command")
-        })?;
-        let op = command
-            .op
-            .ok_or(refuse(ErrorCode::BadRequest, "empty command"))?;
+        let command = Command::decode(cf.command.as_slice())
+            .map_err(|_| Refusal { fatal: true, ..refuse(ErrorCode::BadRequest, "undecodable command") })?;
+        let op = command.op.ok_or(Refusal { fatal: !*greeted, ..refuse(ErrorCode::BadRequest, "empty command") })?;
         if !*greeted {
             let Op::Hello(hello) = op else {
-                return Err(Refusal {
-                    fatal: true,
-                    ..refuse(ErrorCode::BadRequest, "hello first")
-                });
+                return Err(Refusal { fatal: true, ..refuse(ErrorCode::BadRequest, "hello first") });
             };
             let version = hello.max_version.min(limits::MAX_VERSION);
             if version < hello.min_version.max(limits::MIN_VERSION) {
@@ -153,8 +125,7 @@ impl Session {
                 max_payload: MAX_PAYLOAD as u32,
             }));
         }
-        let authorized =
-            |key: &[u8]| verify_auth(key, &self.nonce, cf.request_id, &cf.command, &cf.signature);
+        let authorized = |key: &[u8]| verify_auth(key, &self.nonce, cf.request_id, &cf.command, &cf.signature);
         match op {
             Op::Hello(_) => Err(refuse(ErrorCode::BadRequest, "hello twice")),
             Op::CreateQueue(c) => {
@@ -162,11 +133,7 @@ impl Session {
                     return Err(refuse(ErrorCode::Unauthorized, "prove the read key"));
                 }
                 let (read_id, send_id) = (new_id(), new_id());
-                let w = Write::CreateQueue {
-                    read_id: read_id.clone(),
-                    send_id: send_id.clone(),
-                    read_key: c.read_key,
-                };
+                let w = Write::CreateQueue { read_id: read_id.clone(), send_id: send_id.clone(), read_key: c.read_key };
                 self.store.write(w).await.map_err(internal)?;
                 Ok(Reply::QueueCreated(QueueCreated { read_id, send_id }))
             }
@@ -182,31 +149,18 @@ impl Session {
                 };
                 match self.store.write(w).await.map_err(internal)? {
                     Outcome::Stored { .. } => Ok(Reply::Done(Done {})),
-                    Outcome::QueueFull => Err(refuse(
-                        ErrorCode::RateLimited,
-                        "the queue is full; retry later",
-                    )),
+                    Outcome::QueueFull => Err(refuse(ErrorCode::RateLimited, "the queue is full; retry later")),
                     _ => Err(refuse(ErrorCode::Unauthorized, "no such queue")),
                 }
             }
             Op::ReadQueue(c) => {
                 self.authorize_queue(&c.read_id, &authorized).await?;
-                let (entries, more) = self
-                    .store
-                    .read_queue(&c.read_id, c.after, c.limit)
-                    .await
-                    .map_err(internal)?;
+                let (entries, more) = self.store.read_queue(&c.read_id, c.after, c.limit).await.map_err(internal)?;
                 Ok(Reply::Entries(Entries { entries, more }))
             }
             Op::AckQueue(c) => {
                 self.authorize_queue(&c.read_id, &authorized).await?;
-                self.store
-                    .write(Write::AckQueue {
-                        read_id: c.read_id,
-                        up_to: c.up_to,
-                    })
-                    .await
-                    .map_err(internal)?;
+                self.store.write(Write::AckQueue { read_id: c.read_id, up_to: c.up_to }).await.map_err(internal)?;
                 Ok(Reply::Done(Done {}))
             }
             Op::CreateLog(c) => {
@@ -215,10 +169,7 @@ impl Session {
                 }
                 let log_id = new_id();
                 self.store
-                    .write(Write::CreateLog {
-                        log_id: log_id.clone(),
-                        log_key: c.log_key,
-                    })
+                    .write(Write::CreateLog { log_id: log_id.clone(), log_key: c.log_key })
                     .await
                     .map_err(internal)?;
                 Ok(Reply::LogCreated(LogCreated { log_id }))
@@ -226,8 +177,8 @@ impl Session {
             Op::Append(c) => {
                 check_id(&c.dedup_id)?;
                 check_payload(&c.payload)?;
-                let header = peek_header(&c.payload)
-                    .map_err(|_| refuse(ErrorCode::NotMls, "not an MLS group message"))?;
+                let header =
+                    peek_header(&c.payload).map_err(|_| refuse(ErrorCode::NotMls, "not an MLS group message"))?;
                 self.authorize_log(&c.log_id, &authorized).await?;
                 let w = Write::Append {
                     log_id: c.log_id,
@@ -237,21 +188,12 @@ impl Session {
                     hour: current_hour(),
                 };
                 match self.store.write(w).await.map_err(internal)? {
-                    Outcome::Stored {
-                        seq,
-                        epoch,
-                        duplicate,
-                    } => Ok(Reply::Appended(Appended {
-                        seq,
-                        epoch,
-                        duplicate,
-                    })),
+                    Outcome::Stored { seq, epoch, duplicate } => {
+                        Ok(Reply::Appended(Appended { seq, epoch, duplicate }))
+                    }
                     Outcome::StaleEpoch { current } => Err(Refusal {
                         epoch: current,
-                        ..refuse(
-                            ErrorCode::StaleEpoch,
-                            "another commit already took this epoch",
-                        )
+                        ..refuse(ErrorCode::StaleEpoch, "another commit already took this epoch")
                     }),
                     Outcome::Refused(why) => Err(refuse(ErrorCode::BadRequest, why)),
                     _ => Err(refuse(ErrorCode::Unauthorized, "no such log")),
@@ -259,21 +201,13 @@ impl Session {
             }
             Op::ReadLog(c) => {
                 self.authorize_log(&c.log_id, &authorized).await?;
-                let (entries, more) = self
-                    .store
-                    .read_log(&c.log_id, c.after, c.limit)
-                    .await
-                    .map_err(internal)?;
+                let (entries, more) = self.store.read_log(&c.log_id, c.after, c.limit).await.map_err(internal)?;
                 Ok(Reply::Entries(Entries { entries, more }))
             }
             Op::AckLog(c) => {
                 check_id(&c.cursor_id)?;
                 self.authorize_log(&c.log_id, &authorized).await?;
-                let w = Write::AckLog {
-                    log_id: c.log_id,
-                    cursor_id: c.cursor_id,
-                    up_to: c.up_to,
-                };
+                let w = Write::AckLog { log_id: c.log_id, cursor_id: c.cursor_id, up_to: c.up_to };
                 self.store.write(w).await.map_err(internal)?;
                 Ok(Reply::Done(Done {}))
             }
@@ -281,33 +215,19 @@ impl Session {
     }
 
     /// Unknown ids and wrong signatures get the same answer: no oracle for which ids exist.
-    async fn authorize_queue(
-        &self,
-        read_id: &[u8],
-        authorized: &impl Fn(&[u8]) -> bool,
-    ) -> Result<(), Refusal> {
+    async fn authorize_queue(&self, read_id: &[u8], authorized: &impl Fn(&[u8]) -> bool) -> Result<(), Refusal> {
         check_id(read_id)?;
         match self.store.queue_key(read_id).await.map_err(internal)? {
             Some(key) if authorized(&key) => Ok(()),
-            _ => Err(refuse(
-                ErrorCode::Unauthorized,
-                "not authorized for this queue",
-            )),
+            _ => Err(refuse(ErrorCode::Unauthorized, "not authorized for this queue")),
         }
     }
 
-    async fn authorize_log(
-        &self,
-        log_id: &[u8],
-        authorized: &impl Fn(&[u8]) -> bool,
-    ) -> Result<(), Refusal> {
+    async fn authorize_log(&self, log_id: &[u8], authorized: &impl Fn(&[u8]) -> bool) -> Result<(), Refusal> {
         check_id(log_id)?;
         match self.store.log_key(log_id).await.map_err(internal)? {
             Some(key) if authorized(&key) => Ok(()),
-            _ => Err(refuse(
-                ErrorCode::Unauthorized,
-                "not authorized for this log",
-            )),
+            _ => Err(refuse(ErrorCode::Unauthorized, "not authorized for this log")),
         }
     }
 }

@@ -135,8 +135,7 @@ pub struct Store {
     writer: mpsc::Sender<Job>,
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../migrations/sqlite/0001_initial.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_initial.sql"))];
 
 fn db_err(e: sqlx::Error) -> RelayError {
     RelayError::Storage(e.to_string())
@@ -157,15 +156,8 @@ impl Store {
         sqlx::any::install_default_drivers();
         let url = format!("sqlite://{}?mode=rwc", path.display());
         let mut writer = AnyConnection::connect(&url).await.map_err(db_err)?;
-        for pragma in [
-            "PRAGMA journal_mode=WAL",
-            "PRAGMA synchronous=FULL",
-            "PRAGMA busy_timeout=5000",
-        ] {
-            sqlx::raw_sql(pragma)
-                .execute(&mut writer)
-                .await
-                .map_err(db_err)?;
+        for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=5000"] {
+            sqlx::raw_sql(pragma).execute(&mut writer).await.map_err(db_err)?;
         }
         migrate(&mut writer, SQLITE_MIGRATIONS).await?;
         let pool = AnyPoolOptions::new()
@@ -173,9 +165,7 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|conn, _| {
                 Box::pin(async move {
-                    sqlx::raw_sql("PRAGMA busy_timeout=5000")
-                        .execute(conn)
-                        .await?;
+                    sqlx::raw_sql("PRAGMA busy_timeout=5000").execute(conn).await?;
                     Ok(())
                 })
             })
@@ -190,10 +180,7 @@ impl Store {
     /// Applies a write; returns once it is durable.
     pub async fn write(&self, write: Write) -> Result<Outcome, RelayError> {
         let (reply, wait) = oneshot::channel();
-        self.writer
-            .send(Job { write, reply })
-            .await
-            .map_err(|_| RelayError::ShuttingDown)?;
+        self.writer.send(Job { write, reply }).await.map_err(|_| RelayError::ShuttingDown)?;
         wait.await.map_err(|_| RelayError::ShuttingDown)?
     }
 
@@ -204,9 +191,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err)?;
-        row.map(|r| r.try_get::<Vec<u8>, _>(0))
-            .transpose()
-            .map_err(db_err)
+        row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose().map_err(db_err)
     }
 
     /// The members' public key of a log.
@@ -216,29 +201,17 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err)?;
-        row.map(|r| r.try_get::<Vec<u8>, _>(0))
-            .transpose()
-            .map_err(db_err)
+        row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose().map_err(db_err)
     }
 
     /// Messages in a queue after `after`, within the reply budget.
-    pub async fn read_queue(
-        &self,
-        read_id: &[u8],
-        after: u64,
-        limit: u32,
-    ) -> Result<(Vec<Entry>, bool), RelayError> {
+    pub async fn read_queue(&self, read_id: &[u8], after: u64, limit: u32) -> Result<(Vec<Entry>, bool), RelayError> {
         let sql = "SELECT seq, dedup_id, payload, received_hour FROM queue_messages WHERE read_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
         self.read_entries(sql, read_id, after, limit).await
     }
 
     /// Entries of a log after `after`, within the reply budget.
-    pub async fn read_log(
-        &self,
-        log_id: &[u8],
-        after: u64,
-        limit: u32,
-    ) -> Result<(Vec<Entry>, bool), RelayError> {
+    pub async fn read_log(&self, log_id: &[u8], after: u64, limit: u32) -> Result<(Vec<Entry>, bool), RelayError> {
         let sql = "SELECT seq, dedup_id, payload, received_hour FROM log_entries WHERE log_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
         self.read_entries(sql, log_id, after, limit).await
     }
@@ -263,9 +236,7 @@ impl Store {
         let mut bytes = 0usize;
         for row in rows.into_iter().take(limit as usize) {
             let payload: Vec<u8> = row.try_get(2).map_err(db_err)?;
-            if !entries.is_empty()
-                && bytes + payload.len() > tamizdat_wire::limits::READ_REPLY_BUDGET
-            {
+            if !entries.is_empty() && bytes + payload.len() > tamizdat_wire::limits::READ_REPLY_BUDGET {
                 more = true;
                 break;
             }
@@ -281,10 +252,7 @@ impl Store {
     }
 }
 
-async fn migrate(
-    conn: &mut AnyConnection,
-    migrations: &[(i64, &'static str)],
-) -> Result<(), RelayError> {
+async fn migrate(conn: &mut AnyConnection, migrations: &[(i64, &'static str)]) -> Result<(), RelayError> {
     sqlx::raw_sql("CREATE TABLE IF NOT EXISTS tamizdat_schema (version INTEGER PRIMARY KEY)")
         .execute(&mut *conn)
         .await
@@ -299,10 +267,7 @@ async fn migrate(
             continue;
         }
         let mut tx = conn.begin().await.map_err(db_err)?;
-        sqlx::raw_sql(*sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(db_err)?;
         sqlx::query("INSERT INTO tamizdat_schema (version) VALUES ($1)")
             .bind(*version)
             .execute(&mut *tx)
@@ -345,20 +310,14 @@ async fn apply_batch(conn: &mut AnyConnection, jobs: &[Job]) -> Vec<Result<Outco
         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
         Err(e) => {
             tracing::error!(error = %e, batch = jobs.len(), "write batch failed; clients will retry");
-            jobs.iter()
-                .map(|_| Err(RelayError::Storage(e.to_string())))
-                .collect()
+            jobs.iter().map(|_| Err(RelayError::Storage(e.to_string()))).collect()
         }
     }
 }
 
 async fn apply(tx: &mut AnyConnection, write: &Write) -> Result<Outcome, sqlx::Error> {
     match write {
-        Write::CreateQueue {
-            read_id,
-            send_id,
-            read_key,
-        } => {
+        Write::CreateQueue { read_id, send_id, read_key } => {
             sqlx::query("INSERT INTO queues (read_id, send_id, read_key) VALUES ($1, $2, $3)")
                 .bind(read_id.clone())
                 .bind(send_id.clone())
@@ -367,12 +326,7 @@ async fn apply(tx: &mut AnyConnection, write: &Write) -> Result<Outcome, sqlx::E
                 .await?;
             Ok(Outcome::Done)
         }
-        Write::SendToQueue {
-            send_id,
-            dedup_id,
-            payload,
-            hour,
-        } => {
+        Write::SendToQueue { send_id, dedup_id, payload, hour } => {
             let Some(row) = sqlx::query("SELECT read_id, next_seq FROM queues WHERE send_id = $1")
                 .bind(send_id.clone())
                 .fetch_optional(&mut *tx)
@@ -382,18 +336,13 @@ async fn apply(tx: &mut AnyConnection, write: &Write) -> Result<Outcome, sqlx::E
             };
             let read_id: Vec<u8> = row.try_get(0)?;
             let seq: i64 = row.try_get(1)?;
-            if let Some(dup) =
-                sqlx::query("SELECT seq FROM queue_messages WHERE read_id = $1 AND dedup_id = $2")
-                    .bind(read_id.clone())
-                    .bind(dedup_id.clone())
-                    .fetch_optional(&mut *tx)
-                    .await?
+            if let Some(dup) = sqlx::query("SELECT seq FROM queue_messages WHERE read_id = $1 AND dedup_id = $2")
+                .bind(read_id.clone())
+                .bind(dedup_id.clone())
+                .fetch_optional(&mut *tx)
+                .await?
             {
-                return Ok(Outcome::Stored {
-                    seq: to_u64(dup.try_get(0)?),
-                    epoch: 0,
-                    duplicate: true,
-                });
+                return Ok(Outcome::Stored { seq: to_u64(dup.try_get(0)?), epoch: 0, duplicate: true });
             }
             let count: i64 = sqlx::query("SELECT COUNT(*) FROM queue_messages WHERE read_id = $1")
                 .bind(read_id.clone())
@@ -416,11 +365,7 @@ async fn apply(tx: &mut AnyConnection, write: &Write) -> Result<Outcome, sqlx::E
                 .bind(read_id)
                 .execute(&mut *tx)
                 .await?;
-            Ok(Outcome::Stored {
-                seq: to_u64(seq),
-                epoch: 0,
-                duplicate: false,
-            })
+            Ok(Outcome::Stored { seq: to_u64(seq), epoch: 0, duplicate: false })
         }
         Write::AckQueue { read_id, up_to } => {
             sqlx::query("DELETE FROM queue_messages WHERE read_id = $1 AND seq <= $2")
@@ -438,18 +383,10 @@ async fn apply(tx: &mut AnyConnection, write: &Write) -> Result<Outcome, sqlx::E
                 .await?;
             Ok(Outcome::Done)
         }
-        Write::Append {
-            log_id,
-            dedup_id,
-            payload,
-            header,
-            hour,
-        } => append(tx, log_id, dedup_id, payload, header, *hour).await,
-        Write::AckLog {
-            log_id,
-            cursor_id,
-            up_to,
-        } => {
+        Write::Append { log_id, dedup_id, payload, header, hour } => {
+            append(tx, log_id, dedup_id, payload, header, *hour).await
+        }
+        Write::AckLog { log_id, cursor_id, up_to } => {
             sqlx::query(
                 "INSERT INTO log_cursors (log_id, cursor_id, position) VALUES ($1, $2, $3) \
                  ON CONFLICT (log_id, cursor_id) DO UPDATE SET position = \
@@ -473,10 +410,7 @@ async fn apply(tx: &mut AnyConnection, write: &Write) -> Result<Outcome, sqlx::E
                 "DELETE FROM queue_messages WHERE received_hour < $1",
                 "DELETE FROM log_entries WHERE received_hour < $1",
             ] {
-                sqlx::query(sql)
-                    .bind(*before_hour)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(sql).bind(*before_hour).execute(&mut *tx).await?;
             }
             Ok(Outcome::Done)
         }
@@ -504,28 +438,23 @@ async fn append(
     let group_id: Option<Vec<u8>> = row.try_get(0)?;
     let epoch = to_u64(row.try_get(1)?);
     let seq: i64 = row.try_get(2)?;
-    if let Some(dup) =
-        sqlx::query("SELECT seq FROM log_entries WHERE log_id = $1 AND dedup_id = $2")
-            .bind(log_id.to_vec())
-            .bind(dedup_id.to_vec())
-            .fetch_optional(&mut *tx)
-            .await?
+    if let Some(dup) = sqlx::query("SELECT seq FROM log_entries WHERE log_id = $1 AND dedup_id = $2")
+        .bind(log_id.to_vec())
+        .bind(dedup_id.to_vec())
+        .fetch_optional(&mut *tx)
+        .await?
     {
-        return Ok(Outcome::Stored {
-            seq: to_u64(dup.try_get(0)?),
-            epoch,
-            duplicate: true,
-        });
+        return Ok(Outcome::Stored { seq: to_u64(dup.try_get(0)?), epoch, duplicate: true });
     }
-    if group_id
-        .as_deref()
-        .is_some_and(|g| g != header.group_id.as_slice())
-    {
+    if group_id.as_deref().is_some_and(|g| g != header.group_id.as_slice()) {
         return Ok(Outcome::Refused("this log belongs to another group"));
     }
     let new_epoch = match header.content_type {
-        ContentType::Commit if header.epoch != epoch => {
+        ContentType::Commit if header.epoch < epoch => {
             return Ok(Outcome::StaleEpoch { current: epoch });
+        }
+        ContentType::Commit if header.epoch > epoch => {
+            return Ok(Outcome::Refused("a commit for a future epoch"));
         }
         ContentType::Commit => epoch + 1,
         _ if header.epoch > epoch => return Ok(Outcome::Refused("a message from a future epoch")),
@@ -547,9 +476,5 @@ async fn append(
         .bind(log_id.to_vec())
         .execute(&mut *tx)
         .await?;
-    Ok(Outcome::Stored {
-        seq: to_u64(seq),
-        epoch: new_epoch,
-        duplicate: false,
-    })
+    Ok(Outcome::Stored { seq: to_u64(seq), epoch: new_epoch, duplicate: false })
 }

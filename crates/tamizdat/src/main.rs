@@ -110,9 +110,7 @@ enum RelayCommand {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30m, 12h or 7d"))?;
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30m, 12h or 7d"))?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
@@ -152,22 +150,14 @@ impl From<tamizdat_relay::RelayError> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = std::env::var("TAMIZDAT_LOG").unwrap_or_else(|_| {
-        if matches!(cli.command, Command::Relay { .. }) {
-            "info".into()
-        } else {
-            "error".into()
-        }
-    });
+    let filter = std::env::var("TAMIZDAT_LOG")
+        .unwrap_or_else(|_| if matches!(cli.command, Command::Relay { .. }) { "info".into() } else { "error".into() });
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start: {e}");
@@ -189,9 +179,7 @@ fn home(cli: &Cli) -> Result<PathBuf, Failure> {
     }
     directories::ProjectDirs::from("", "", "tamizdat")
         .map(|d| d.data_dir().to_path_buf())
-        .ok_or_else(|| {
-            Failure("cannot find a data directory; pass --home DIR or set TAMIZDAT_HOME".into())
-        })
+        .ok_or_else(|| Failure("cannot find a data directory; pass --home DIR or set TAMIZDAT_HOME".into()))
 }
 
 /// The passphrase from `TAMIZDAT_PASSPHRASE`, or asked for on the terminal.
@@ -200,19 +188,15 @@ fn passphrase(confirm: bool) -> Result<String, Failure> {
         return Ok(p);
     }
     if !std::io::stdin().is_terminal() {
-        return Err(Failure(
-            "no passphrase: set TAMIZDAT_PASSPHRASE or run in a terminal to be asked".into(),
-        ));
+        return Err(Failure("no passphrase: set TAMIZDAT_PASSPHRASE or run in a terminal to be asked".into()));
     }
-    let p = rpassword::prompt_password("Passphrase: ")
-        .map_err(|e| Failure(format!("cannot read the passphrase: {e}")))?;
+    let p =
+        rpassword::prompt_password("Passphrase: ").map_err(|e| Failure(format!("cannot read the passphrase: {e}")))?;
     if confirm {
-        let again = rpassword::prompt_password("Again: ")
-            .map_err(|e| Failure(format!("cannot read the passphrase: {e}")))?;
+        let again =
+            rpassword::prompt_password("Again: ").map_err(|e| Failure(format!("cannot read the passphrase: {e}")))?;
         if again != p {
-            return Err(Failure(
-                "the two passphrases differ; nothing was created".into(),
-            ));
+            return Err(Failure("the two passphrases differ; nothing was created".into()));
         }
     }
     Ok(p)
@@ -244,9 +228,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let client = Client::init(&home, &pass, name, relay).await?;
             let key = hex::encode(client.identity_key());
             if cli.json {
-                print_json(
-                    &serde_json::json!({ "name": client.name(), "identity_key": key, "home": home }),
-                )?;
+                print_json(&serde_json::json!({ "name": client.name(), "identity_key": key, "home": home }))?;
             } else {
                 println!(
                     "Created {} in {}. Next: `tamizdat invite`, and send the link to someone.",
@@ -261,9 +243,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let mut client = open(&cli)?;
             let link = client.invite(expires.as_secs())?;
             if cli.json {
-                print_json(
-                    &serde_json::json!({ "link": link, "expires_in_secs": expires.as_secs() }),
-                )?;
+                print_json(&serde_json::json!({ "link": link, "expires_in_secs": expires.as_secs() }))?;
             } else {
                 println!("{link}");
                 if std::io::stdout().is_terminal() {
@@ -357,11 +337,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 fn print_message(m: &MessageView) {
-    let state = if m.outgoing && m.state != "sent" {
-        format!(" [{}]", m.state)
-    } else {
-        String::new()
-    };
+    let state = if m.outgoing && m.state != "sent" { format!(" [{}]", m.state) } else { String::new() };
     println!("{} {}: {}{state}", format_time(m.sent_at), m.sender, m.text);
 }
 
@@ -386,10 +362,7 @@ fn format_time(ms: u64) -> String {
 fn print_qr(link: &str) {
     match qrcode::QrCode::with_error_correction_level(link.as_bytes(), qrcode::EcLevel::L) {
         Ok(code) => {
-            let image = code
-                .render::<qrcode::render::unicode::Dense1x2>()
-                .quiet_zone(true)
-                .build();
+            let image = code.render::<qrcode::render::unicode::Dense1x2>().quiet_zone(true).build();
             println!("{image}");
         }
         Err(_) => eprintln!("(this invite is too long for a QR code; send the link as text)"),
@@ -407,11 +380,7 @@ async fn relay(command: &RelayCommand) -> Result<(), Failure> {
                     id
                 }
                 None => {
-                    let public = if public.is_empty() {
-                        vec!["127.0.0.1:443".to_string()]
-                    } else {
-                        public.clone()
-                    };
+                    let public = if public.is_empty() { vec!["127.0.0.1:443".to_string()] } else { public.clone() };
                     RelayIdentity::create(data, public)?
                 }
             };
@@ -429,12 +398,7 @@ async fn relay(command: &RelayCommand) -> Result<(), Failure> {
             println!("{}", identity.link());
             Ok(())
         }
-        RelayCommand::Serve {
-            data,
-            listen,
-            public,
-            retention,
-        } => {
+        RelayCommand::Serve { data, listen, public, retention } => {
             let config = RelayConfig {
                 data: data.clone(),
                 listen: *listen,
@@ -456,14 +420,13 @@ async fn relay(command: &RelayCommand) -> Result<(), Failure> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -35,23 +35,13 @@ fn tampered_expired_and_reused_invites_are_refused() {
     let i = chars.len() / 3;
     chars[i] = if chars[i] == 'Q' { 'R' } else { 'Q' };
     let changed: String = chars.into_iter().collect();
-    for bad in [
-        changed.as_str(),
-        &invite[..invite.len() - 10],
-        relay.link.as_str(),
-        "hello",
-    ] {
+    for bad in [changed.as_str(), &invite[..invite.len() - 10], relay.link.as_str(), "hello"] {
         let err = one_line_failure(&bob.run(&["accept", bad]));
         assert!(err.contains("link") || err.contains("invite"), "{err}");
     }
     assert!(bob.json(&["contacts"]).as_array().unwrap().is_empty());
 
-    let short = alice
-        .ok(&["invite", "--expires", "1s"])
-        .lines()
-        .next()
-        .unwrap()
-        .to_string();
+    let short = alice.ok(&["invite", "--expires", "1s"]).lines().next().unwrap().to_string();
     std::thread::sleep(Duration::from_millis(2100));
     let err = one_line_failure(&bob.run(&["accept", &short]));
     assert!(err.contains("expired"), "{err}");
@@ -64,13 +54,8 @@ fn tampered_expired_and_reused_invites_are_refused() {
     carol.ok(&["init", "--name", "Carol", "--relay", &relay.link]);
     carol.ok(&["accept", &invite]);
     alice.ok(&["sync"]);
-    let names: Vec<String> = alice
-        .json(&["contacts"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap().into())
-        .collect();
+    let names: Vec<String> =
+        alice.json(&["contacts"]).as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().into()).collect();
     assert_eq!(names, vec!["Bob"]);
     // The alias sticks even after Alice's profile arrives.
     bob.ok(&["sync"]);
@@ -99,10 +84,7 @@ fn unknown_contact_unreachable_relay_and_bad_usage() {
         .args(["--public", &closed.to_string()])
         .output()
         .unwrap();
-    let dead_link = String::from_utf8(dead_link.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let dead_link = String::from_utf8(dead_link.stdout).unwrap().trim().to_string();
     let dave = Person::new(root.path(), "dave");
     let err = one_line_failure(&dave.run(&["init", "--name", "Dave", "--relay", &dead_link]));
     assert!(err.contains("unreachable"), "{err}");
@@ -125,15 +107,9 @@ fn garbage_on_the_relay_port_hurts_nobody_else() {
     for i in 0..40u8 {
         let mut s = std::net::TcpStream::connect(&relay.addr).unwrap();
         let payload: Vec<u8> = match i % 4 {
-            0 => (0..4096)
-                .map(|j| (j as u8).wrapping_mul(31).wrapping_add(i))
-                .collect(),
+            0 => (0..4096).map(|j| (j as u8).wrapping_mul(31).wrapping_add(i)).collect(),
             1 => b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
-            2 => [0x16, 0x03, 0x01, 0xff, 0xff]
-                .iter()
-                .copied()
-                .chain(std::iter::repeat_n(0x41, 2000))
-                .collect(),
+            2 => [0x16, 0x03, 0x01, 0xff, 0xff].iter().copied().chain(std::iter::repeat_n(0x41, 2000)).collect(),
             _ => vec![],
         };
         let _ = s.write_all(&payload);

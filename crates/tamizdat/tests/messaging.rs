@@ -13,12 +13,7 @@ fn invite_accept_and_talk_both_ways() {
 
     // Both know each other by the name the other chose.
     let names = |p: &Person| -> Vec<String> {
-        p.json(&["contacts"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["name"].as_str().unwrap().to_string())
-            .collect()
+        p.json(&["contacts"]).as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect()
     };
     assert_eq!(names(&alice), vec!["Bohdan Quokka"]);
     assert_eq!(names(&bob), vec!["Alisa Zoryana"]);
@@ -53,10 +48,7 @@ fn sixty_kib_from_stdin() {
     let relay = RelayProc::start(&root.path().join("relay"), None);
     let (alice, bob) = pair(root.path(), &relay, "Alice", "Bob");
     let mut big = String::new();
-    for c in "Съешь же ещё этих мягких французских булок. "
-        .chars()
-        .cycle()
-    {
+    for c in "Съешь же ещё этих мягких французских булок. ".chars().cycle() {
         if big.len() + c.len_utf8() > 60 * 1024 {
             break;
         }
@@ -65,11 +57,7 @@ fn sixty_kib_from_stdin() {
     assert!(big.len() > 60 * 1024 - 4);
     let big = big.as_str();
     let out = alice.run_with(&["send", "Bob", "-"], PASSPHRASE, Some(big.as_bytes()));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     bob.ok(&["sync"]);
     assert_eq!(bob.texts("Alice"), vec![big.to_string()]);
 }
@@ -108,10 +96,7 @@ fn relay_killed_after_ack_loses_nothing() {
         // While the relay is down: a clear error, and the message is kept.
         let text = format!("round {round} while down");
         let err = one_line_failure(&alice.run(&["send", "Bob", &text]));
-        assert!(
-            err.contains("not delivered") && err.contains("sync"),
-            "{err}"
-        );
+        assert!(err.contains("not delivered") && err.contains("sync"), "{err}");
         sent.push(text);
         relay.restart();
         alice.ok(&["sync"]); // delivers the outbox

@@ -13,24 +13,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// One HTTPS request over TLS pinned to the relay's certificate; returns the raw response.
 async fn https(link: &str, request: &str) -> String {
     let d = RelayDescriptor::from_link(link).unwrap();
-    let config: Arc<rustls::ClientConfig> =
-        tamizdat_transport::tls::pinned_client_config(&d.cert_sha256).unwrap();
-    let tcp = tokio::net::TcpStream::connect(&d.endpoints[0])
-        .await
-        .unwrap();
+    let config: Arc<rustls::ClientConfig> = tamizdat_transport::tls::pinned_client_config(&d.cert_sha256).unwrap();
+    let tcp = tokio::net::TcpStream::connect(&d.endpoints[0]).await.unwrap();
     let ip: std::net::SocketAddr = d.endpoints[0].parse().unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::IpAddress(ip.ip().into()), tcp)
-        .await
-        .unwrap();
+    let mut tls =
+        tokio_rustls::TlsConnector::from(config).connect(ServerName::IpAddress(ip.ip().into()), tcp).await.unwrap();
     tls.write_all(request.as_bytes()).await.unwrap();
     // Read until the server closes, or stops sending (an upgrade refusal keeps the
     // connection alive like any keep-alive 404).
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
-    while let Ok(Ok(n)) =
-        tokio::time::timeout(std::time::Duration::from_millis(700), tls.read(&mut buf)).await
-    {
+    while let Ok(Ok(n)) = tokio::time::timeout(std::time::Duration::from_millis(700), tls.read(&mut buf)).await {
         if n == 0 {
             break;
         }
@@ -40,14 +33,8 @@ async fn https(link: &str, request: &str) -> String {
 }
 
 fn get(path: &str, extra: &str) -> String {
-    let connection = if extra.is_empty() {
-        "Connection: close\r\n"
-    } else {
-        ""
-    };
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: Mozilla/5.0\r\n{extra}{connection}\r\n"
-    )
+    let connection = if extra.is_empty() { "Connection: close\r\n" } else { "" };
+    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: Mozilla/5.0\r\n{extra}{connection}\r\n")
 }
 
 /// Status line and body: what a prober can compare (Date differs by the second).
@@ -77,25 +64,14 @@ async fn probes_see_an_ordinary_web_site() {
     let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n".to_string();
     for (path, extra) in [
         (d.door_path(), String::new()),
-        (
-            "/static/AAAAAAAAAAAAAAAAAAAAAA".to_string(),
-            upgrade.clone(),
-        ),
+        ("/static/AAAAAAAAAAAAAAAAAAAAAA".to_string(), upgrade.clone()),
         ("/".to_string() + "chat", upgrade.clone()),
     ] {
-        assert_eq!(
-            shape(&https(&relay.link, &get(&path, &extra)).await),
-            missing,
-            "{path}"
-        );
+        assert_eq!(shape(&https(&relay.link, &get(&path, &extra)).await), missing, "{path}");
     }
     // Non-GET methods and malformed requests get nginx's answers.
     let post = shape(
-        &https(
-            &relay.link,
-            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        )
-        .await,
+        &https(&relay.link, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await,
     );
     assert_eq!(post.0, "HTTP/1.1 405 Not Allowed");
     let bad = shape(&https(&relay.link, "\x01\x02 garbage\r\n\r\n").await);
@@ -106,11 +82,7 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let p = entry.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p))
-        } else {
-            out.push(p)
-        }
+        if p.is_dir() { out.extend(files_under(&p)) } else { out.push(p) }
     }
     out
 }
@@ -124,11 +96,7 @@ fn nothing_readable_at_rest_on_relay_or_clients() {
     let root = tempfile::tempdir().unwrap();
     let mut relay = RelayProc::start(&root.path().join("relay"), None);
     let (alice, bob) = pair(root.path(), &relay, "Zoryana Leafcutter", "Quokka Bystrov");
-    let secrets = [
-        "Meet at the birch grove 7pm",
-        "Пароль: серебряная лиса",
-        "bring the samizdat copies",
-    ];
+    let secrets = ["Meet at the birch grove 7pm", "Пароль: серебряная лиса", "bring the samizdat copies"];
     alice.ok(&["send", "Quokka Bystrov", secrets[0]]);
     bob.ok(&["sync"]);
     bob.ok(&["send", "Zoryana Leafcutter", secrets[1]]);
@@ -136,38 +104,21 @@ fn nothing_readable_at_rest_on_relay_or_clients() {
     alice.ok(&["sync"]);
     alice.ok(&["send", "Quokka Bystrov", secrets[2]]);
     relay.kill(); // whatever is on disk now, including the WAL
-    let needles: Vec<&str> = secrets
-        .iter()
-        .copied()
-        .chain(["Zoryana Leafcutter", "Quokka Bystrov", "Zoryana", "Quokka"])
-        .collect();
+    let needles: Vec<&str> =
+        secrets.iter().copied().chain(["Zoryana Leafcutter", "Quokka Bystrov", "Zoryana", "Quokka"]).collect();
     let mut checked = 0;
-    for dir in [
-        root.path().join("relay"),
-        alice.home.clone(),
-        bob.home.clone(),
-    ] {
+    for dir in [root.path().join("relay"), alice.home.clone(), bob.home.clone()] {
         for file in files_under(&dir) {
             let bytes = std::fs::read(&file).unwrap();
             checked += bytes.len();
             for needle in &needles {
-                assert!(
-                    !contains(&bytes, needle.as_bytes()),
-                    "{needle:?} found in {}",
-                    file.display()
-                );
+                assert!(!contains(&bytes, needle.as_bytes()), "{needle:?} found in {}", file.display());
             }
         }
     }
-    assert!(
-        checked > 10_000,
-        "the scan read the stores ({checked} bytes)"
-    );
+    assert!(checked > 10_000, "the scan read the stores ({checked} bytes)");
     // And the undelivered message is really there to be found by its owner later.
     relay.restart();
     bob.ok(&["sync"]);
-    assert_eq!(
-        bob.texts("Zoryana Leafcutter"),
-        vec![secrets[0], secrets[1], secrets[2]]
-    );
+    assert_eq!(bob.texts("Zoryana Leafcutter"), vec![secrets[0], secrets[1], secrets[2]]);
 }

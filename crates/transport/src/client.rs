@@ -25,10 +25,7 @@ impl Connection {
 
     /// Sends one frame.
     pub async fn send(&mut self, frame: Vec<u8>) -> Result<(), TransportError> {
-        self.ws
-            .send(Message::Binary(frame.into()))
-            .await
-            .map_err(|e| TransportError::Closed(e.to_string()))
+        self.ws.send(Message::Binary(frame.into())).await.map_err(|e| TransportError::Closed(e.to_string()))
     }
 
     /// Receives the next frame, answering pings on the way.
@@ -74,17 +71,12 @@ async fn resolve(endpoint: &str) -> Result<SocketAddr, TransportError> {
     if let Ok(addr) = endpoint.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    let mut addrs =
-        tokio::net::lookup_host(endpoint)
-            .await
-            .map_err(|e| TransportError::Connect {
-                endpoint: endpoint.into(),
-                reason: format!("name lookup: {e}"),
-            })?;
-    addrs.next().ok_or_else(|| TransportError::Connect {
-        endpoint: endpoint.into(),
-        reason: "name has no address".into(),
-    })
+    let mut addrs = tokio::net::lookup_host(endpoint)
+        .await
+        .map_err(|e| TransportError::Connect { endpoint: endpoint.into(), reason: format!("name lookup: {e}") })?;
+    addrs
+        .next()
+        .ok_or_else(|| TransportError::Connect { endpoint: endpoint.into(), reason: "name has no address".into() })
 }
 
 /// The TLS server name: none (no SNI) for IP literals, the host name otherwise.
@@ -92,61 +84,28 @@ fn server_name(endpoint: &str, addr: SocketAddr) -> Result<ServerName<'static>, 
     if endpoint.parse::<SocketAddr>().is_ok() {
         return Ok(ServerName::IpAddress(addr.ip().into()));
     }
-    let host = endpoint
-        .rsplit_once(':')
-        .map(|(h, _)| h)
-        .unwrap_or(endpoint);
+    let host = endpoint.rsplit_once(':').map(|(h, _)| h).unwrap_or(endpoint);
     ServerName::try_from(host.to_string()).map_err(|_| TransportError::BadEndpoint(endpoint.into()))
 }
 
 /// Connects to one endpoint.
-pub async fn connect_endpoint(
-    relay: &RelayDescriptor,
-    endpoint: &str,
-) -> Result<Connection, TransportError> {
+pub async fn connect_endpoint(relay: &RelayDescriptor, endpoint: &str) -> Result<Connection, TransportError> {
     let addr = resolve(endpoint).await?;
     let tcp = timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
         .await
-        .map_err(|_| TransportError::Timeout {
-            step: "TCP connect",
-            endpoint: endpoint.into(),
-        })?
-        .map_err(|e| TransportError::Connect {
-            endpoint: endpoint.into(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|_| TransportError::Timeout { step: "TCP connect", endpoint: endpoint.into() })?
+        .map_err(|e| TransportError::Connect { endpoint: endpoint.into(), reason: e.to_string() })?;
     let _ = tcp.set_nodelay(true);
     let io: BoxIo = Box::new(tcp);
     let connector = TlsConnector::from(pinned_client_config(&relay.cert_sha256)?);
-    let tls = timeout(
-        HANDSHAKE_TIMEOUT,
-        connector.connect(server_name(endpoint, addr)?, io),
-    )
-    .await
-    .map_err(|_| TransportError::Timeout {
-        step: "TLS handshake",
-        endpoint: endpoint.into(),
-    })?
-    .map_err(|e| TransportError::Tls {
-        endpoint: endpoint.into(),
-        reason: e.to_string(),
-    })?;
+    let tls = timeout(HANDSHAKE_TIMEOUT, connector.connect(server_name(endpoint, addr)?, io))
+        .await
+        .map_err(|_| TransportError::Timeout { step: "TLS handshake", endpoint: endpoint.into() })?
+        .map_err(|e| TransportError::Tls { endpoint: endpoint.into(), reason: e.to_string() })?;
     let url = format!("wss://{endpoint}{}", relay.door_path());
-    let (ws, _) = timeout(
-        HANDSHAKE_TIMEOUT,
-        tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config())),
-    )
-    .await
-    .map_err(|_| TransportError::Timeout {
-        step: "WebSocket upgrade",
-        endpoint: endpoint.into(),
-    })?
-    .map_err(|e| TransportError::Upgrade {
-        endpoint: endpoint.into(),
-        reason: e.to_string(),
-    })?;
-    Ok(Connection {
-        ws,
-        endpoint: endpoint.into(),
-    })
+    let (ws, _) = timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config())))
+        .await
+        .map_err(|_| TransportError::Timeout { step: "WebSocket upgrade", endpoint: endpoint.into() })?
+        .map_err(|e| TransportError::Upgrade { endpoint: endpoint.into(), reason: e.to_string() })?;
+    Ok(Connection { ws, endpoint: endpoint.into() })
 }

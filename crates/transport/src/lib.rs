@@ -69,9 +69,9 @@ impl TransportError {
     /// What a user interface can do about it.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            TransportError::Connect { .. }
-            | TransportError::Timeout { .. }
-            | TransportError::Closed(_) => ErrorKind::Retry,
+            TransportError::Connect { .. } | TransportError::Timeout { .. } | TransportError::Closed(_) => {
+                ErrorKind::Retry
+            }
             TransportError::Tls { .. } | TransportError::Upgrade { .. } => ErrorKind::Blocked,
             TransportError::BadEndpoint(_) => ErrorKind::BadInput,
             TransportError::Setup(_) => ErrorKind::Fatal,

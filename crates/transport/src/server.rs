@@ -58,11 +58,7 @@ pub struct FrontDoor {
 impl FrontDoor {
     /// A front door with this TLS configuration, door path and cover site.
     pub fn new(tls: Arc<rustls::ServerConfig>, door_path: String, cover: Arc<CoverSite>) -> Self {
-        Self {
-            acceptor: TlsAcceptor::from(tls),
-            door_path,
-            cover,
-        }
+        Self { acceptor: TlsAcceptor::from(tls), door_path, cover }
     }
 
     /// Runs TLS and HTTP on one accepted TCP connection.
@@ -70,56 +66,31 @@ impl FrontDoor {
         let _ = tcp.set_nodelay(true);
         let mut tls = timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp))
             .await
-            .map_err(|_| TransportError::Timeout {
-                step: "TLS handshake",
-                endpoint: "client".into(),
-            })?
-            .map_err(|e| TransportError::Tls {
-                endpoint: "client".into(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|_| TransportError::Timeout { step: "TLS handshake", endpoint: "client".into() })?
+            .map_err(|e| TransportError::Tls { endpoint: "client".into(), reason: e.to_string() })?;
         let mut buf = Vec::with_capacity(1024);
         for served in 0..MAX_REQUESTS {
-            let wait = if served == 0 {
-                HANDSHAKE_TIMEOUT
-            } else {
-                KEEPALIVE
-            };
+            let wait = if served == 0 { HANDSHAKE_TIMEOUT } else { KEEPALIVE };
             let head = match timeout(wait, read_head(&mut tls, &mut buf)).await {
                 Ok(Ok(Some(head))) => head,
                 Ok(Ok(None)) | Err(_) => return Ok(Accepted::Cover),
                 Ok(Err(HeadError::Bad)) => {
-                    let _ = write_response(
-                        &mut tls,
-                        &self.cover,
-                        400,
-                        "text/html",
-                        BAD_REQUEST,
-                        false,
-                        true,
-                    )
-                    .await;
+                    let _ = write_response(&mut tls, &self.cover, 400, "text/html", BAD_REQUEST, false, true).await;
                     return Ok(Accepted::Cover);
                 }
                 Ok(Err(HeadError::Io)) => return Ok(Accepted::Cover),
             };
             let leftover = buf.split_off(head.len);
             buf = leftover;
-            if let Some(key) = head
-                .upgrade_key
-                .as_deref()
-                .filter(|_| head.method == "GET" && head.path == self.door_path)
+            if let Some(key) =
+                head.upgrade_key.as_deref().filter(|_| head.method == "GET" && head.path == self.door_path)
             {
                 let response = format!(
                     "HTTP/1.1 101 Switching Protocols\r\nServer: nginx\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
                     derive_accept_key(key.as_bytes())
                 );
-                tls.write_all(response.as_bytes())
-                    .await
-                    .map_err(|e| TransportError::Closed(e.to_string()))?;
-                let ws =
-                    WebSocketStream::from_partially_read(tls, buf, Role::Server, Some(ws_config()))
-                        .await;
+                tls.write_all(response.as_bytes()).await.map_err(|e| TransportError::Closed(e.to_string()))?;
+                let ws = WebSocketStream::from_partially_read(tls, buf, Role::Server, Some(ws_config())).await;
                 return Ok(Accepted::Protocol(Box::new(ws)));
             }
             if !self.serve_cover(&mut tls, &head).await || head.close {
@@ -131,11 +102,8 @@ impl FrontDoor {
     }
 
     async fn serve_cover(&self, tls: &mut TlsStream<TcpStream>, head: &Head) -> bool {
-        let page = self
-            .cover
-            .pages
-            .iter()
-            .find(|(p, _, _)| *p == head.path || (head.path == "/index.html" && p == "/"));
+        let page =
+            self.cover.pages.iter().find(|(p, _, _)| *p == head.path || (head.path == "/index.html" && p == "/"));
         let (status, ctype, body): (u16, &str, &[u8]) = match (head.method.as_str(), page) {
             ("GET" | "HEAD", Some((_, ctype, body))) => (200, ctype, body),
             ("GET" | "HEAD", None) => (404, "text/html", &self.cover.not_found),
@@ -143,9 +111,7 @@ impl FrontDoor {
             (_, None) => (404, "text/html", &self.cover.not_found),
         };
         let with_body = head.method != "HEAD";
-        write_response(tls, &self.cover, status, ctype, body, with_body, false)
-            .await
-            .is_ok()
+        write_response(tls, &self.cover, status, ctype, body, with_body, false).await.is_ok()
     }
 }
 
@@ -173,22 +139,14 @@ async fn write_response(
         body.len()
     );
     if status == 200 {
-        let secs = cover
-            .modified
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let secs = cover.modified.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         out.push_str(&format!(
             "Last-Modified: {}\r\nETag: \"{secs:x}-{:x}\"\r\nAccept-Ranges: bytes\r\n",
             httpdate::fmt_http_date(cover.modified),
             body.len()
         ));
     }
-    out.push_str(if close {
-        "Connection: close\r\n\r\n"
-    } else {
-        "Connection: keep-alive\r\n\r\n"
-    });
+    out.push_str(if close { "Connection: close\r\n\r\n" } else { "Connection: keep-alive\r\n\r\n" });
     let mut bytes = out.into_bytes();
     if with_body {
         bytes.extend_from_slice(body);
@@ -211,10 +169,7 @@ enum HeadError {
 }
 
 /// Reads one request head; `Ok(None)` when the peer closed before sending one.
-async fn read_head(
-    tls: &mut TlsStream<TcpStream>,
-    buf: &mut Vec<u8>,
-) -> Result<Option<Head>, HeadError> {
+async fn read_head(tls: &mut TlsStream<TcpStream>, buf: &mut Vec<u8>) -> Result<Option<Head>, HeadError> {
     loop {
         if !buf.is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; 48];
@@ -231,11 +186,7 @@ async fn read_head(
         let mut chunk = [0u8; 2048];
         let n = tls.read(&mut chunk).await.map_err(|_| HeadError::Io)?;
         if n == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(HeadError::Bad)
-            };
+            return if buf.is_empty() { Ok(None) } else { Err(HeadError::Bad) };
         }
         buf.extend_from_slice(&chunk[..n]);
     }
@@ -250,18 +201,10 @@ fn head_from(req: &httparse::Request<'_, '_>, len: usize) -> Head {
             .map(str::trim)
     };
     let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-        && header("connection").is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        })
+        && header("connection").is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
         && header("sec-websocket-version") == Some("13");
-    let upgrade_key = if upgrade {
-        header("sec-websocket-key").map(str::to_string)
-    } else {
-        None
-    };
-    let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
-        || req.version == Some(0);
+    let upgrade_key = if upgrade { header("sec-websocket-key").map(str::to_string) } else { None };
+    let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) || req.version == Some(0);
     Head {
         len,
         method: req.method.unwrap_or("").to_string(),
@@ -273,9 +216,7 @@ fn head_from(req: &httparse::Request<'_, '_>, len: usize) -> Head {
 
 /// Sends one binary frame on a server-side session.
 pub async fn send_frame(ws: &mut ServerWs, frame: Vec<u8>) -> Result<(), TransportError> {
-    ws.send(Message::Binary(frame.into()))
-        .await
-        .map_err(|e| TransportError::Closed(e.to_string()))
+    ws.send(Message::Binary(frame.into())).await.map_err(|e| TransportError::Closed(e.to_string()))
 }
 
 /// Receives the next binary frame on a server-side session; `None` when the client left.

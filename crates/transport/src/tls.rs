@@ -5,9 +5,7 @@ use std::sync::Arc;
 use rustls::{
     ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::{
-        CryptoProvider, WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature,
-    },
+    crypto::{CryptoProvider, WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature},
     pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime},
 };
 use sha2::{Digest, Sha256};
@@ -26,12 +24,8 @@ impl RelayCert {
     /// Generates a fresh self-signed certificate (ECDSA P-256) for `names` (host names or IP
     /// addresses; they only matter to browsers, clients pin the certificate itself).
     pub fn generate(names: Vec<String>) -> Result<Self, TransportError> {
-        let ck = rcgen::generate_simple_self_signed(names)
-            .map_err(|e| TransportError::Setup(e.to_string()))?;
-        Ok(Self {
-            cert_der: ck.cert.der().to_vec(),
-            key_der: ck.signing_key.serialize_der(),
-        })
+        let ck = rcgen::generate_simple_self_signed(names).map_err(|e| TransportError::Setup(e.to_string()))?;
+        Ok(Self { cert_der: ck.cert.der().to_vec(), key_der: ck.signing_key.serialize_der() })
     }
 
     /// The pin a relay link carries: SHA-256 of the certificate.
@@ -76,9 +70,7 @@ impl ServerCertVerifier for PinnedVerifier {
         if cert_pin(end_entity.as_ref()) == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General(
-                "certificate does not match the relay link's pin".into(),
-            ))
+            Err(rustls::Error::General("certificate does not match the relay link's pin".into()))
         }
     }
 
@@ -108,10 +100,7 @@ impl ServerCertVerifier for PinnedVerifier {
 /// A TLS 1.3 client configuration that trusts only the pinned certificate.
 pub fn pinned_client_config(pin: &[u8]) -> Result<Arc<ClientConfig>, TransportError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = PinnedVerifier {
-        pin: pin.to_vec(),
-        algorithms: provider.signature_verification_algorithms,
-    };
+    let verifier = PinnedVerifier { pin: pin.to_vec(), algorithms: provider.signature_verification_algorithms };
     let mut config = ClientConfig::builder_with_provider(provider as Arc<CryptoProvider>)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::Setup(e.to_string()))?

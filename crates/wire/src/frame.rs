@@ -20,18 +20,11 @@ pub fn bucket_for(len: usize) -> Option<usize> {
 /// Encodes and pads a message into a frame.
 pub fn encode<M: Message>(msg: &M) -> Result<Vec<u8>, WireError> {
     let len = msg.encoded_len();
-    let size = bucket_for(len).ok_or(WireError::TooLarge {
-        size: len,
-        limit: MAX_FRAME,
-    })?;
+    let size = bucket_for(len).ok_or(WireError::TooLarge { size: len, limit: MAX_FRAME })?;
     let mut out = Vec::with_capacity(size);
-    let len32 = u32::try_from(len).map_err(|_| WireError::TooLarge {
-        size: len,
-        limit: MAX_FRAME,
-    })?;
+    let len32 = u32::try_from(len).map_err(|_| WireError::TooLarge { size: len, limit: MAX_FRAME })?;
     out.extend_from_slice(&len32.to_be_bytes());
-    msg.encode(&mut out)
-        .map_err(|_| WireError::Malformed("encode"))?;
+    msg.encode(&mut out).map_err(|_| WireError::Malformed("encode"))?;
     out.resize(size, 0);
     Ok(out)
 }
@@ -39,10 +32,7 @@ pub fn encode<M: Message>(msg: &M) -> Result<Vec<u8>, WireError> {
 /// Checks the padding and decodes the body of a frame.
 pub fn decode<M: Message + Default>(frame: &[u8]) -> Result<M, WireError> {
     if frame.len() > MAX_FRAME {
-        return Err(WireError::TooLarge {
-            size: frame.len(),
-            limit: MAX_FRAME,
-        });
+        return Err(WireError::TooLarge { size: frame.len(), limit: MAX_FRAME });
     }
     if !BUCKETS.contains(&frame.len()) {
         return Err(WireError::Malformed("frame is not a padding bucket"));
@@ -67,17 +57,8 @@ mod tests {
     use crate::proto::{ClientFrame, Command, Hello, Op};
 
     fn hello_frame(extra: usize) -> ClientFrame {
-        let cmd = Command {
-            op: Some(Op::Hello(Hello {
-                min_version: 1,
-                max_version: 1,
-            })),
-        };
-        ClientFrame {
-            request_id: 7,
-            command: cmd.encode_to_vec(),
-            signature: vec![1; extra],
-        }
+        let cmd = Command { op: Some(Op::Hello(Hello { min_version: 1, max_version: 1 })) };
+        ClientFrame { request_id: 7, command: cmd.encode_to_vec(), signature: vec![1; extra] }
     }
 
     #[test]
@@ -85,21 +66,14 @@ mod tests {
         for extra in [0, 200, 1000, 5000, 70_000, 200_000] {
             let msg = hello_frame(extra);
             let bytes = encode(&msg).unwrap();
-            assert!(
-                BUCKETS.contains(&bytes.len()),
-                "{} not a bucket",
-                bytes.len()
-            );
+            assert!(BUCKETS.contains(&bytes.len()), "{} not a bucket", bytes.len());
             assert_eq!(decode::<ClientFrame>(&bytes).unwrap(), msg);
         }
     }
 
     #[test]
     fn oversized_message_is_refused() {
-        assert!(matches!(
-            encode(&hello_frame(MAX_FRAME)),
-            Err(WireError::TooLarge { .. })
-        ));
+        assert!(matches!(encode(&hello_frame(MAX_FRAME)), Err(WireError::TooLarge { .. })));
     }
 
     #[test]

@@ -72,13 +72,7 @@ pub fn auth_payload(session_nonce: &[u8], request_id: u64, command: &[u8]) -> Ve
 }
 
 /// Checks a capability signature. False for malformed keys or signatures.
-pub fn verify_auth(
-    key: &[u8],
-    session_nonce: &[u8],
-    request_id: u64,
-    command: &[u8],
-    signature: &[u8],
-) -> bool {
+pub fn verify_auth(key: &[u8], session_nonce: &[u8], request_id: u64, command: &[u8], signature: &[u8]) -> bool {
     let Ok(key) = <[u8; limits::KEY_LEN]>::try_from(key) else {
         return false;
     };
@@ -88,8 +82,7 @@ pub fn verify_auth(
     let Ok(sig) = Signature::from_slice(signature) else {
         return false;
     };
-    key.verify_strict(&auth_payload(session_nonce, request_id, command), &sig)
-        .is_ok()
+    key.verify_strict(&auth_payload(session_nonce, request_id, command), &sig).is_ok()
 }
 
 #[cfg(test)]

@@ -61,15 +61,10 @@ pub fn dearmor(expected: LinkKind, link: &str) -> Result<Vec<u8>, WireError> {
     if link.len() > MAX_LINK_LEN {
         return Err(WireError::BadLink("too long"));
     }
-    let rest = link
-        .strip_prefix(SCHEME)
-        .ok_or(WireError::BadLink("it does not start with tamizdat:"))?;
+    let rest = link.strip_prefix(SCHEME).ok_or(WireError::BadLink("it does not start with tamizdat:"))?;
     let (kind, encoded) = rest.split_once('/').ok_or(WireError::BadLink("no kind"))?;
     if kind != expected.as_str() {
-        return Err(WireError::WrongLinkKind {
-            expected: expected.as_str(),
-            found: kind.chars().take(16).collect(),
-        });
+        return Err(WireError::WrongLinkKind { expected: expected.as_str(), found: kind.chars().take(16).collect() });
     }
     let mut body = URL_SAFE_NO_PAD
         .decode(encoded)
@@ -79,9 +74,7 @@ pub fn dearmor(expected: LinkKind, link: &str) -> Result<Vec<u8>, WireError> {
     }
     let sum = body.split_off(body.len() - CHECKSUM_LEN);
     if sum != checksum(expected, &body) {
-        return Err(WireError::BadLink(
-            "its checksum does not match: it was changed or cut",
-        ));
+        return Err(WireError::BadLink("its checksum does not match: it was changed or cut"));
     }
     Ok(body)
 }
@@ -104,26 +97,16 @@ impl RelayDescriptor {
     /// Checks the fields a client relies on.
     pub fn validate(&self) -> Result<(), WireError> {
         if self.endpoints.is_empty() || self.endpoints.len() > 16 {
-            return Err(WireError::BadLink(
-                "a relay needs between 1 and 16 endpoints",
-            ));
+            return Err(WireError::BadLink("a relay needs between 1 and 16 endpoints"));
         }
-        if self
-            .endpoints
-            .iter()
-            .any(|e| e.is_empty() || e.len() > 255 || !e.contains(':'))
-        {
+        if self.endpoints.iter().any(|e| e.is_empty() || e.len() > 255 || !e.contains(':')) {
             return Err(WireError::BadLink("an endpoint is not HOST:PORT"));
         }
         if self.cert_sha256.len() != 32 {
-            return Err(WireError::BadLink(
-                "the certificate pin is not a SHA-256 digest",
-            ));
+            return Err(WireError::BadLink("the certificate pin is not a SHA-256 digest"));
         }
         if self.door.len() != crate::limits::ID_LEN {
-            return Err(WireError::BadLink(
-                "the relay's door key has the wrong length",
-            ));
+            return Err(WireError::BadLink("the relay's door key has the wrong length"));
         }
         Ok(())
     }
@@ -144,11 +127,7 @@ mod tests {
     use super::*;
 
     fn descriptor() -> RelayDescriptor {
-        RelayDescriptor {
-            endpoints: vec!["127.0.0.1:8443".into()],
-            cert_sha256: vec![9; 32],
-            door: vec![3; 16],
-        }
+        RelayDescriptor { endpoints: vec!["127.0.0.1:8443".into()], cert_sha256: vec![9; 32], door: vec![3; 16] }
     }
 
     #[test]
@@ -156,10 +135,7 @@ mod tests {
         let d = descriptor();
         let link = d.to_link();
         assert!(link.starts_with("tamizdat:relay/"));
-        assert_eq!(
-            RelayDescriptor::from_link(&format!("  {link}\n")).unwrap(),
-            d
-        );
+        assert_eq!(RelayDescriptor::from_link(&format!("  {link}\n")).unwrap(), d);
     }
 
     #[test]
@@ -170,10 +146,7 @@ mod tests {
             let mut chars: Vec<char> = link.chars().collect();
             chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
             let changed: String = chars.into_iter().collect();
-            assert!(
-                RelayDescriptor::from_link(&changed).is_err(),
-                "change at {i} not caught"
-            );
+            assert!(RelayDescriptor::from_link(&changed).is_err(), "change at {i} not caught");
         }
         assert!(RelayDescriptor::from_link(&link[..link.len() - 1]).is_err());
     }
@@ -181,9 +154,6 @@ mod tests {
     #[test]
     fn wrong_kind_is_named() {
         let link = armor(LinkKind::Invite, b"x");
-        assert!(matches!(
-            RelayDescriptor::from_link(&link),
-            Err(WireError::WrongLinkKind { .. })
-        ));
+        assert!(matches!(RelayDescriptor::from_link(&link), Err(WireError::WrongLinkKind { .. })));
     }
 }

@@ -93,11 +93,7 @@ pub fn peek_header(bytes: &[u8]) -> Result<MlsHeader, WireError> {
             let group_id = r.vector()?.to_vec();
             let epoch = r.u64()?;
             let content_type = content_type(r.u8()?)?;
-            Ok(MlsHeader {
-                group_id,
-                epoch,
-                content_type,
-            })
+            Ok(MlsHeader { group_id, epoch, content_type })
         }
         PUBLIC_MESSAGE => {
             let group_id = r.vector()?.to_vec();
@@ -111,11 +107,7 @@ pub fn peek_header(bytes: &[u8]) -> Result<MlsHeader, WireError> {
             }
             r.vector()?; // authenticated_data
             let content_type = content_type(r.u8()?)?;
-            Ok(MlsHeader {
-                group_id,
-                epoch,
-                content_type,
-            })
+            Ok(MlsHeader { group_id, epoch, content_type })
         }
         _ => Err(WireError::NotMls("not a group message")),
     }
@@ -132,14 +124,7 @@ mod tests {
         m.push(3);
         m.extend_from_slice(&[0, 0, 0]);
         let h = peek_header(&m).unwrap();
-        assert_eq!(
-            h,
-            MlsHeader {
-                group_id: b"gid".to_vec(),
-                epoch: 7,
-                content_type: ContentType::Commit
-            }
-        );
+        assert_eq!(h, MlsHeader { group_id: b"gid".to_vec(), epoch: 7, content_type: ContentType::Commit });
     }
 
     #[test]

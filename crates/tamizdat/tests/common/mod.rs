@@ -34,22 +34,12 @@ impl RelayProc {
             .spawn()
             .expect("relay starts");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("link line");
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("link line");
         let link = line.trim().to_string();
-        assert!(
-            link.starts_with("tamizdat:relay/"),
-            "relay printed {link:?}"
-        );
+        assert!(link.starts_with("tamizdat:relay/"), "relay printed {link:?}");
         let addr = relay_addr(&link);
         wait_for_port(&addr);
-        RelayProc {
-            child,
-            data: data.to_path_buf(),
-            link,
-            addr,
-        }
+        RelayProc { child, data: data.to_path_buf(), link, addr }
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -97,9 +87,7 @@ pub struct Person {
 
 impl Person {
     pub fn new(root: &Path, dir: &str) -> Person {
-        Person {
-            home: root.join(dir),
-        }
+        Person { home: root.join(dir) }
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
@@ -113,22 +101,13 @@ impl Person {
             .args(args)
             .env("TAMIZDAT_PASSPHRASE", passphrase)
             .env_remove("TAMIZDAT_HOME")
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("binary runs");
         if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(input)
-                .expect("write stdin");
+            child.stdin.take().expect("stdin").write_all(input).expect("write stdin");
         }
         child.wait_with_output().expect("output")
     }
@@ -136,11 +115,7 @@ impl Person {
     /// Runs and insists on success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "tamizdat {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "tamizdat {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).expect("utf-8 stdout")
     }
 
@@ -152,28 +127,15 @@ impl Person {
 
     pub fn texts(&self, contact: &str) -> Vec<String> {
         let v = self.json(&["messages", contact]);
-        v.as_array()
-            .expect("array")
-            .iter()
-            .map(|m| m["text"].as_str().expect("text").to_string())
-            .collect()
+        v.as_array().expect("array").iter().map(|m| m["text"].as_str().expect("text").to_string()).collect()
     }
 }
 
 /// Runs and insists on failure with exit code 1 and a single-line error; returns it.
 pub fn one_line_failure(out: &Output) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected exit 1, stdout {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_eq!(out.status.code(), Some(1), "expected exit 1, stdout {}", String::from_utf8_lossy(&out.stdout));
     let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "expected one line, got {err:?}"
-    );
+    assert_eq!(err.trim_end().lines().count(), 1, "expected one line, got {err:?}");
     assert!(err.starts_with("error: "), "{err:?}");
     err
 }
