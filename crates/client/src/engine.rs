@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use ed25519_dalek::SigningKey;
@@ -270,12 +270,30 @@ impl Client {
     }
 
     /// A call that drops a broken connection so the next call reconnects.
+    ///
+    /// Requests that are safe to repeat (everything but creating queues and logs: appends and
+    /// sends carry dedup ids) are retried after a short backoff when the connection fails,
+    /// so a blip does not leave a message waiting for the next command.
     async fn call(&mut self, link: &str, op: Op, key: Option<&SigningKey>) -> Result<Reply, ClientError> {
-        let result = self.relay(link).await?.call(op, key).await;
-        if matches!(result, Err(ClientError::Transport(_) | ClientError::Protocol(_))) {
-            self.relays.remove(link);
+        const BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(800)];
+        let repeatable = !matches!(op, Op::CreateQueue(_) | Op::CreateLog(_));
+        let mut attempt = 0;
+        loop {
+            let result = match self.relay(link).await {
+                Ok(rc) => rc.call(op.clone(), key).await,
+                Err(e) => Err(e),
+            };
+            if matches!(result, Err(ClientError::Transport(_) | ClientError::Protocol(_))) {
+                self.relays.remove(link);
+            }
+            match result {
+                Err(ClientError::Transport(_)) if repeatable && attempt < BACKOFF.len() => {
+                    tokio::time::sleep(BACKOFF[attempt]).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
         }
-        result
     }
 
     /// Accepts an invite: starts the conversation on the inviter's relay and sends the

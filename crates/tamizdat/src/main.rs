@@ -155,6 +155,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -260,7 +261,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if cli.json {
                 print_json(&serde_json::json!({ "contact": name }))?;
             } else {
-                println!("Accepted. You can now write to {name}: tamizdat send {name} \"hello\"");
+                if alias.is_none() && name.starts_with("invite-") {
+                    println!(
+                        "Accepted. They are {name} until their chosen name arrives with your next `tamizdat sync`; \
+                         you can already write: tamizdat send {name} \"hello\""
+                    );
+                } else {
+                    println!("Accepted. You can now write to {name}: tamizdat send {name} \"hello\"");
+                }
             }
             Ok(())
         }
