@@ -22,6 +22,7 @@ async fn relay() -> (tempfile::TempDir, RelayDescriptor, tokio::sync::oneshot::S
         listen: "127.0.0.1:0".parse().unwrap(),
         public: vec![],
         retention: Duration::from_secs(3600 * 24),
+        store: None,
     };
     let relay = Relay::bind(config).await.unwrap();
     let descriptor = RelayDescriptor::from_link(&relay.link()).unwrap();

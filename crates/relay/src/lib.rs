@@ -5,6 +5,8 @@ pub mod identity;
 mod server;
 mod session;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use server::{DEFAULT_RETENTION, Relay, RelayConfig};
 pub use tamizdat_wire::ErrorKind;

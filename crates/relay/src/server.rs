@@ -9,7 +9,7 @@ use crate::{
     RelayError, cover, current_hour,
     identity::RelayIdentity,
     session,
-    store::{Store, Write},
+    store::{Store, StoreLocation, Write},
 };
 
 /// Default retention of undelivered entries.
@@ -31,6 +31,8 @@ pub struct RelayConfig {
     pub public: Vec<String>,
     /// How long undelivered entries are kept.
     pub retention: Duration,
+    /// Where data lives; `None` is the embedded SQLite file in the data directory.
+    pub store: Option<StoreLocation>,
 }
 
 /// A relay bound to its address, ready to serve.
@@ -77,7 +79,10 @@ impl Relay {
     /// Serves until `shutdown` resolves, then stops accepting, lets sessions finish for a
     /// moment, and returns once every acknowledged write is committed.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
-        let (store, writer) = Store::open_sqlite(&self.config.data.join("relay.db")).await?;
+        let location =
+            self.config.store.clone().unwrap_or_else(|| StoreLocation::Sqlite(self.config.data.join("relay.db")));
+        let (store, writer) = Store::open(&location).await?;
+        tracing::info!(store = %location.describe(), "store open");
         let door = Arc::new(FrontDoor::new(
             self.identity.cert.server_config()?,
             self.identity.descriptor().door_path(),

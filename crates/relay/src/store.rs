@@ -136,6 +136,44 @@ pub struct Store {
 }
 
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_initial.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_initial.sql"))];
+
+/// How many times a write re-reads and retries when another relay node moved the same row
+/// first (PostgreSQL with several nodes; never happens on SQLite's single writer).
+const CAS_RETRIES: usize = 16;
+
+/// Where the relay keeps its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// An embedded SQLite file.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL database shared by any number of relay nodes (`postgres://…`).
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// `postgres://…` or `postgresql://…` is PostgreSQL; `sqlite://PATH` or a plain path is
+    /// SQLite.
+    pub fn parse(s: &str) -> Self {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            StoreLocation::Postgres(s.to_string())
+        } else {
+            StoreLocation::Sqlite(s.strip_prefix("sqlite://").unwrap_or(s).into())
+        }
+    }
+
+    /// A description safe for logs (no password).
+    pub fn describe(&self) -> String {
+        match self {
+            StoreLocation::Sqlite(p) => format!("SQLite {}", p.display()),
+            StoreLocation::Postgres(url) => {
+                let host =
+                    url.rsplit_once('@').map(|(_, h)| h).unwrap_or(url.split_once("://").map(|(_, h)| h).unwrap_or(""));
+                format!("PostgreSQL {}", host.split('?').next().unwrap_or(""))
+            }
+        }
+    }
+}
 
 fn db_err(e: sqlx::Error) -> RelayError {
     RelayError::Storage(e.to_string())
@@ -150,28 +188,42 @@ fn to_u64(v: i64) -> u64 {
 }
 
 impl Store {
-    /// Opens (and migrates) the SQLite database at `path`. The [`WriterTask`] finishes once
-    /// every clone of the store is dropped and every write handed to it is committed.
+    /// Opens (and migrates) the SQLite database at `path`.
     pub async fn open_sqlite(path: &std::path::Path) -> Result<(Self, WriterTask), RelayError> {
+        Self::open(&StoreLocation::Sqlite(path.to_path_buf())).await
+    }
+
+    /// Opens (and migrates) the store. The [`WriterTask`] finishes once every clone of the
+    /// store is dropped and every write handed to it is committed.
+    pub async fn open(location: &StoreLocation) -> Result<(Self, WriterTask), RelayError> {
         sqlx::any::install_default_drivers();
-        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let (url, sqlite) = match location {
+            StoreLocation::Sqlite(path) => (format!("sqlite://{}?mode=rwc", path.display()), true),
+            StoreLocation::Postgres(url) => (url.clone(), false),
+        };
         let mut writer = AnyConnection::connect(&url).await.map_err(db_err)?;
-        for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=5000"] {
-            sqlx::raw_sql(pragma).execute(&mut writer).await.map_err(db_err)?;
+        if sqlite {
+            for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=5000"] {
+                sqlx::raw_sql(pragma).execute(&mut writer).await.map_err(db_err)?;
+            }
+            migrate(&mut writer, SQLITE_MIGRATIONS).await?;
+        } else {
+            // Several nodes may start at once: one migrates, the others wait for it.
+            sqlx::raw_sql("SELECT pg_advisory_lock(746970)").execute(&mut writer).await.map_err(db_err)?;
+            let migrated = migrate(&mut writer, POSTGRES_MIGRATIONS).await;
+            sqlx::raw_sql("SELECT pg_advisory_unlock(746970)").execute(&mut writer).await.map_err(db_err)?;
+            migrated?;
         }
-        migrate(&mut writer, SQLITE_MIGRATIONS).await?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(|conn, _| {
+        let mut options = AnyPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(10));
+        if sqlite {
+            options = options.after_connect(|conn, _| {
                 Box::pin(async move {
                     sqlx::raw_sql("PRAGMA busy_timeout=5000").execute(conn).await?;
                     Ok(())
                 })
-            })
-            .connect(&url)
-            .await
-            .map_err(db_err)?;
+            });
+        }
+        let pool = options.connect(&url).await.map_err(db_err)?;
         let (tx, rx) = mpsc::channel(4096);
         let task = WriterTask(tokio::spawn(writer_task(writer, rx)));
         Ok((Self { pool, writer: tx }, task))
@@ -327,45 +379,7 @@ async fn apply(tx: &mut AnyConnection, write: &Write) -> Result<Outcome, sqlx::E
             Ok(Outcome::Done)
         }
         Write::SendToQueue { send_id, dedup_id, payload, hour } => {
-            let Some(row) = sqlx::query("SELECT read_id, next_seq FROM queues WHERE send_id = $1")
-                .bind(send_id.clone())
-                .fetch_optional(&mut *tx)
-                .await?
-            else {
-                return Ok(Outcome::NotFound);
-            };
-            let read_id: Vec<u8> = row.try_get(0)?;
-            let seq: i64 = row.try_get(1)?;
-            if let Some(dup) = sqlx::query("SELECT seq FROM queue_messages WHERE read_id = $1 AND dedup_id = $2")
-                .bind(read_id.clone())
-                .bind(dedup_id.clone())
-                .fetch_optional(&mut *tx)
-                .await?
-            {
-                return Ok(Outcome::Stored { seq: to_u64(dup.try_get(0)?), epoch: 0, duplicate: true });
-            }
-            let count: i64 = sqlx::query("SELECT COUNT(*) FROM queue_messages WHERE read_id = $1")
-                .bind(read_id.clone())
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
-            if count >= QUEUE_QUOTA {
-                return Ok(Outcome::QueueFull);
-            }
-            sqlx::query("INSERT INTO queue_messages (read_id, seq, dedup_id, payload, received_hour) VALUES ($1, $2, $3, $4, $5)")
-                .bind(read_id.clone())
-                .bind(seq)
-                .bind(dedup_id.clone())
-                .bind(payload.clone())
-                .bind(*hour)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("UPDATE queues SET next_seq = $1 WHERE read_id = $2")
-                .bind(seq + 1)
-                .bind(read_id)
-                .execute(&mut *tx)
-                .await?;
-            Ok(Outcome::Stored { seq: to_u64(seq), epoch: 0, duplicate: false })
+            send_to_queue(tx, send_id, dedup_id, payload, *hour).await
         }
         Write::AckQueue { read_id, up_to } => {
             sqlx::query("DELETE FROM queue_messages WHERE read_id = $1 AND seq <= $2")
@@ -417,6 +431,66 @@ async fn apply(tx: &mut AnyConnection, write: &Write) -> Result<Outcome, sqlx::E
     }
 }
 
+/// Stores a queue message under the next sequence number. The sequence counter moves by
+/// compare-and-swap, so two relay nodes never hand out the same number.
+async fn send_to_queue(
+    tx: &mut AnyConnection,
+    send_id: &[u8],
+    dedup_id: &[u8],
+    payload: &[u8],
+    hour: i64,
+) -> Result<Outcome, sqlx::Error> {
+    for _ in 0..CAS_RETRIES {
+        let Some(row) = sqlx::query("SELECT read_id, next_seq FROM queues WHERE send_id = $1")
+            .bind(send_id.to_vec())
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(Outcome::NotFound);
+        };
+        let read_id: Vec<u8> = row.try_get(0)?;
+        let seq: i64 = row.try_get(1)?;
+        if let Some(dup) = sqlx::query("SELECT seq FROM queue_messages WHERE read_id = $1 AND dedup_id = $2")
+            .bind(read_id.clone())
+            .bind(dedup_id.to_vec())
+            .fetch_optional(&mut *tx)
+            .await?
+        {
+            return Ok(Outcome::Stored { seq: to_u64(dup.try_get(0)?), epoch: 0, duplicate: true });
+        }
+        let count: i64 = sqlx::query("SELECT COUNT(*) FROM queue_messages WHERE read_id = $1")
+            .bind(read_id.clone())
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        if count >= QUEUE_QUOTA {
+            return Ok(Outcome::QueueFull);
+        }
+        let moved = sqlx::query("UPDATE queues SET next_seq = $1 WHERE read_id = $2 AND next_seq = $3")
+            .bind(seq + 1)
+            .bind(read_id.clone())
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if moved == 0 {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO queue_messages (read_id, seq, dedup_id, payload, received_hour) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(read_id)
+        .bind(seq)
+        .bind(dedup_id.to_vec())
+        .bind(payload.to_vec())
+        .bind(hour)
+        .execute(&mut *tx)
+        .await?;
+        return Ok(Outcome::Stored { seq: to_u64(seq), epoch: 0, duplicate: false });
+    }
+    Err(sqlx::Error::Protocol("queue sequence contended past the retry limit".into()))
+}
+
 /// The Delivery Service rule: entries get consecutive sequence numbers; a commit is accepted
 /// only for the log's current epoch and moves it forward (compare-and-swap inside the
 /// transaction); nothing from a future epoch or another group is accepted.
@@ -428,39 +502,54 @@ async fn append(
     header: &MlsHeader,
     hour: i64,
 ) -> Result<Outcome, sqlx::Error> {
-    let Some(row) = sqlx::query("SELECT group_id, epoch, next_seq FROM logs WHERE log_id = $1")
-        .bind(log_id.to_vec())
-        .fetch_optional(&mut *tx)
-        .await?
-    else {
-        return Ok(Outcome::NotFound);
-    };
-    let group_id: Option<Vec<u8>> = row.try_get(0)?;
-    let epoch = to_u64(row.try_get(1)?);
-    let seq: i64 = row.try_get(2)?;
-    if let Some(dup) = sqlx::query("SELECT seq FROM log_entries WHERE log_id = $1 AND dedup_id = $2")
-        .bind(log_id.to_vec())
-        .bind(dedup_id.to_vec())
-        .fetch_optional(&mut *tx)
-        .await?
-    {
-        return Ok(Outcome::Stored { seq: to_u64(dup.try_get(0)?), epoch, duplicate: true });
-    }
-    if group_id.as_deref().is_some_and(|g| g != header.group_id.as_slice()) {
-        return Ok(Outcome::Refused("this log belongs to another group"));
-    }
-    let new_epoch = match header.content_type {
-        ContentType::Commit if header.epoch < epoch => {
-            return Ok(Outcome::StaleEpoch { current: epoch });
+    for _ in 0..CAS_RETRIES {
+        let Some(row) = sqlx::query("SELECT group_id, epoch, next_seq FROM logs WHERE log_id = $1")
+            .bind(log_id.to_vec())
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(Outcome::NotFound);
+        };
+        let group_id: Option<Vec<u8>> = row.try_get(0)?;
+        let epoch = to_u64(row.try_get(1)?);
+        let seq: i64 = row.try_get(2)?;
+        if let Some(dup) = sqlx::query("SELECT seq FROM log_entries WHERE log_id = $1 AND dedup_id = $2")
+            .bind(log_id.to_vec())
+            .bind(dedup_id.to_vec())
+            .fetch_optional(&mut *tx)
+            .await?
+        {
+            return Ok(Outcome::Stored { seq: to_u64(dup.try_get(0)?), epoch, duplicate: true });
         }
-        ContentType::Commit if header.epoch > epoch => {
-            return Ok(Outcome::Refused("a commit for a future epoch"));
+        if group_id.as_deref().is_some_and(|g| g != header.group_id.as_slice()) {
+            return Ok(Outcome::Refused("this log belongs to another group"));
         }
-        ContentType::Commit => epoch + 1,
-        _ if header.epoch > epoch => return Ok(Outcome::Refused("a message from a future epoch")),
-        _ => epoch,
-    };
-    sqlx::query("INSERT INTO log_entries (log_id, seq, dedup_id, epoch, payload, received_hour) VALUES ($1, $2, $3, $4, $5, $6)")
+        let new_epoch = match header.content_type {
+            ContentType::Commit if header.epoch < epoch => return Ok(Outcome::StaleEpoch { current: epoch }),
+            ContentType::Commit if header.epoch > epoch => return Ok(Outcome::Refused("a commit for a future epoch")),
+            ContentType::Commit => epoch + 1,
+            _ if header.epoch > epoch => return Ok(Outcome::Refused("a message from a future epoch")),
+            _ => epoch,
+        };
+        // Compare-and-swap on the sequence counter: the epoch moves with it, so of two commits
+        // for one epoch (on any node) exactly one gets here first; the other re-reads and finds
+        // its epoch taken.
+        let moved =
+            sqlx::query("UPDATE logs SET next_seq = $1, epoch = $2, group_id = $3 WHERE log_id = $4 AND next_seq = $5")
+                .bind(seq + 1)
+                .bind(to_i64(new_epoch))
+                .bind(header.group_id.clone())
+                .bind(log_id.to_vec())
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if moved == 0 {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO log_entries (log_id, seq, dedup_id, epoch, payload, received_hour) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
         .bind(log_id.to_vec())
         .bind(seq)
         .bind(dedup_id.to_vec())
@@ -469,12 +558,7 @@ async fn append(
         .bind(hour)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE logs SET next_seq = $1, epoch = $2, group_id = $3 WHERE log_id = $4")
-        .bind(seq + 1)
-        .bind(to_i64(new_epoch))
-        .bind(header.group_id.clone())
-        .bind(log_id.to_vec())
-        .execute(&mut *tx)
-        .await?;
-    Ok(Outcome::Stored { seq: to_u64(seq), epoch: new_epoch, duplicate: false })
+        return Ok(Outcome::Stored { seq: to_u64(seq), epoch: new_epoch, duplicate: false });
+    }
+    Err(sqlx::Error::Protocol("log sequence contended past the retry limit".into()))
 }

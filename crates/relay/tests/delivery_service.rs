@@ -1,7 +1,9 @@
-//! The relay store's Delivery Service rules, on a real SQLite file.
+//! The relay store's Delivery Service rules: one conformance suite, run against SQLite and
+//! PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use tamizdat_relay::store::{Outcome, Store, Write};
+use tamizdat_relay::store::{Outcome, Write};
+use tamizdat_relay::testing::{Kind, TestDb};
 use tamizdat_wire::mls::{ContentType, MlsHeader};
 
 fn header(epoch: u64, content_type: ContentType) -> MlsHeader {
@@ -18,15 +20,8 @@ fn append(log: &[u8], dedup: u8, epoch: u64, ct: ContentType) -> Write {
     }
 }
 
-async fn store() -> (tempfile::TempDir, Store, tamizdat_relay::store::WriterTask) {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, writer) = Store::open_sqlite(&dir.path().join("relay.db")).await.unwrap();
-    (dir, store, writer)
-}
-
-#[tokio::test]
-async fn one_commit_per_epoch_and_consecutive_sequence_numbers() {
-    let (_dir, store, _w) = store().await;
+async fn one_commit_per_epoch_and_consecutive_sequence_numbers(db: &TestDb) {
+    let (store, _w) = db.open().await;
     let log = vec![7u8; 16];
     assert_eq!(
         store.write(Write::CreateLog { log_id: log.clone(), log_key: vec![1; 32] }).await.unwrap(),
@@ -70,9 +65,8 @@ async fn one_commit_per_epoch_and_consecutive_sequence_numbers() {
     assert_eq!(store.write(append(&[9; 16], 8, 0, ContentType::Commit)).await.unwrap(), Outcome::NotFound);
 }
 
-#[tokio::test]
-async fn concurrent_commits_for_one_epoch_one_wins() {
-    let (_dir, store, _w) = store().await;
+async fn concurrent_commits_for_one_epoch_one_wins(db: &TestDb) {
+    let (store, _w) = db.open().await;
     let log = vec![3u8; 16];
     store.write(Write::CreateLog { log_id: log.clone(), log_key: vec![1; 32] }).await.unwrap();
     let tasks: Vec<_> = (0..20u8)
@@ -92,9 +86,8 @@ async fn concurrent_commits_for_one_epoch_one_wins() {
     assert_eq!(won, 1);
 }
 
-#[tokio::test]
-async fn entries_go_once_every_cursor_passed_them_or_retention_ends() {
-    let (_dir, store, _w) = store().await;
+async fn entries_go_once_every_cursor_passed_them_or_retention_ends(db: &TestDb) {
+    let (store, _w) = db.open().await;
     let log = vec![5u8; 16];
     store.write(Write::CreateLog { log_id: log.clone(), log_key: vec![1; 32] }).await.unwrap();
     let (a, b) = (vec![0xa; 16], vec![0xb; 16]);
@@ -116,9 +109,8 @@ async fn entries_go_once_every_cursor_passed_them_or_retention_ends() {
     assert!(store.read_log(&log, 0, 100).await.unwrap().0.is_empty());
 }
 
-#[tokio::test]
-async fn queues_dedup_ack_and_quota() {
-    let (_dir, store, _w) = store().await;
+async fn queues_dedup_ack_and_quota(db: &TestDb) {
+    let (store, _w) = db.open().await;
     let (read_id, send_id) = (vec![1u8; 16], vec![2u8; 16]);
     store
         .write(Write::CreateQueue { read_id: read_id.clone(), send_id: send_id.clone(), read_key: vec![9; 32] })
@@ -138,13 +130,10 @@ async fn queues_dedup_ack_and_quota() {
     assert_eq!(store.write(unknown).await.unwrap(), Outcome::NotFound);
 }
 
-#[tokio::test]
-async fn acknowledged_writes_survive_reopening() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("relay.db");
+async fn acknowledged_writes_survive_reopening(db: &TestDb) {
     let log = vec![4u8; 16];
     {
-        let (store, writer) = Store::open_sqlite(&path).await.unwrap();
+        let (store, writer) = db.open().await;
         store.write(Write::CreateLog { log_id: log.clone(), log_key: vec![1; 32] }).await.unwrap();
         for i in 0..10u8 {
             store.write(append(&log, i, 0, ContentType::Application)).await.unwrap();
@@ -152,6 +141,75 @@ async fn acknowledged_writes_survive_reopening() {
         drop(store);
         writer.finished().await;
     }
-    let (store, _w) = Store::open_sqlite(&path).await.unwrap();
+    let (store, _w) = db.open().await;
     assert_eq!(store.read_log(&log, 0, 100).await.unwrap().0.len(), 10);
 }
+
+/// Several relay nodes on one database: commits for one epoch race from different nodes,
+/// exactly one wins, and sequence numbers stay consecutive.
+async fn nodes_sharing_a_database_agree(db: &TestDb) {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(db.open().await);
+    }
+    let log = vec![6u8; 16];
+    nodes[0].0.write(Write::CreateLog { log_id: log.clone(), log_key: vec![1; 32] }).await.unwrap();
+    for epoch in 0..5u64 {
+        let mut tasks = Vec::new();
+        for (n, (store, _)) in nodes.iter().enumerate() {
+            for k in 0..4u8 {
+                let (store, log) = (store.clone(), log.clone());
+                let dedup = (epoch as u8) * 16 + (n as u8) * 4 + k;
+                tasks.push(tokio::spawn(
+                    async move { store.write(append(&log, dedup, epoch, ContentType::Commit)).await },
+                ));
+            }
+        }
+        let mut won = 0;
+        for t in tasks {
+            match t.await.unwrap().unwrap() {
+                Outcome::Stored { epoch: e, .. } => {
+                    assert_eq!(e, epoch + 1);
+                    won += 1;
+                }
+                Outcome::StaleEpoch { current } => assert_eq!(current, epoch + 1),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(won, 1, "epoch {epoch}");
+    }
+    let (entries, _) = nodes[1].0.read_log(&log, 0, 100).await.unwrap();
+    assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+}
+
+macro_rules! conformance {
+    ($kind:ident, $modname:ident: $($name:ident),* $(,)?) => {
+        mod $modname {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = super::TestDb::new(super::Kind::$kind).await;
+                    super::$name(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(Sqlite, sqlite:
+    one_commit_per_epoch_and_consecutive_sequence_numbers,
+    concurrent_commits_for_one_epoch_one_wins,
+    entries_go_once_every_cursor_passed_them_or_retention_ends,
+    queues_dedup_ack_and_quota,
+    acknowledged_writes_survive_reopening,
+);
+
+conformance!(Postgres, postgres:
+    one_commit_per_epoch_and_consecutive_sequence_numbers,
+    concurrent_commits_for_one_epoch_one_wins,
+    entries_go_once_every_cursor_passed_them_or_retention_ends,
+    queues_dedup_ack_and_quota,
+    acknowledged_writes_survive_reopening,
+    nodes_sharing_a_database_agree,
+);

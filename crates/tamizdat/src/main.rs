@@ -99,6 +99,10 @@ enum RelayCommand {
         /// How long undelivered messages are kept: 21d by default.
         #[arg(long, value_parser = parse_duration)]
         retention: Option<Duration>,
+        /// Where to keep data: `postgres://…` for a database shared by several relay nodes;
+        /// by default an embedded SQLite file in DATA.
+        #[arg(long, env = "TAMIZDAT_RELAY_STORE")]
+        store: Option<String>,
     },
     /// Print the relay's link.
     Link {
@@ -406,12 +410,13 @@ async fn relay(command: &RelayCommand) -> Result<(), Failure> {
             println!("{}", identity.link());
             Ok(())
         }
-        RelayCommand::Serve { data, listen, public, retention } => {
+        RelayCommand::Serve { data, listen, public, retention, store } => {
             let config = RelayConfig {
                 data: data.clone(),
                 listen: *listen,
                 public: public.clone(),
                 retention: retention.unwrap_or(DEFAULT_RETENTION),
+                store: store.as_deref().map(tamizdat_relay::store::StoreLocation::parse),
             };
             let relay = Relay::bind(config).await?;
             println!("{}", relay.link());

@@ -18,16 +18,23 @@ pub struct RelayProc {
     pub data: PathBuf,
     pub link: String,
     pub addr: String,
+    pub extra: Vec<String>,
 }
 
 impl RelayProc {
     /// Starts a relay on a free loopback port (or `addr` when restarting).
     pub fn start(data: &Path, addr: Option<&str>) -> RelayProc {
+        RelayProc::start_with(data, addr, &[])
+    }
+
+    /// Starts a relay with extra `relay serve` arguments (kept for restarts).
+    pub fn start_with(data: &Path, addr: Option<&str>, extra: &[String]) -> RelayProc {
         let listen = addr.unwrap_or("127.0.0.1:0");
         let mut child = Command::new(BIN)
             .args(["relay", "serve", "--data"])
             .arg(data)
             .args(["--listen", listen])
+            .args(extra)
             .env("TAMIZDAT_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -39,7 +46,7 @@ impl RelayProc {
         assert!(link.starts_with("tamizdat:relay/"), "relay printed {link:?}");
         let addr = relay_addr(&link);
         wait_for_port(&addr);
-        RelayProc { child, data: data.to_path_buf(), link, addr }
+        RelayProc { child, data: data.to_path_buf(), link, addr, extra: extra.to_vec() }
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -50,7 +57,7 @@ impl RelayProc {
 
     /// Starts again on the same address and data.
     pub fn restart(&mut self) {
-        let again = RelayProc::start(&self.data.clone(), Some(&self.addr.clone()));
+        let again = RelayProc::start_with(&self.data.clone(), Some(&self.addr.clone()), &self.extra.clone());
         assert_eq!(again.link, self.link, "the relay link survives restarts");
         *self = again;
     }
