@@ -24,7 +24,7 @@ use tamizdat_wire::{
     mls::peek_header,
     proto::{
         AckLog, AckQueue, Append, CreateLog, CreateQueue, Entry, ErrorCode, Op, ReadLog, ReadQueue, RelayDescriptor,
-        Reply, SendToQueue,
+        Reply, SendToQueue, Subscribe,
     },
 };
 
@@ -799,6 +799,86 @@ impl Client {
                 Ok(None)
             }
             None => Ok(None),
+        }
+    }
+
+    /// Syncs, then waits for the relays to announce something new and syncs again, until
+    /// `until` (or forever). `on_report` sees every sync's report. Without announcements it
+    /// resyncs every minute anyway, in case one was missed (a relay restarted, a relay node's
+    /// database listener reconnected); while a relay is unreachable it retries every few
+    /// seconds.
+    pub async fn follow(
+        &mut self,
+        until: Option<tokio::time::Instant>,
+        mut on_report: impl FnMut(&SyncReport),
+    ) -> Result<(), ClientError> {
+        const RESYNC: Duration = Duration::from_secs(60);
+        const RETRY: Duration = Duration::from_secs(3);
+        loop {
+            let healthy = match self.sync().await {
+                Ok(report) => {
+                    on_report(&report);
+                    self.subscribe_all().await.is_ok()
+                }
+                Err(e) if matches!(e.kind(), crate::ErrorKind::Retry | crate::ErrorKind::Blocked) => {
+                    tracing::warn!(error = %e, "sync failed; retrying");
+                    false
+                }
+                Err(e) => return Err(e),
+            };
+            let now = tokio::time::Instant::now();
+            if until.is_some_and(|u| now >= u) {
+                return Ok(());
+            }
+            let wait = if healthy { RESYNC } else { RETRY };
+            let wait = until.map_or(wait, |u| wait.min(u - now));
+            if healthy {
+                self.wait_for_notice(wait).await;
+            } else {
+                self.relays.clear();
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+
+    /// Subscribes to our queue and every conversation's log on their relays.
+    async fn subscribe_all(&mut self) -> Result<(), ClientError> {
+        let mut wanted: Vec<(String, Subscribe, SigningKey)> = vec![(
+            self.profile.relay.to_link(),
+            Subscribe { log_id: Vec::new(), read_id: self.profile.queue_read_id.clone() },
+            self.profile.queue_key.clone(),
+        )];
+        let ids: Vec<i64> = {
+            let mut stmt = self.conn.prepare("SELECT id FROM contacts ORDER BY id")?;
+            stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        for id in ids {
+            let c = self.contact_by_id(id)?;
+            wanted.push((c.relay_link, Subscribe { log_id: c.log_id, read_id: Vec::new() }, c.log_key));
+        }
+        for (link, sub, key) in wanted {
+            let result = self.relay(&link).await?.subscribe(sub, &key).await;
+            if result.is_err() {
+                self.relays.remove(&link);
+            }
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Waits until any relay pushes a notice, a connection breaks, or `wait` passes.
+    async fn wait_for_notice(&mut self, wait: Duration) {
+        if self.relays.is_empty() {
+            tokio::time::sleep(wait).await;
+            return;
+        }
+        let broken = {
+            let waits: Vec<_> = self.relays.values_mut().map(|rc| Box::pin(rc.next_notice())).collect();
+            matches!(tokio::time::timeout(wait, futures_util::future::select_all(waits)).await, Ok((Err(_), _, _)))
+        };
+        if broken {
+            // A connection broke: start the next round on fresh ones.
+            self.relays.clear();
         }
     }
 

@@ -1,6 +1,9 @@
 //! A connection to one relay: hello, then signed requests and their replies.
 
-use std::time::Duration;
+use std::{
+    collections::{HashSet, VecDeque},
+    time::Duration,
+};
 
 use ed25519_dalek::{Signer, SigningKey};
 use prost::Message;
@@ -8,7 +11,7 @@ use tamizdat_transport::client::{Connection, connect};
 use tamizdat_wire::{
     auth_payload, frame,
     limits::{MAX_VERSION, MIN_VERSION},
-    proto::{ClientFrame, Command, ErrorCode, Hello, Op, RelayDescriptor, Reply, ServerFrame},
+    proto::{ClientFrame, Command, ErrorCode, Hello, Notify, Op, RelayDescriptor, Reply, ServerFrame, Subscribe},
 };
 
 use crate::ClientError;
@@ -21,13 +24,18 @@ pub struct RelayClient {
     conn: Connection,
     nonce: Vec<u8>,
     next_id: u64,
+    /// Notices pushed by the relay while we waited for a reply.
+    notices: VecDeque<Notify>,
+    /// Ids this connection is subscribed to.
+    subscribed: HashSet<Vec<u8>>,
 }
 
 impl RelayClient {
     /// Connects and negotiates the protocol version.
     pub async fn connect(relay: &RelayDescriptor) -> Result<Self, ClientError> {
         let conn = connect(relay).await?;
-        let mut client = Self { conn, nonce: Vec::new(), next_id: 1 };
+        let mut client =
+            Self { conn, nonce: Vec::new(), next_id: 1, notices: VecDeque::new(), subscribed: HashSet::new() };
         match client.call(Op::Hello(Hello { min_version: MIN_VERSION, max_version: MAX_VERSION }), None).await? {
             Reply::HelloOk(ok) => {
                 client.nonce = ok.session_nonce;
@@ -48,25 +56,57 @@ impl RelayClient {
             .unwrap_or_default();
         let bytes = frame::encode(&ClientFrame { request_id, command, signature })?;
         self.conn.send(bytes).await?;
-        let reply = tokio::time::timeout(REQUEST_TIMEOUT, self.conn.recv()).await.map_err(|_| {
-            ClientError::Transport(tamizdat_transport::TransportError::Timeout {
-                step: "relay reply",
-                endpoint: self.conn.endpoint().to_string(),
-            })
-        })??;
-        let frame: ServerFrame = frame::decode(&reply)?;
-        // Request id 0 carries connection-level errors (a frame the relay could not read).
-        if frame.request_id != request_id && frame.request_id != 0 {
-            return Err(ClientError::Protocol("reply to another request".into()));
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let reply = tokio::time::timeout_at(deadline, self.conn.recv()).await.map_err(|_| {
+                ClientError::Transport(tamizdat_transport::TransportError::Timeout {
+                    step: "relay reply",
+                    endpoint: self.conn.endpoint().to_string(),
+                })
+            })??;
+            let frame: ServerFrame = frame::decode(&reply)?;
+            match frame.reply {
+                Some(Reply::Notify(n)) if frame.request_id == 0 => self.notices.push_back(n),
+                // Request id 0 also carries connection-level errors (a frame the relay could not read).
+                _ if frame.request_id != request_id && frame.request_id != 0 => {
+                    return Err(ClientError::Protocol("reply to another request".into()));
+                }
+                Some(Reply::Error(e)) => {
+                    return Err(ClientError::Relay {
+                        code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+                        message: e.message,
+                        current_epoch: e.current_epoch,
+                    });
+                }
+                Some(reply) => return Ok(reply),
+                None => return Err(ClientError::Protocol("empty reply".into())),
+            }
         }
-        match frame.reply {
-            Some(Reply::Error(e)) => Err(ClientError::Relay {
-                code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
-                message: e.message,
-                current_epoch: e.current_epoch,
-            }),
-            Some(reply) => Ok(reply),
-            None => Err(ClientError::Protocol("empty reply".into())),
+    }
+
+    /// Subscribes to a log (with its key) or a queue (with its read key), once per connection.
+    pub async fn subscribe(&mut self, sub: Subscribe, key: &SigningKey) -> Result<(), ClientError> {
+        let id = if sub.log_id.is_empty() { sub.read_id.clone() } else { sub.log_id.clone() };
+        if self.subscribed.contains(&id) {
+            return Ok(());
+        }
+        self.call(Op::Subscribe(sub), Some(key)).await?;
+        self.subscribed.insert(id);
+        Ok(())
+    }
+
+    /// The next notice the relay pushed: something new under a subscribed id.
+    pub async fn next_notice(&mut self) -> Result<Notify, ClientError> {
+        if let Some(n) = self.notices.pop_front() {
+            return Ok(n);
+        }
+        loop {
+            let frame: ServerFrame = frame::decode(&self.conn.recv().await?)?;
+            match frame.reply {
+                Some(Reply::Notify(n)) => return Ok(n),
+                Some(Reply::Error(e)) => return Err(ClientError::Protocol(format!("the relay closed: {}", e.message))),
+                _ => continue,
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! One client connection: version negotiation, then request/reply. Every check that can
 //! refuse a request (size, ids, signature) runs before any storage work.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use prost::Message;
 use rand::RngCore;
@@ -11,23 +11,29 @@ use tamizdat_wire::{
     limits::{self, ID_LEN, KEY_LEN, MAX_PAYLOAD},
     mls::peek_header,
     proto::{
-        Appended, ClientFrame, Command, Done, Entries, Error, ErrorCode, HelloOk, LogCreated, Op, QueueCreated, Reply,
-        ServerFrame,
+        Appended, ClientFrame, Command, Done, Entries, Error, ErrorCode, HelloOk, LogCreated, Notify, Op, QueueCreated,
+        Reply, ServerFrame,
     },
     verify_auth,
 };
 
+use tokio::sync::broadcast;
+
 use crate::{
     current_hour,
-    store::{Outcome, Store, Write},
+    store::{Notice, Outcome, Store, Write},
 };
 
 /// A connection with no complete request for this long is closed.
 const IDLE: Duration = Duration::from_secs(300);
+/// The same for a connection that waits for notices (clients resync well within this).
+const IDLE_SUBSCRIBED: Duration = Duration::from_secs(900);
 
 struct Session {
     store: Store,
     nonce: Vec<u8>,
+    subscriptions: HashSet<Vec<u8>>,
+    notices: Option<broadcast::Receiver<Notice>>,
 }
 
 /// A refusal: its code, its message, and whether the connection ends with it.
@@ -42,16 +48,36 @@ fn refuse(code: ErrorCode, message: &'static str) -> Refusal {
     Refusal { code, message, epoch: 0, fatal: false }
 }
 
-/// Runs a session until the client leaves, idles out or breaks the protocol.
+/// Runs a session until the client leaves, idles out or breaks the protocol. Requests are
+/// answered in order; between them, notices for subscribed logs and queues are pushed.
 pub async fn run(mut ws: ServerWs, store: Store) {
     let mut nonce = vec![0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let mut session = Session { store, nonce };
+    let mut session = Session { store, nonce, subscriptions: HashSet::new(), notices: None };
     let mut greeted = false;
     loop {
-        let bytes = match tokio::time::timeout(IDLE, recv_frame(&mut ws)).await {
-            Ok(Ok(Some(b))) => b,
-            _ => break,
+        let idle = if session.subscriptions.is_empty() { IDLE } else { IDLE_SUBSCRIBED };
+        let bytes = tokio::select! {
+            incoming = tokio::time::timeout(idle, recv_frame(&mut ws)) => match incoming {
+                Ok(Ok(Some(b))) => b,
+                _ => break,
+            },
+            notice = next_notice(&mut session.notices) => {
+                let pushed = match notice {
+                    Some(n) if session.subscriptions.contains(&n.id) => vec![n],
+                    Some(_) => continue,
+                    // Fell behind the hub: tell the client to look at everything it watches.
+                    None => session.subscriptions.iter().map(|id| Notice { id: id.clone(), seq: 0 }).collect(),
+                };
+                for n in pushed {
+                    let frame = ServerFrame { request_id: 0, reply: Some(Reply::Notify(Notify { id: n.id, seq: n.seq })) };
+                    let Ok(out) = frame::encode(&frame) else { break };
+                    if send_frame(&mut ws, out).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
         };
         let (request_id, reply, fatal) = match frame::decode::<ClientFrame>(&bytes) {
             Ok(cf) => {
@@ -65,14 +91,25 @@ pub async fn run(mut ws: ServerWs, store: Store) {
                 (0, error_reply(&Refusal { fatal: true, ..refuse(ErrorCode::BadRequest, "malformed frame") }), true)
             }
         };
-        let Ok(out) = frame::encode(&ServerFrame { request_id, reply: Some(reply) }) else {
-            break;
-        };
+        let Ok(out) = frame::encode(&ServerFrame { request_id, reply: Some(reply) }) else { break };
         if send_frame(&mut ws, out).await.is_err() || fatal {
             break;
         }
     }
     let _ = ws.close(None).await;
+}
+
+/// The next notice, `None` if this session fell behind; pending forever without a
+/// subscription.
+async fn next_notice(rx: &mut Option<broadcast::Receiver<Notice>>) -> Option<Notice> {
+    let Some(rx) = rx else { return std::future::pending().await };
+    loop {
+        match rx.recv().await {
+            Ok(n) => return Some(n),
+            Err(broadcast::error::RecvError::Lagged(_)) => return None,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
 }
 
 fn error_reply(r: &Refusal) -> Reply {
@@ -203,6 +240,27 @@ impl Session {
                 self.authorize_log(&c.log_id, &authorized).await?;
                 let (entries, more) = self.store.read_log(&c.log_id, c.after, c.limit).await.map_err(internal)?;
                 Ok(Reply::Entries(Entries { entries, more }))
+            }
+            Op::Subscribe(c) => {
+                if self.subscriptions.len() >= limits::MAX_SUBSCRIPTIONS {
+                    return Err(refuse(ErrorCode::RateLimited, "too many subscriptions on one connection"));
+                }
+                let id = match (c.log_id.is_empty(), c.read_id.is_empty()) {
+                    (false, true) => {
+                        self.authorize_log(&c.log_id, &authorized).await?;
+                        c.log_id
+                    }
+                    (true, false) => {
+                        self.authorize_queue(&c.read_id, &authorized).await?;
+                        c.read_id
+                    }
+                    _ => return Err(refuse(ErrorCode::BadRequest, "subscribe to one log or one queue")),
+                };
+                if self.notices.is_none() {
+                    self.notices = Some(self.store.notices());
+                }
+                self.subscriptions.insert(id);
+                Ok(Reply::Done(Done {}))
             }
             Op::AckLog(c) => {
                 check_id(&c.cursor_id)?;

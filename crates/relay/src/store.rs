@@ -11,7 +11,7 @@ use tamizdat_wire::{
     mls::{ContentType, MlsHeader},
     proto::Entry,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::RelayError;
 
@@ -128,11 +128,24 @@ impl WriterTask {
     }
 }
 
+/// Something new was stored under `id` (a log id, or a queue's read id) at `seq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// Log id or queue read id.
+    pub id: Vec<u8>,
+    /// The new entry's sequence number.
+    pub seq: u64,
+}
+
+/// The PostgreSQL channel on which every node announces committed entries.
+const NOTIFY_CHANNEL: &str = "tamizdat_relay";
+
 /// Handle to the relay's database.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     writer: mpsc::Sender<Job>,
+    notices: broadcast::Sender<Notice>,
 }
 
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_initial.sql"))];
@@ -224,9 +237,25 @@ impl Store {
             });
         }
         let pool = options.connect(&url).await.map_err(db_err)?;
+        let (notices, _) = broadcast::channel(4096);
+        // SQLite: this process is the only writer, so it announces its own commits. PostgreSQL:
+        // every node's commits arrive through NOTIFY, including this node's own.
+        let local = if sqlite {
+            Some(notices.clone())
+        } else {
+            let mut listener = sqlx::postgres::PgListener::connect(&url).await.map_err(db_err)?;
+            listener.listen(NOTIFY_CHANNEL).await.map_err(db_err)?;
+            tokio::spawn(listen_loop(listener, notices.clone()));
+            None
+        };
         let (tx, rx) = mpsc::channel(4096);
-        let task = WriterTask(tokio::spawn(writer_task(writer, rx)));
-        Ok((Self { pool, writer: tx }, task))
+        let task = WriterTask(tokio::spawn(writer_task(writer, rx, local)));
+        Ok((Self { pool, writer: tx, notices }, task))
+    }
+
+    /// Announcements of newly committed entries, from this node and (PostgreSQL) all others.
+    pub fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
     }
 
     /// Applies a write; returns once it is durable.
@@ -330,8 +359,37 @@ async fn migrate(conn: &mut AnyConnection, migrations: &[(i64, &'static str)]) -
     Ok(())
 }
 
+/// Relays other nodes' (and our own) NOTIFYs into the local hub. A gap while the listener
+/// reconnects is covered by clients' periodic resync.
+async fn listen_loop(mut listener: sqlx::postgres::PgListener, hub: broadcast::Sender<Notice>) {
+    loop {
+        match listener.recv().await {
+            Ok(n) => {
+                if let Some(notice) = parse_notice(n.payload()) {
+                    let _ = hub.send(notice);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "notification listener failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+fn notice_payload(n: &Notice) -> String {
+    format!("{}:{}", hex::encode(&n.id), n.seq)
+}
+
+fn parse_notice(payload: &str) -> Option<Notice> {
+    let (id, seq) = payload.split_once(':')?;
+    Some(Notice { id: hex::decode(id).ok()?, seq: seq.parse().ok()? })
+}
+
 /// Group commit: take everything waiting, apply it in one transaction, answer after COMMIT.
-async fn writer_task(mut conn: AnyConnection, mut rx: mpsc::Receiver<Job>) {
+/// `local` is where this node announces its commits itself (SQLite); on PostgreSQL the
+/// announcements are NOTIFYs inside the transaction, delivered only if it commits.
+async fn writer_task(mut conn: AnyConnection, mut rx: mpsc::Receiver<Job>, local: Option<broadcast::Sender<Notice>>) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -340,34 +398,51 @@ async fn writer_task(mut conn: AnyConnection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let results = apply_batch(&mut conn, &jobs).await;
+        let (results, notices) = apply_batch(&mut conn, &jobs, local.is_none()).await;
         for (job, result) in jobs.into_iter().zip(results) {
             let _ = job.reply.send(result);
+        }
+        if let Some(hub) = &local {
+            for n in notices {
+                let _ = hub.send(n);
+            }
         }
     }
     let _ = conn.close().await;
 }
 
-async fn apply_batch(conn: &mut AnyConnection, jobs: &[Job]) -> Vec<Result<Outcome, RelayError>> {
+type BatchResult = (Vec<Result<Outcome, RelayError>>, Vec<Notice>);
+
+async fn apply_batch(conn: &mut AnyConnection, jobs: &[Job], notify_in_db: bool) -> BatchResult {
+    let mut notices = Vec::new();
     let attempt = async {
         let mut tx = conn.begin().await?;
         let mut outcomes = Vec::with_capacity(jobs.len());
         for job in jobs {
-            outcomes.push(apply(&mut tx, &job.write).await?);
+            outcomes.push(apply(&mut tx, &job.write, &mut notices).await?);
+        }
+        if notify_in_db {
+            for n in &notices {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(NOTIFY_CHANNEL)
+                    .bind(notice_payload(n))
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         tx.commit().await?;
         Ok::<_, sqlx::Error>(outcomes)
     };
     match attempt.await {
-        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        Ok(outcomes) => (outcomes.into_iter().map(Ok).collect(), notices),
         Err(e) => {
             tracing::error!(error = %e, batch = jobs.len(), "write batch failed; clients will retry");
-            jobs.iter().map(|_| Err(RelayError::Storage(e.to_string()))).collect()
+            (jobs.iter().map(|_| Err(RelayError::Storage(e.to_string()))).collect(), Vec::new())
         }
     }
 }
 
-async fn apply(tx: &mut AnyConnection, write: &Write) -> Result<Outcome, sqlx::Error> {
+async fn apply(tx: &mut AnyConnection, write: &Write, notices: &mut Vec<Notice>) -> Result<Outcome, sqlx::Error> {
     match write {
         Write::CreateQueue { read_id, send_id, read_key } => {
             sqlx::query("INSERT INTO queues (read_id, send_id, read_key) VALUES ($1, $2, $3)")
@@ -379,7 +454,7 @@ async fn apply(tx: &mut AnyConnection, write: &Write) -> Result<Outcome, sqlx::E
             Ok(Outcome::Done)
         }
         Write::SendToQueue { send_id, dedup_id, payload, hour } => {
-            send_to_queue(tx, send_id, dedup_id, payload, *hour).await
+            send_to_queue(tx, send_id, dedup_id, payload, *hour, notices).await
         }
         Write::AckQueue { read_id, up_to } => {
             sqlx::query("DELETE FROM queue_messages WHERE read_id = $1 AND seq <= $2")
@@ -398,7 +473,11 @@ async fn apply(tx: &mut AnyConnection, write: &Write) -> Result<Outcome, sqlx::E
             Ok(Outcome::Done)
         }
         Write::Append { log_id, dedup_id, payload, header, hour } => {
-            append(tx, log_id, dedup_id, payload, header, *hour).await
+            let outcome = append(tx, log_id, dedup_id, payload, header, *hour).await?;
+            if let Outcome::Stored { seq, duplicate: false, .. } = outcome {
+                notices.push(Notice { id: log_id.clone(), seq });
+            }
+            Ok(outcome)
         }
         Write::AckLog { log_id, cursor_id, up_to } => {
             sqlx::query(
@@ -439,6 +518,7 @@ async fn send_to_queue(
     dedup_id: &[u8],
     payload: &[u8],
     hour: i64,
+    notices: &mut Vec<Notice>,
 ) -> Result<Outcome, sqlx::Error> {
     for _ in 0..CAS_RETRIES {
         let Some(row) = sqlx::query("SELECT read_id, next_seq FROM queues WHERE send_id = $1")
@@ -479,13 +559,14 @@ async fn send_to_queue(
         sqlx::query(
             "INSERT INTO queue_messages (read_id, seq, dedup_id, payload, received_hour) VALUES ($1, $2, $3, $4, $5)",
         )
-        .bind(read_id)
+        .bind(read_id.clone())
         .bind(seq)
         .bind(dedup_id.to_vec())
         .bind(payload.to_vec())
         .bind(hour)
         .execute(&mut *tx)
         .await?;
+        notices.push(Notice { id: read_id, seq: to_u64(seq) });
         return Ok(Outcome::Stored { seq: to_u64(seq), epoch: 0, duplicate: false });
     }
     Err(sqlx::Error::Protocol("queue sequence contended past the retry limit".into()))

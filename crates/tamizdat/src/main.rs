@@ -9,7 +9,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use tamizdat_client::{Client, ClientError, ErrorKind, MessageView};
+use tamizdat_client::{Client, ClientError, ErrorKind, MessageView, SyncReport};
 use tamizdat_relay::{DEFAULT_RETENTION, Relay, RelayConfig, identity::RelayIdentity};
 
 /// Tamizdat: end-to-end encrypted messaging that gets through censorship.
@@ -66,7 +66,14 @@ enum Command {
         text: String,
     },
     /// Deliver what waits and fetch what is new.
-    Sync,
+    Sync {
+        /// Keep running and show what arrives as it arrives (Ctrl-C stops).
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: stop after this long (30s, 10m, 1h).
+        #[arg(long = "for", value_parser = parse_duration, requires = "follow")]
+        duration: Option<Duration>,
+    },
     /// List a conversation in order.
     Messages {
         /// The contact.
@@ -311,26 +318,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Sync => {
+        Command::Sync { follow, duration } => {
             let mut client = open(&cli)?;
+            if *follow {
+                let until = duration.map(|d| tokio::time::Instant::now() + d);
+                let json = cli.json;
+                let result = tokio::select! {
+                    r = client.follow(until, |report| print_report(report, json, false)) => r,
+                    _ = shutdown_signal() => Ok(()),
+                };
+                client.close().await;
+                return Ok(result?);
+            }
             let result = client.sync().await;
             client.close().await;
             let report = result?;
             if cli.json {
                 return print_json(&report);
             }
-            for name in &report.new_contacts {
-                println!("new contact: {name}");
-            }
-            for (old, new) in &report.renamed {
-                println!("{old} is now known as {new}");
-            }
-            for m in &report.messages {
-                print_message(m);
-            }
-            if report.new_contacts.is_empty() && report.messages.is_empty() {
-                println!("nothing new");
-            }
+            print_report(&report, false, true);
             Ok(())
         }
         Command::Messages { contact } => {
@@ -346,6 +352,30 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// Prints what a sync found: JSON lines (one per non-empty report) or text.
+fn print_report(report: &SyncReport, json: bool, say_nothing_new: bool) {
+    let empty = report.new_contacts.is_empty() && report.renamed.is_empty() && report.messages.is_empty();
+    if json {
+        if let (false, Ok(line)) = (empty, serde_json::to_string(report)) {
+            println!("{line}");
+        }
+    } else {
+        for name in &report.new_contacts {
+            println!("new contact: {name}");
+        }
+        for (old, new) in &report.renamed {
+            println!("{old} is now known as {new}");
+        }
+        for m in &report.messages {
+            print_message(m);
+        }
+        if empty && say_nothing_new {
+            println!("nothing new");
+        }
+    }
+    let _ = std::io::stdout().flush();
 }
 
 fn print_message(m: &MessageView) {

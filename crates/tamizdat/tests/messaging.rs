@@ -114,3 +114,41 @@ fn relay_killed_after_ack_loses_nothing() {
         .collect();
     assert!(states.iter().all(|s| s == "sent"), "{states:?}");
 }
+
+#[test]
+fn follow_shows_messages_as_they_arrive() {
+    use std::io::BufRead;
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), None);
+    let (alice, bob) = pair(root.path(), &relay, "Alice", "Bob");
+    let mut follower = std::process::Command::new(BIN)
+        .arg("--home")
+        .arg(&alice.home)
+        .args(["sync", "--follow", "--for", "30s", "--json"])
+        .env("TAMIZDAT_PASSPHRASE", PASSPHRASE)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500)); // let it subscribe
+    for text in ["first ping", "second ping"] {
+        let sent = std::time::Instant::now();
+        bob.ok(&["send", "Alice", text]);
+        let line = lines.recv_timeout(std::time::Duration::from_secs(10)).expect("the follower printed the message");
+        let report: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(report["messages"][0]["text"], text);
+        // Well under the one-minute resync: it was pushed.
+        assert!(sent.elapsed() < std::time::Duration::from_secs(5), "{:?}", sent.elapsed());
+    }
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+}

@@ -22,6 +22,9 @@ pub const READ_REPLY_BUDGET: usize = MAX_FRAME - MAX_PAYLOAD / 2 - 4096;
 /// Length of relay-assigned ids (queue ids, log ids) and client-chosen dedup and cursor ids.
 pub const ID_LEN: usize = 16;
 
+/// Most logs and queues one connection may subscribe to.
+pub const MAX_SUBSCRIPTIONS: usize = 4096;
+
 /// Length of an Ed25519 public key and signature.
 pub const KEY_LEN: usize = 32;
 /// Length of an Ed25519 signature.

@@ -29,7 +29,7 @@ pub struct ClientFrame {
 
 #[derive(Clone, PartialEq, Message)]
 pub struct Command {
-    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 11")]
     pub op: Option<Op>,
 }
 
@@ -53,6 +53,8 @@ pub enum Op {
     ReadLog(ReadLog),
     #[prost(message, tag = "9")]
     AckLog(AckLog),
+    #[prost(message, tag = "11")]
+    Subscribe(Subscribe),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -134,10 +136,18 @@ pub struct AckLog {
 }
 
 #[derive(Clone, PartialEq, Message)]
+pub struct Subscribe {
+    #[prost(bytes = "vec", tag = "1")]
+    pub log_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub read_id: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
 pub struct ServerFrame {
     #[prost(uint64, tag = "1")]
     pub request_id: u64,
-    #[prost(oneof = "Reply", tags = "2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "Reply", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
     pub reply: Option<Reply>,
 }
 
@@ -157,6 +167,8 @@ pub enum Reply {
     LogCreated(LogCreated),
     #[prost(message, tag = "8")]
     Appended(Appended),
+    #[prost(message, tag = "9")]
+    Notify(Notify),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -226,6 +238,14 @@ pub struct Appended {
     pub epoch: u64,
     #[prost(bool, tag = "3")]
     pub duplicate: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Notify {
+    #[prost(bytes = "vec", tag = "1")]
+    pub id: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Enumeration)]
