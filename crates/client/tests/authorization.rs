@@ -23,6 +23,8 @@ async fn relay() -> (tempfile::TempDir, RelayDescriptor, tokio::sync::oneshot::S
         public: vec![],
         retention: Duration::from_secs(3600 * 24),
         store: None,
+        limits: Default::default(),
+        admin: None,
     };
     let relay = Relay::bind(config).await.unwrap();
     let descriptor = RelayDescriptor::from_link(&relay.link()).unwrap();

@@ -35,6 +35,8 @@ async fn nodes(
             public: vec![],
             retention: Duration::from_secs(86_400),
             store: Some(db.location.clone()),
+            limits: Default::default(),
+            admin: None,
         };
         let relay = Relay::bind(config).await.unwrap();
         let mut d = RelayDescriptor::from_link(&relay.link()).unwrap();

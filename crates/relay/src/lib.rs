@@ -2,12 +2,15 @@
 
 mod cover;
 pub mod identity;
+pub mod limits;
+pub mod metrics;
 mod server;
 mod session;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use limits::Limits;
 pub use server::{DEFAULT_RETENTION, Relay, RelayConfig};
 pub use tamizdat_wire::ErrorKind;
 

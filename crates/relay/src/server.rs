@@ -8,6 +8,8 @@ use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
 use crate::{
     RelayError, cover, current_hour,
     identity::RelayIdentity,
+    limits::{AddressLimiter, Limits},
+    metrics::{self, Metrics},
     session,
     store::{Store, StoreLocation, Write},
 };
@@ -33,6 +35,10 @@ pub struct RelayConfig {
     pub retention: Duration,
     /// Where data lives; `None` is the embedded SQLite file in the data directory.
     pub store: Option<StoreLocation>,
+    /// Abuse limits.
+    pub limits: Limits,
+    /// Where to serve Prometheus metrics (`GET /metrics`); keep it private.
+    pub admin: Option<SocketAddr>,
 }
 
 /// A relay bound to its address, ready to serve.
@@ -90,6 +96,13 @@ impl Relay {
         ));
         let retention_hours = i64::try_from(self.config.retention.as_secs() / 3600).unwrap_or(i64::MAX);
         let expiry = tokio::spawn(expire_loop(store.clone(), retention_hours));
+        let admin = match self.config.admin {
+            Some(addr) => Some(metrics::serve_admin(addr).await?),
+            None => None,
+        };
+        let addresses = AddressLimiter::new(self.config.limits.clone());
+        let limits = Arc::new(self.config.limits.clone());
+        let m = metrics::global();
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut sessions = JoinSet::new();
         tracing::info!("relay serving");
@@ -99,7 +112,7 @@ impl Relay {
                 _ = &mut shutdown => break,
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             };
-            let (tcp, _peer) = tokio::select! {
+            let (tcp, peer) = tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok(a) => a,
@@ -110,18 +123,36 @@ impl Relay {
                     }
                 },
             };
-            let (door, store) = (door.clone(), store.clone());
+            Metrics::inc(&m.connections_total);
+            // Over its limits, an address gets its connection closed before any TLS work.
+            let Some(address_permit) = addresses.admit(peer.ip()) else {
+                Metrics::inc(&m.connections_refused_total);
+                drop(tcp);
+                continue;
+            };
+            let (door, store, limits) = (door.clone(), store.clone(), limits.clone());
             sessions.spawn(async move {
-                let _permit = permit;
-                if let Ok(Accepted::Protocol(ws)) = door.accept(tcp).await {
-                    session::run(*ws, store).await;
+                let _permits = (permit, address_permit);
+                Metrics::inc(&m.connections_open);
+                match door.accept(tcp).await {
+                    Ok(Accepted::Protocol(ws)) => {
+                        Metrics::inc(&m.sessions_total);
+                        Metrics::inc(&m.sessions_open);
+                        session::run(*ws, store, &limits).await;
+                        Metrics::dec(&m.sessions_open);
+                    }
+                    _ => Metrics::inc(&m.cover_connections_total),
                 }
+                Metrics::dec(&m.connections_open);
             });
             while sessions.try_join_next().is_some() {}
         }
         tracing::info!("relay stopping");
         drop(self.listener);
         expiry.abort();
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while sessions.join_next().await.is_some() {} }).await;
         sessions.shutdown().await;
         drop(store);

@@ -21,11 +21,15 @@ use tokio::sync::broadcast;
 
 use crate::{
     current_hour,
+    limits::{Bucket, Limits},
+    metrics::{self, Metrics},
     store::{Notice, Outcome, Store, Write},
 };
 
 /// A connection with no complete request for this long is closed.
 const IDLE: Duration = Duration::from_secs(300);
+/// A connection refused this many times in a row for its request rate is closed.
+const MAX_LIMITED_IN_A_ROW: u32 = 1000;
 /// The same for a connection that waits for notices (clients resync well within this).
 const IDLE_SUBSCRIBED: Duration = Duration::from_secs(900);
 
@@ -50,7 +54,10 @@ fn refuse(code: ErrorCode, message: &'static str) -> Refusal {
 
 /// Runs a session until the client leaves, idles out or breaks the protocol. Requests are
 /// answered in order; between them, notices for subscribed logs and queues are pushed.
-pub async fn run(mut ws: ServerWs, store: Store) {
+pub async fn run(mut ws: ServerWs, store: Store, limits: &Limits) {
+    let m = metrics::global();
+    let mut bucket = Bucket::new(limits.requests_per_second, limits.requests_burst);
+    let mut limited_in_a_row = 0u32;
     let mut nonce = vec![0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let mut session = Session { store, nonce, subscriptions: HashSet::new(), notices: None };
@@ -70,6 +77,7 @@ pub async fn run(mut ws: ServerWs, store: Store) {
                     None => session.subscriptions.iter().map(|id| Notice { id: id.clone(), seq: 0 }).collect(),
                 };
                 for n in pushed {
+                    Metrics::inc(&m.notices_pushed_total);
                     let frame = ServerFrame { request_id: 0, reply: Some(Reply::Notify(Notify { id: n.id, seq: n.seq })) };
                     let Ok(out) = frame::encode(&frame) else { break };
                     if send_frame(&mut ws, out).await.is_err() {
@@ -80,14 +88,28 @@ pub async fn run(mut ws: ServerWs, store: Store) {
             }
         };
         let (request_id, reply, fatal) = match frame::decode::<ClientFrame>(&bytes) {
+            Ok(cf) if !bucket.take(std::time::Instant::now()) => {
+                // Over the request rate: refused before any signature check or storage work;
+                // a client that keeps pushing is disconnected.
+                Metrics::inc(&m.rate_limited_total);
+                limited_in_a_row += 1;
+                let fatal = limited_in_a_row > MAX_LIMITED_IN_A_ROW;
+                (cf.request_id, error_reply(&Refusal { fatal, ..refuse(ErrorCode::RateLimited, "slow down") }), fatal)
+            }
             Ok(cf) => {
+                limited_in_a_row = 0;
+                Metrics::inc(&m.requests_total);
                 let id = cf.request_id;
                 match session.handle(&cf, &mut greeted).await {
                     Ok(reply) => (id, reply, false),
-                    Err(r) => (id, error_reply(&r), r.fatal),
+                    Err(r) => {
+                        Metrics::inc(&m.refusals_total);
+                        (id, error_reply(&r), r.fatal)
+                    }
                 }
             }
             Err(_) => {
+                Metrics::inc(&m.malformed_frames_total);
                 (0, error_reply(&Refusal { fatal: true, ..refuse(ErrorCode::BadRequest, "malformed frame") }), true)
             }
         };
@@ -185,7 +207,12 @@ impl Session {
                     hour: current_hour(),
                 };
                 match self.store.write(w).await.map_err(internal)? {
-                    Outcome::Stored { .. } => Ok(Reply::Done(Done {})),
+                    Outcome::Stored { duplicate, .. } => {
+                        if !duplicate {
+                            Metrics::inc(&metrics::global().queue_messages_total);
+                        }
+                        Ok(Reply::Done(Done {}))
+                    }
                     Outcome::QueueFull => Err(refuse(ErrorCode::RateLimited, "the queue is full; retry later")),
                     _ => Err(refuse(ErrorCode::Unauthorized, "no such queue")),
                 }
@@ -226,12 +253,18 @@ impl Session {
                 };
                 match self.store.write(w).await.map_err(internal)? {
                     Outcome::Stored { seq, epoch, duplicate } => {
+                        if !duplicate {
+                            Metrics::inc(&metrics::global().appends_total);
+                        }
                         Ok(Reply::Appended(Appended { seq, epoch, duplicate }))
                     }
-                    Outcome::StaleEpoch { current } => Err(Refusal {
-                        epoch: current,
-                        ..refuse(ErrorCode::StaleEpoch, "another commit already took this epoch")
-                    }),
+                    Outcome::StaleEpoch { current } => {
+                        Metrics::inc(&metrics::global().stale_commits_total);
+                        Err(Refusal {
+                            epoch: current,
+                            ..refuse(ErrorCode::StaleEpoch, "another commit already took this epoch")
+                        })
+                    }
                     Outcome::Refused(why) => Err(refuse(ErrorCode::BadRequest, why)),
                     _ => Err(refuse(ErrorCode::Unauthorized, "no such log")),
                 }

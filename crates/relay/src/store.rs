@@ -399,6 +399,9 @@ async fn writer_task(mut conn: AnyConnection, mut rx: mpsc::Receiver<Job>, local
             }
         }
         let (results, notices) = apply_batch(&mut conn, &jobs, local.is_none()).await;
+        let m = crate::metrics::global();
+        crate::metrics::Metrics::inc(&m.write_batches_total);
+        m.write_batch_items_total.fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for (job, result) in jobs.into_iter().zip(results) {
             let _ = job.reply.send(result);
         }

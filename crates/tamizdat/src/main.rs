@@ -92,14 +92,21 @@ enum RelayCommand {
         #[arg(long)]
         public: Vec<String>,
     },
-    /// Serve (initialising DATA if needed).
+    /// Serve (initialising DATA if needed). Settings come from flags, then `--config FILE`,
+    /// then defaults.
     Serve {
         /// Data directory.
         #[arg(long)]
         data: PathBuf,
-        /// Address to listen on.
-        #[arg(long, default_value = "0.0.0.0:443")]
-        listen: SocketAddr,
+        /// A TOML file with any of: listen, public, store, retention, admin, [limits].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (default 0.0.0.0:443).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Where to serve Prometheus metrics (GET /metrics); keep it private, e.g. 127.0.0.1:9464.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
         /// Endpoint to put in the link (IP:PORT preferred); repeatable.
         #[arg(long)]
         public: Vec<String>,
@@ -440,13 +447,24 @@ async fn relay(command: &RelayCommand) -> Result<(), Failure> {
             println!("{}", identity.link());
             Ok(())
         }
-        RelayCommand::Serve { data, listen, public, retention, store } => {
+        RelayCommand::Serve { data, config, listen, admin, public, retention, store } => {
+            let file = match config {
+                Some(path) => RelayFile::read(path)?,
+                None => RelayFile::default(),
+            };
+            let retention = match (retention, &file.retention) {
+                (Some(r), _) => *r,
+                (None, Some(r)) => parse_duration(r).map_err(|e| Failure(format!("config retention: {e}")))?,
+                (None, None) => DEFAULT_RETENTION,
+            };
             let config = RelayConfig {
                 data: data.clone(),
-                listen: *listen,
-                public: public.clone(),
-                retention: retention.unwrap_or(DEFAULT_RETENTION),
-                store: store.as_deref().map(tamizdat_relay::store::StoreLocation::parse),
+                listen: listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 443))),
+                public: if public.is_empty() { file.public.clone() } else { public.clone() },
+                retention,
+                store: store.as_deref().or(file.store.as_deref()).map(tamizdat_relay::store::StoreLocation::parse),
+                limits: file.limits.clone(),
+                admin: admin.or(file.admin),
             };
             let relay = Relay::bind(config).await?;
             println!("{}", relay.link());
@@ -457,6 +475,26 @@ async fn relay(command: &RelayCommand) -> Result<(), Failure> {
             relay.run(shutdown_signal()).await?;
             Ok(())
         }
+    }
+}
+
+/// The relay's configuration file (TOML). Flags given on the command line win.
+#[derive(Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RelayFile {
+    listen: Option<SocketAddr>,
+    public: Vec<String>,
+    store: Option<String>,
+    retention: Option<String>,
+    admin: Option<SocketAddr>,
+    limits: tamizdat_relay::Limits,
+}
+
+impl RelayFile {
+    fn read(path: &std::path::Path) -> Result<Self, Failure> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Failure(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Failure(format!("{}: {}", path.display(), e.message())))
     }
 }
 
