@@ -11,7 +11,7 @@ use tamizdat_wire::{
     frame,
     proto::{
         AckLog, AckQueue, Append, ClientFrame, Command, CreateLog, CreateQueue, ErrorCode, Hello, Op, ReadLog,
-        ReadQueue, RelayDescriptor, Reply, SendToQueue, ServerFrame,
+        ReadQueue, RelayDescriptor, Reply, SendToQueue, ServerFrame, Subscribe,
     },
 };
 
@@ -102,6 +102,14 @@ async fn nothing_works_without_the_right_key() {
     assert_eq!(code(c.call(ack_log, Some(&stranger)).await), ErrorCode::Unauthorized);
     let Reply::Entries(e) = c.call(read_log, Some(&log_key)).await.unwrap() else { panic!() };
     assert_eq!(e.entries.len(), 1, "only the authorized append is there");
+    // Watching needs the key too: no notices about other people's logs or queues.
+    let sub_log = |id: &[u8]| Op::Subscribe(Subscribe { log_id: id.to_vec(), read_id: vec![] });
+    assert_eq!(code(c.call(sub_log(&l.log_id), Some(&stranger)).await), ErrorCode::Unauthorized);
+    assert_eq!(code(c.call(sub_log(&[3; 16]), Some(&log_key)).await), ErrorCode::Unauthorized);
+    let sub_queue = Op::Subscribe(Subscribe { log_id: vec![], read_id: q.read_id.clone() });
+    assert_eq!(code(c.call(sub_queue, Some(&stranger)).await), ErrorCode::Unauthorized);
+    let both = Op::Subscribe(Subscribe { log_id: l.log_id.clone(), read_id: q.read_id.clone() });
+    assert_eq!(code(c.call(both, Some(&log_key)).await), ErrorCode::BadRequest);
     // Stale commits are refused with the current epoch.
     match c.call(append(5, mls(0, 3)), Some(&log_key)).await {
         Err(ClientError::Relay { code: ErrorCode::StaleEpoch, current_epoch: 1, .. }) => {}

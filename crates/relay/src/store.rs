@@ -175,14 +175,13 @@ impl StoreLocation {
         }
     }
 
-    /// A description safe for logs (no password).
+    /// A description safe for logs: no password, no host.
     pub fn describe(&self) -> String {
         match self {
             StoreLocation::Sqlite(p) => format!("SQLite {}", p.display()),
             StoreLocation::Postgres(url) => {
-                let host =
-                    url.rsplit_once('@').map(|(_, h)| h).unwrap_or(url.split_once("://").map(|(_, h)| h).unwrap_or(""));
-                format!("PostgreSQL {}", host.split('?').next().unwrap_or(""))
+                let database = url.split('?').next().and_then(|u| u.rsplit_once('/')).map(|(_, db)| db).unwrap_or("");
+                format!("PostgreSQL database {database:?}")
             }
         }
     }

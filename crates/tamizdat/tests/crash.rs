@@ -69,7 +69,8 @@ fn crash_cycles(kind: Kind) {
         Kind::Postgres => vec!["--store".to_string(), db.store_arg()],
         Kind::Sqlite => vec![],
     };
-    let mut relay = RelayProc::start_with(&root.path().join("relay"), None, &extra);
+    let log = root.path().join("relay.log");
+    let mut relay = RelayProc::start_logged(&root.path().join("relay"), None, &extra, Some(&log));
 
     // Pairs of people who know each other.
     let mut pairs = Vec::new();
@@ -121,6 +122,9 @@ fn crash_cycles(kind: Kind) {
         assert!(acked.len() > 20, "the senders made progress between crashes");
         assert_eq!(received, created, "every message exactly once, in order");
     }
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(log_text.lines().count() > CYCLES, "the relay logged every start at debug level");
+    assert_no_ids_or_addresses("relay log", &log_text);
     rt.block_on(db.finish());
 }
 

@@ -123,3 +123,30 @@ fn garbage_on_the_relay_port_hurts_nobody_else() {
     alice.ok(&["sync"]);
     assert_eq!(alice.texts("Bob"), vec!["still here", "and me"]);
 }
+
+#[test]
+fn damaged_files_on_disk_get_clear_errors() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), None);
+    let alice = Person::new(root.path(), "alice");
+    alice.ok(&["init", "--name", "Alice", "--relay", &relay.link]);
+    drop(relay);
+    // A damaged key file: the store cannot be opened, and the error says what is wrong.
+    let keyfile = alice.home.join("keyfile.json");
+    let good = std::fs::read(&keyfile).unwrap();
+    std::fs::write(&keyfile, &good[..good.len() / 2]).unwrap();
+    let err = one_line_failure(&alice.run(&["contacts"]));
+    assert!(err.contains("keyfile.json"), "{err}");
+    std::fs::write(&keyfile, &good).unwrap();
+    alice.ok(&["contacts"]);
+    // A damaged relay data directory: the relay refuses to start and says which file.
+    let meta = root.path().join("relay").join("relay.json");
+    std::fs::write(&meta, b"{ not json").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["relay", "serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(root.path().join("relay"))
+        .output()
+        .unwrap();
+    let err = one_line_failure(&out);
+    assert!(err.contains("relay.json"), "{err}");
+}

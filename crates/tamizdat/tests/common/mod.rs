@@ -19,6 +19,7 @@ pub struct RelayProc {
     pub link: String,
     pub addr: String,
     pub extra: Vec<String>,
+    pub log: Option<PathBuf>,
 }
 
 impl RelayProc {
@@ -29,15 +30,27 @@ impl RelayProc {
 
     /// Starts a relay with extra `relay serve` arguments (kept for restarts).
     pub fn start_with(data: &Path, addr: Option<&str>, extra: &[String]) -> RelayProc {
+        RelayProc::start_logged(data, addr, extra, None)
+    }
+
+    /// Starts a relay whose debug-level log goes to `log`.
+    pub fn start_logged(data: &Path, addr: Option<&str>, extra: &[String], log: Option<&Path>) -> RelayProc {
         let listen = addr.unwrap_or("127.0.0.1:0");
+        let stderr = match log {
+            // Appended, so restarts keep adding to one log.
+            Some(path) => {
+                Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(path).expect("log file"))
+            }
+            None => Stdio::null(),
+        };
         let mut child = Command::new(BIN)
             .args(["relay", "serve", "--data"])
             .arg(data)
             .args(["--listen", listen])
             .args(extra)
-            .env("TAMIZDAT_LOG", "warn")
+            .env("TAMIZDAT_LOG", if log.is_some() { "debug" } else { "warn" })
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("relay starts");
         let mut line = String::new();
@@ -46,7 +59,14 @@ impl RelayProc {
         assert!(link.starts_with("tamizdat:relay/"), "relay printed {link:?}");
         let addr = relay_addr(&link);
         wait_for_port(&addr);
-        RelayProc { child, data: data.to_path_buf(), link, addr, extra: extra.to_vec() }
+        RelayProc {
+            child,
+            data: data.to_path_buf(),
+            link,
+            addr,
+            extra: extra.to_vec(),
+            log: log.map(Path::to_path_buf),
+        }
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -57,7 +77,12 @@ impl RelayProc {
 
     /// Starts again on the same address and data.
     pub fn restart(&mut self) {
-        let again = RelayProc::start_with(&self.data.clone(), Some(&self.addr.clone()), &self.extra.clone());
+        let again = RelayProc::start_logged(
+            &self.data.clone(),
+            Some(&self.addr.clone()),
+            &self.extra.clone(),
+            self.log.as_deref(),
+        );
         assert_eq!(again.link, self.link, "the relay link survives restarts");
         *self = again;
     }
@@ -160,4 +185,14 @@ pub fn pair(root: &Path, relay: &RelayProc, a: &str, b: &str) -> (Person, Person
     alice.ok(&["sync"]);
     bob.ok(&["sync"]);
     (alice, bob)
+}
+
+/// Operator-visible text (logs, metrics) must name no client address and nothing id-like
+/// (32 hex digits in a row: a 16-byte id). The relay's own "listening on" line is exempt.
+pub fn assert_no_ids_or_addresses(what: &str, text: &str) {
+    for line in text.lines().filter(|l| !l.contains("relay listening on")) {
+        assert!(!line.contains("127.0.0."), "{what} names an address: {line}");
+        let hexrun = line.as_bytes().windows(32).any(|w| w.iter().all(u8::is_ascii_hexdigit));
+        assert!(!hexrun, "{what} carries something id-like: {line}");
+    }
 }
