@@ -170,12 +170,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = std::env::var("TAMIZDAT_LOG")
         .unwrap_or_else(|_| if matches!(cli.command, Command::Relay { .. }) { "info".into() } else { "error".into() });
-    tracing_subscriber::fmt()
+    // Logs go to stderr; TAMIZDAT_LOG_FORMAT=json gives one JSON object per line for log
+    // collectors. Nothing the relay logs names a client, an address or an id.
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if std::env::var("TAMIZDAT_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

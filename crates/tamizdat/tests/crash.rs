@@ -137,3 +137,29 @@ fn sigkill_under_load_sqlite() {
 fn sigkill_under_load_postgres() {
     crash_cycles(Kind::Postgres);
 }
+
+/// SIGTERM: the relay stops accepting, finishes what it was doing and exits cleanly; what
+/// it acknowledged is there after a restart.
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let root = tempfile::tempdir().unwrap();
+    let log = root.path().join("relay.log");
+    let mut relay = RelayProc::start_logged(&root.path().join("relay"), None, &[], Some(&log));
+    let (alice, bob) = pair(root.path(), &relay, "Alice", "Bob");
+    alice.ok(&["send", "Bob", "before the stop"]);
+    let status = std::process::Command::new("kill").args(["-TERM", &relay.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(exit) = relay.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "the relay did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "clean exit: {exit:?}");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("all acknowledged writes are on disk"));
+    relay.restart();
+    bob.ok(&["sync"]);
+    assert_eq!(bob.texts("Alice"), vec!["before the stop"]);
+}
