@@ -815,10 +815,16 @@ impl Client {
         const RESYNC: Duration = Duration::from_secs(60);
         const RETRY: Duration = Duration::from_secs(3);
         loop {
+            // Subscribe before syncing, so nothing stored in between goes unannounced.
+            let subscribed = self.subscribe_all().await;
             let healthy = match self.sync().await {
                 Ok(report) => {
                     on_report(&report);
-                    self.subscribe_all().await.is_ok()
+                    if !report.new_contacts.is_empty() {
+                        // New conversations: subscribe to them and look again right away.
+                        continue;
+                    }
+                    subscribed.is_ok()
                 }
                 Err(e) if matches!(e.kind(), crate::ErrorKind::Retry | crate::ErrorKind::Blocked) => {
                     tracing::warn!(error = %e, "sync failed; retrying");
@@ -856,14 +862,19 @@ impl Client {
             let c = self.contact_by_id(id)?;
             wanted.push((c.relay_link, Subscribe { log_id: c.log_id, read_id: Vec::new() }, c.log_key));
         }
+        // One relay failing does not stop the subscriptions on the others.
+        let mut first_error = None;
         for (link, sub, key) in wanted {
-            let result = self.relay(&link).await?.subscribe(sub, &key).await;
-            if result.is_err() {
+            let result = match self.relay(&link).await {
+                Ok(rc) => rc.subscribe(sub, &key).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
                 self.relays.remove(&link);
+                first_error.get_or_insert(e);
             }
-            result?;
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Waits until any relay pushes a notice, a connection breaks, or `wait` passes.

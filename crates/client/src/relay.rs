@@ -67,8 +67,12 @@ impl RelayClient {
             let frame: ServerFrame = frame::decode(&reply)?;
             match frame.reply {
                 Some(Reply::Notify(n)) if frame.request_id == 0 => self.notices.push_back(n),
-                // Request id 0 also carries connection-level errors (a frame the relay could not read).
-                _ if frame.request_id != request_id && frame.request_id != 0 => {
+                // Request id 0 also carries connection-level errors (a frame the relay could not
+                // read); the relay closes the connection after them.
+                Some(Reply::Error(e)) if frame.request_id == 0 => {
+                    return Err(ClientError::Protocol(format!("the relay closed the connection: {}", e.message)));
+                }
+                _ if frame.request_id != request_id => {
                     return Err(ClientError::Protocol("reply to another request".into()));
                 }
                 Some(Reply::Error(e)) => {
@@ -108,6 +112,12 @@ impl RelayClient {
                 _ => continue,
             }
         }
+    }
+
+    /// The raw connection, the session nonce and the next request id, for callers that
+    /// pipeline requests themselves (the load generator).
+    pub fn into_parts(self) -> (Connection, Vec<u8>, u64) {
+        (self.conn, self.nonce, self.next_id)
     }
 
     /// Closes the connection.

@@ -71,8 +71,9 @@ struct AddressState {
     bucket: Bucket,
 }
 
-/// Per-address accounting of connections. Addresses are kept only in memory, only while
-/// they have connections or recent ones, and never logged.
+/// Per-address accounting of connections. Addresses are kept only in memory and never
+/// logged; addresses without open connections are forgotten once the table holds
+/// `PRUNE_AT` of them (which also resets their new-connection budget).
 #[derive(Clone)]
 pub struct AddressLimiter {
     limits: Limits,

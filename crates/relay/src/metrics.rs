@@ -1,5 +1,5 @@
-//! Counters for operators, exported in Prometheus text format on a separate admin listener.
-//! They count events and nothing else: no queue or log id, no address, no label that could
+//! Counters and two gauges for operators, exported in Prometheus text format on a separate
+//! admin listener. They count events and open connections, nothing else: no queue or log id, no address, no label that could
 //! link people.
 
 use std::{

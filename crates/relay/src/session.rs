@@ -62,11 +62,16 @@ pub async fn run(mut ws: ServerWs, store: Store, limits: &Limits) {
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let mut session = Session { store, nonce, subscriptions: HashSet::new(), notices: None };
     let mut greeted = false;
+    // The idle clock runs from the last request, whatever notices pass in between.
+    let mut last_request = tokio::time::Instant::now();
     loop {
         let idle = if session.subscriptions.is_empty() { IDLE } else { IDLE_SUBSCRIBED };
         let bytes = tokio::select! {
-            incoming = tokio::time::timeout(idle, recv_frame(&mut ws)) => match incoming {
-                Ok(Ok(Some(b))) => b,
+            incoming = tokio::time::timeout_at(last_request + idle, recv_frame(&mut ws)) => match incoming {
+                Ok(Ok(Some(b))) => {
+                    last_request = tokio::time::Instant::now();
+                    b
+                }
                 _ => break,
             },
             notice = next_notice(&mut session.notices) => {
@@ -93,7 +98,7 @@ pub async fn run(mut ws: ServerWs, store: Store, limits: &Limits) {
                 // a client that keeps pushing is disconnected.
                 Metrics::inc(&m.rate_limited_total);
                 limited_in_a_row += 1;
-                let fatal = limited_in_a_row > MAX_LIMITED_IN_A_ROW;
+                let fatal = limited_in_a_row >= MAX_LIMITED_IN_A_ROW;
                 (cf.request_id, error_reply(&Refusal { fatal, ..refuse(ErrorCode::RateLimited, "slow down") }), fatal)
             }
             Ok(cf) => {
