@@ -79,6 +79,8 @@ pub struct SyncReport {
     pub delivered: usize,
     /// Log and queue entries that could not be processed and were skipped.
     pub skipped: usize,
+    /// What could not be reached or done this time (retried on the next sync).
+    pub failures: Vec<String>,
 }
 
 struct ProfileRow {
@@ -188,7 +190,9 @@ impl Client {
             "INSERT INTO profile (id, name, identity_key, suite, relay_link, queue_read_id, queue_send_id, queue_secret) VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![name, identity.public_key(), u16::from(DEFAULT_SUITE), relay.to_link(), q.read_id, q.send_id, queue_key.to_bytes().to_vec()],
         )?;
-        Self::from_conn(conn)
+        let client = Self::from_conn(conn)?;
+        store::finish_create(home)?;
+        Ok(client)
     }
 
     /// Opens the identity in `home`.
@@ -247,7 +251,7 @@ impl Client {
     /// Creates a one-time invite valid for `ttl_secs`. Works offline.
     pub fn invite(&mut self, ttl_secs: u64) -> Result<String, ClientError> {
         let expires_at = now_secs().saturating_add(ttl_secs);
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.begin()?;
         let provider = Provider::new(&tx);
         let params =
             InviteParams { relays: vec![self.profile.relay.clone()], send_id: &self.profile.queue_send_id, expires_at };
@@ -349,7 +353,7 @@ impl Client {
 
         // Then locally, in one transaction: the group, the contact and the outbox.
         let name = {
-            let tx = self.conn.unchecked_transaction()?;
+            let tx = self.begin()?;
             let provider = Provider::new(&tx);
             // The log is new and only we hold its key, so no other commit can take epoch 0:
             // merging before the relay stores it is safe here.
@@ -390,8 +394,22 @@ impl Client {
             tx.commit()?;
             name
         };
-        self.flush_outbox().await?;
+        // Other relays being down is not this accept's failure; its own entries must have gone.
+        if let Err(e) = self.flush_outbox().await {
+            let waiting: i64 =
+                self.conn
+                    .query_row("SELECT count(*) FROM outbox WHERE relay_link = ?1", [&relay_link], |r| r.get(0))?;
+            if is_local_failure(&e) || waiting > 0 {
+                return Err(e);
+            }
+        }
         Ok(name)
+    }
+
+    /// An immediate transaction: it takes the write lock at once (waiting for another process
+    /// if needed), so nothing inside it can fail for a busy database half-way.
+    fn begin(&self) -> Result<rusqlite::Transaction<'_>, ClientError> {
+        Ok(rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)?)
     }
 
     fn profile_content(&self) -> Content {
@@ -460,7 +478,7 @@ impl Client {
             body: Some(Body::Text(Text { text: text.into() })),
         };
         let row = {
-            let tx = self.conn.unchecked_transaction()?;
+            let tx = self.begin()?;
             let provider = Provider::new(&tx);
             let mut conv = Conversation::load(&provider, &c.group_id)?
                 .ok_or_else(|| ClientError::Corrupt(format!("the conversation with {} is missing", c.name)))?;
@@ -474,37 +492,36 @@ impl Client {
             tx.commit()?;
             row
         };
-        self.flush_outbox().await?;
-        self.message_by_row(row)
+        // Entries for other, unreachable relays may stay queued; this send failed only if its
+        // own message is still waiting.
+        let flushed = self.flush_outbox().await;
+        let view = self.message_by_row(row)?;
+        match flushed {
+            Err(e) if is_local_failure(&e) || view.state != "sent" => Err(e),
+            _ => Ok(view),
+        }
     }
 
-    /// Delivers everything in the outbox, oldest first. Stops at the first relay that cannot
-    /// be reached; what is left stays for the next attempt.
+    /// Delivers everything in the outbox, oldest first. A relay that cannot be reached is
+    /// skipped for the rest of this pass (its entries keep their order and wait), so one
+    /// unreachable relay never holds up conversations on the others.
     pub async fn flush_outbox(&mut self) -> Result<usize, ClientError> {
+        type Row = (i64, String, Vec<u8>, Option<Vec<u8>>, String, Vec<u8>, Vec<u8>, Option<i64>);
+        let rows: Vec<Row> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT id, relay_link, target, target_secret, kind, dedup_id, payload, message_row FROM outbox ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
         let mut delivered = 0;
-        loop {
-            let next = self
-                .conn
-                .query_row(
-                    "SELECT id, relay_link, target, target_secret, kind, dedup_id, payload, message_row FROM outbox ORDER BY id LIMIT 1",
-                    [],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, Vec<u8>>(2)?,
-                            r.get::<_, Option<Vec<u8>>>(3)?,
-                            r.get::<_, String>(4)?,
-                            r.get::<_, Vec<u8>>(5)?,
-                            r.get::<_, Vec<u8>>(6)?,
-                            r.get::<_, Option<i64>>(7)?,
-                        ))
-                    },
-                )
-                .optional()?;
-            let Some((id, link, target, secret, kind, dedup_id, payload, message_row)) = next else {
-                break;
-            };
+        let mut failed: HashMap<String, ClientError> = HashMap::new();
+        for (id, link, target, secret, kind, dedup_id, payload, message_row) in rows {
+            if failed.contains_key(&link) {
+                continue;
+            }
             let result = if kind == "log" {
                 let key = signing_key(secret.as_deref().unwrap_or_default())?;
                 let op = Op::Append(Append { log_id: target, dedup_id, payload });
@@ -518,7 +535,7 @@ impl Client {
             };
             match result {
                 Ok(seq) => {
-                    let tx = self.conn.unchecked_transaction()?;
+                    let tx = self.begin()?;
                     if let Some(row) = message_row {
                         tx.execute(
                             "UPDATE messages SET state = 'sent', seq = ?1 WHERE id = ?2",
@@ -529,45 +546,69 @@ impl Client {
                     tx.commit()?;
                     delivered += 1;
                 }
-                Err(ClientError::Relay { code, message, .. })
-                    if !matches!(code, ErrorCode::Internal | ErrorCode::RateLimited) =>
-                {
-                    // A permanent refusal: retrying cannot help, and it must not block the rest.
+                Err(ClientError::Relay { code, message, .. }) if is_permanent(code) => {
+                    // This entry itself is refused: retrying cannot help, and it must not block
+                    // the rest.
                     tracing::warn!(?code, %message, "outbox entry refused by the relay");
-                    let tx = self.conn.unchecked_transaction()?;
+                    let tx = self.begin()?;
                     if let Some(row) = message_row {
                         tx.execute("UPDATE messages SET state = 'failed' WHERE id = ?1", [row])?;
                     }
                     tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
                     tx.commit()?;
                 }
+                Err(e) if is_local_failure(&e) => return Err(e),
                 Err(e) => {
                     self.conn.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1", [id])?;
-                    let queued: i64 = self.conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
-                    return Err(ClientError::Undelivered {
-                        queued: usize::try_from(queued).unwrap_or(0),
-                        cause: Box::new(e),
-                    });
+                    failed.insert(link, e);
                 }
             }
         }
-        Ok(delivered)
+        match failed.into_values().next() {
+            None => Ok(delivered),
+            Some(cause) => {
+                let queued: i64 = self.conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+                Err(ClientError::Undelivered { queued: usize::try_from(queued).unwrap_or(0), cause: Box::new(cause) })
+            }
+        }
     }
 
     /// Delivers the outbox, then fetches and processes everything pending: join requests on
-    /// our queue, then every conversation's log.
+    /// our queue, then every conversation's log. A relay that cannot be reached does not stop
+    /// the others: the report lists what failed, and only local failures end the sync.
     pub async fn sync(&mut self) -> Result<SyncReport, ClientError> {
-        let mut report = SyncReport { delivered: self.flush_outbox().await?, ..SyncReport::default() };
-        self.sync_queue(&mut report).await?;
+        fn note(report: &mut SyncReport, result: Result<usize, ClientError>) -> Result<(), ClientError> {
+            match result {
+                Ok(n) => {
+                    report.delivered += n;
+                    Ok(())
+                }
+                Err(e) if is_local_failure(&e) => Err(e),
+                Err(e) => {
+                    let e = e.to_string();
+                    if !report.failures.contains(&e) {
+                        report.failures.push(e);
+                    }
+                    Ok(())
+                }
+            }
+        }
+        let mut report = SyncReport::default();
+        let flushed = self.flush_outbox().await;
+        note(&mut report, flushed)?;
+        let queue = self.sync_queue(&mut report).await.map(|()| 0);
+        note(&mut report, queue)?;
         let ids: Vec<i64> = {
             let mut stmt = self.conn.prepare("SELECT id FROM contacts ORDER BY id")?;
             let rows = stmt.query_map([], |r| r.get(0))?;
             rows.collect::<Result<_, _>>()?
         };
         for id in ids {
-            self.sync_log(id, &mut report).await?;
+            let log = self.sync_log(id, &mut report).await.map(|()| 0);
+            note(&mut report, log)?;
         }
-        report.delivered += self.flush_outbox().await?;
+        let flushed = self.flush_outbox().await;
+        note(&mut report, flushed)?;
         Ok(report)
     }
 
@@ -601,7 +642,13 @@ impl Client {
     /// A queue entry is a sealed join request for one of our open invites. Whatever it is, the
     /// cursor moves past it in the same transaction.
     fn handle_queue_entry(&mut self, entry: &Entry, report: &mut SyncReport) -> Result<(), ClientError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.begin()?;
+        let cursor: i64 = tx.query_row("SELECT queue_cursor FROM profile WHERE id = 1", [], |r| r.get(0))?;
+        if to_i64(entry.seq) <= cursor {
+            drop(tx);
+            self.profile.queue_cursor = u64::try_from(cursor).unwrap_or(0);
+            return Ok(()); // another process on this store handled it already
+        }
         tx.execute("SAVEPOINT entry", [])?;
         let provider = Provider::new(&tx);
         let outcome = (|| -> Result<Option<String>, ClientError> {
@@ -630,7 +677,12 @@ impl Client {
             }
             let log = join.log.ok_or_else(|| ClientError::BadInput("join request without a log".into()))?;
             let relay = log.relay.ok_or_else(|| ClientError::BadInput("join request without a relay".into()))?;
-            relay.validate()?;
+            // Our invite named our own relay, so the conversation's log must be there: a join
+            // request must not point us at an address of the sender's choosing.
+            let own = &self.profile.relay;
+            if relay.cert_sha256 != own.cert_sha256 || relay.door != own.door {
+                return Err(ClientError::BadInput("join request names a relay other than ours".into()));
+            }
             if log.log_id.len() != ID_LEN {
                 return Err(ClientError::BadInput("join request with a bad log id".into()));
             }
@@ -641,7 +693,7 @@ impl Client {
                 return Err(ClientError::BadInput("a 1:1 invite was answered with a group".into()));
             };
             let name = unique_name(&tx, &clean_name(&join.display_name))?;
-            let relay_link = relay.to_link();
+            let relay_link = own.to_link();
             tx.execute(
                 "INSERT INTO contacts (name, identity_key, group_id, joined_epoch, relay_link, log_id, log_secret, cursor_id, cursor, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![name, peer, conv.group_id(), to_i64(conv.epoch()), relay_link, log.log_id, log.log_secret, join.cursor_id, to_i64(join.cursor_position), to_i64(now_ms())],
@@ -655,7 +707,7 @@ impl Client {
         match outcome {
             Ok(Some(name)) => report.new_contacts.push(name),
             Ok(None) => {}
-            Err(ClientError::Io(e)) => return Err(ClientError::Io(e)),
+            Err(e) if is_local_failure(&e) => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "skipped a queue entry");
                 tx.execute("ROLLBACK TO entry", [])?;
@@ -663,7 +715,7 @@ impl Client {
             }
         }
         tx.execute("RELEASE entry", [])?;
-        tx.execute("UPDATE profile SET queue_cursor = ?1 WHERE id = 1", [to_i64(entry.seq)])?;
+        tx.execute("UPDATE profile SET queue_cursor = MAX(queue_cursor, ?1) WHERE id = 1", [to_i64(entry.seq)])?;
         tx.commit()?;
         self.profile.queue_cursor = entry.seq;
         Ok(())
@@ -694,11 +746,13 @@ impl Client {
     /// Processes one log entry in one transaction with the cursor move, so an entry is never
     /// processed twice and never skipped by a crash.
     fn handle_log_entry(&mut self, contact_id: i64, entry: &Entry, report: &mut SyncReport) -> Result<(), ClientError> {
+        // The cursor is read inside the (immediate) transaction: another process working on
+        // the same store may have moved it meanwhile.
+        let tx = self.begin()?;
         let c = self.contact_by_id(contact_id)?;
         if entry.seq <= c.cursor {
             return Ok(());
         }
-        let tx = self.conn.unchecked_transaction()?;
         let own: Option<i64> = tx
             .query_row(
                 "SELECT 1 FROM own_entries WHERE contact_id = ?1 AND dedup_id = ?2",
@@ -745,7 +799,7 @@ impl Client {
             match outcome {
                 Ok(Some(view)) => report.messages.push(view),
                 Ok(None) => {}
-                Err(ClientError::Io(e)) => return Err(ClientError::Io(e)),
+                Err(e) if is_local_failure(&e) => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %e, "skipped a log entry");
                     tx.execute("ROLLBACK TO entry", [])?;
@@ -754,7 +808,7 @@ impl Client {
             }
             tx.execute("RELEASE entry", [])?;
         }
-        tx.execute("UPDATE contacts SET cursor = ?1 WHERE id = ?2", params![to_i64(entry.seq), c.id])?;
+        tx.execute("UPDATE contacts SET cursor = MAX(cursor, ?1) WHERE id = ?2", params![to_i64(entry.seq), c.id])?;
         tx.commit()?;
         Ok(())
     }
@@ -824,7 +878,7 @@ impl Client {
                         // New conversations: subscribe to them and look again right away.
                         continue;
                     }
-                    subscribed.is_ok()
+                    subscribed.is_ok() && report.failures.is_empty()
                 }
                 Err(e) if matches!(e.kind(), crate::ErrorKind::Retry | crate::ErrorKind::Blocked) => {
                     tracing::warn!(error = %e, "sync failed; retrying");
@@ -947,6 +1001,19 @@ impl Client {
     pub fn files(home: &Path) -> Vec<PathBuf> {
         ["tamizdat.db", "tamizdat.db-wal", "keyfile.json"].iter().map(|f| home.join(f)).filter(|p| p.exists()).collect()
     }
+}
+
+/// True for failures of this device (storage, damaged state): they end an operation instead
+/// of being blamed on the entry or the relay.
+fn is_local_failure(e: &ClientError) -> bool {
+    matches!(e, ClientError::Io(_) | ClientError::Corrupt(_) | ClientError::E2e(E2eError::Storage(_)))
+}
+
+/// Relay refusals that are about the request itself, so retrying the same bytes cannot help.
+/// Anything else (an overloaded relay, a version it does not speak yet, a code this build does
+/// not know) keeps the entry for later.
+fn is_permanent(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::BadRequest | ErrorCode::NotMls | ErrorCode::TooLarge | ErrorCode::Unauthorized)
 }
 
 /// Puts an MLS message for a log in the outbox and remembers its dedup id as ours.

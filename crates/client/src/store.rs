@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 use crate::ClientError;
 
 const KEYFILE: &str = "keyfile.json";
+const KEYFILE_NEW: &str = "keyfile.json.new";
 const DATABASE: &str = "tamizdat.db";
 
 /// Argon2id parameters: 64 MiB, 3 passes, 1 lane (RFC 9106's second recommended option,
@@ -120,13 +121,22 @@ pub fn create(home: &Path, passphrase: &str) -> Result<Connection, ClientError> 
         salt: hex::encode(salt),
     };
     let key = derive_key(passphrase, &kf)?;
-    let _ = fs::remove_file(home.join(DATABASE));
+    // Leftovers of an init that did not finish.
+    for stale in [DATABASE, "tamizdat.db-wal", "tamizdat.db-shm", KEYFILE_NEW] {
+        let _ = fs::remove_file(home.join(stale));
+    }
     let mut conn = open_keyed(&home.join(DATABASE), &key)?;
     migrate(&mut conn)?;
     let json = serde_json::to_vec_pretty(&kf).map_err(|e| ClientError::Io(e.to_string()))?;
-    // The key file is written last: its presence means "initialised".
-    fs::write(home.join(KEYFILE), json).map_err(|e| ClientError::Io(e.to_string()))?;
+    // The key file's presence means "initialised": it is written under a temporary name and
+    // renamed by `finish_create` once the caller has stored the profile.
+    fs::write(home.join(KEYFILE_NEW), json).map_err(|e| ClientError::Io(e.to_string()))?;
     Ok(conn)
+}
+
+/// Marks a store created with [`create`] as complete.
+pub fn finish_create(home: &Path) -> Result<(), ClientError> {
+    fs::rename(home.join(KEYFILE_NEW), home.join(KEYFILE)).map_err(|e| ClientError::Io(e.to_string()))
 }
 
 /// Opens the store in `home`; a wrong passphrase is reported as such.

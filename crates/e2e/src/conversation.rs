@@ -5,9 +5,9 @@
 //! if another commit won the epoch, it is dropped ([`Conversation::abort_commit`]).
 
 use openmls::prelude::{
-    BasicCredential, Ciphersuite, CredentialType, GroupId, KeyPackage, MlsGroup, MlsGroupCreateConfig,
-    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, OpenMlsProvider, ProcessedMessageContent, ProtocolMessage,
-    SenderRatchetConfiguration, StagedWelcome,
+    BasicCredential, Ciphersuite, CredentialType, GroupId, KeyPackage, MergeCommitError, MlsGroup,
+    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, OpenMlsProvider, ProcessMessageError,
+    ProcessedMessageContent, ProtocolMessage, SenderRatchetConfiguration, StagedWelcome,
     tls_codec::{Deserialize as _, Serialize as _},
 };
 
@@ -141,7 +141,11 @@ impl Conversation {
     pub fn process<P: OpenMlsProvider>(&mut self, provider: &P, bytes: &[u8]) -> Result<Incoming, E2eError> {
         let msg = MlsMessageIn::tls_deserialize_exact(bytes).map_err(mls_err)?;
         let protocol: ProtocolMessage = msg.try_into_protocol_message().map_err(mls_err)?;
-        let processed = self.group.process_message(provider, protocol).map_err(mls_err)?;
+        // A storage failure is ours, not the message's: the caller must not skip the entry.
+        let processed = self.group.process_message(provider, protocol).map_err(|e| match e {
+            ProcessMessageError::StorageError(e) => E2eError::Storage(format!("{e:?}")),
+            e => mls_err(e),
+        })?;
         let sender = processed.credential().clone();
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
@@ -154,7 +158,12 @@ impl Conversation {
                     let leaf = added.add_proposal().key_package().leaf_node();
                     check_credential(leaf.credential(), leaf.signature_key().as_slice())?;
                 }
-                self.group.merge_staged_commit(provider, *staged).map_err(mls_err)?;
+                self.group.merge_staged_commit(provider, *staged).map_err(|e| match e {
+                    MergeCommitError::StorageError(e) => E2eError::Storage(format!("{e:?}")),
+                    e => mls_err(e),
+                })?;
+                // An update path can replace a member's credential: check everyone again.
+                self.check_credentials()?;
                 Ok(Incoming::Commit { epoch: self.epoch() })
             }
             ProcessedMessageContent::OwnPrivateMessage => Ok(Incoming::Own),

@@ -126,8 +126,15 @@ pub fn verify<P: OpenMlsProvider>(provider: &P, link: &str, now: u64) -> Result<
         .map_err(|_| bad("undecodable KeyPackage"))?
         .validate(provider.crypto(), ProtocolVersion::Mls10)
         .map_err(|e| bad(&format!("invalid KeyPackage: {e:?}")))?;
-    if key_package.leaf_node().signature_key().as_slice() != body.identity_key.as_slice() {
+    let leaf = key_package.leaf_node();
+    if leaf.signature_key().as_slice() != body.identity_key.as_slice() {
         return Err(bad("the KeyPackage belongs to another identity"));
+    }
+    let named = openmls::prelude::BasicCredential::try_from(leaf.credential().clone())
+        .map(|c| c.identity() == body.identity_key.as_slice())
+        .unwrap_or(false);
+    if !named {
+        return Err(bad("the KeyPackage's credential names another identity"));
     }
     if key_package.ciphersuite() != suite {
         return Err(bad("the KeyPackage uses another ciphersuite"));

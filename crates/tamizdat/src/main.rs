@@ -323,6 +323,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let result = client.send(contact, &text).await;
             client.close().await;
             let view = result?;
+            if view.state == "failed" {
+                return Err(Failure(format!(
+                    "the relay refused this message (kept in `tamizdat messages {contact}` as failed); try sending it again"
+                )));
+            }
             if cli.json {
                 print_json(&view)?;
             } else {
@@ -346,10 +351,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             client.close().await;
             let report = result?;
             if cli.json {
-                return print_json(&report);
+                print_json(&report)?;
+            } else {
+                print_report(&report, false, true);
             }
-            print_report(&report, false, true);
-            Ok(())
+            match report.failures.first() {
+                None => Ok(()),
+                Some(first) => Err(Failure(format!(
+                    "{first}{}; anything that did arrive is shown above, and `tamizdat sync` tries again",
+                    if report.failures.len() > 1 {
+                        format!(" (and {} more problems)", report.failures.len() - 1)
+                    } else {
+                        String::new()
+                    }
+                ))),
+            }
         }
         Command::Messages { contact } => {
             let client = open(&cli)?;

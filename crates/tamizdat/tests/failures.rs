@@ -150,3 +150,43 @@ fn damaged_files_on_disk_get_clear_errors() {
     let err = one_line_failure(&out);
     assert!(err.contains("relay.json"), "{err}");
 }
+
+/// Carol talks to Alice through relay A and to Bob through relay B. With B down, her messages
+/// to Alice still go and she still receives Alice's; what waits for B goes once B is back.
+#[test]
+fn one_unreachable_relay_holds_up_nothing_else() {
+    let root = tempfile::tempdir().unwrap();
+    let relay_a = RelayProc::start(&root.path().join("relay-a"), None);
+    let mut relay_b = RelayProc::start(&root.path().join("relay-b"), None);
+    let alice = Person::new(root.path(), "alice");
+    let bob = Person::new(root.path(), "bob");
+    let carol = Person::new(root.path(), "carol");
+    alice.ok(&["init", "--name", "Alice", "--relay", &relay_a.link]);
+    bob.ok(&["init", "--name", "Bob", "--relay", &relay_b.link]);
+    carol.ok(&["init", "--name", "Carol", "--relay", &relay_a.link]);
+    let from_alice = alice.ok(&["invite"]).lines().next().unwrap().to_string();
+    let from_bob = bob.ok(&["invite"]).lines().next().unwrap().to_string();
+    carol.ok(&["accept", &from_alice, "--as", "Alice"]);
+    carol.ok(&["accept", &from_bob, "--as", "Bob"]);
+    alice.ok(&["sync"]);
+    bob.ok(&["sync"]);
+
+    relay_b.kill();
+    let err = one_line_failure(&carol.run(&["send", "Bob", "waits for B"]));
+    assert!(err.contains("not delivered"), "{err}");
+    carol.ok(&["send", "Alice", "goes through A"]); // the older entry for B does not block it
+    alice.ok(&["sync"]);
+    assert_eq!(alice.texts("Carol"), vec!["goes through A"]);
+    alice.ok(&["send", "Carol", "reply via A"]);
+    // Carol's sync fails for B, says so in one line, and still brings Alice's reply.
+    let out = carol.run(&["sync"]);
+    let err = one_line_failure(&out);
+    assert!(err.contains("unreachable") || err.contains("not delivered"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reply via A"));
+    assert_eq!(carol.texts("Alice"), vec!["goes through A", "reply via A"]);
+
+    relay_b.restart();
+    carol.ok(&["sync"]);
+    bob.ok(&["sync"]);
+    assert_eq!(bob.texts("Carol"), vec!["waits for B"]);
+}
