@@ -85,7 +85,7 @@ pub async fn run(mut ws: ServerWs, store: Store, limits: &Limits) {
                     Metrics::inc(&m.notices_pushed_total);
                     let frame = ServerFrame { request_id: 0, reply: Some(Reply::Notify(Notify { id: n.id, seq: n.seq })) };
                     let Ok(out) = frame::encode(&frame) else { break };
-                    if send_frame(&mut ws, out).await.is_err() {
+                    if !send_within(&mut ws, out).await {
                         return;
                     }
                 }
@@ -119,11 +119,19 @@ pub async fn run(mut ws: ServerWs, store: Store, limits: &Limits) {
             }
         };
         let Ok(out) = frame::encode(&ServerFrame { request_id, reply: Some(reply) }) else { break };
-        if send_frame(&mut ws, out).await.is_err() || fatal {
+        if !send_within(&mut ws, out).await || fatal {
             break;
         }
     }
     let _ = ws.close(None).await;
+}
+
+/// How long one frame may take to leave: a peer that stops reading loses its connection
+/// instead of holding a session, its permits and its buffers.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn send_within(ws: &mut ServerWs, frame: Vec<u8>) -> bool {
+    matches!(tokio::time::timeout(SEND_TIMEOUT, send_frame(ws, frame)).await, Ok(Ok(())))
 }
 
 /// The next notice, `None` if this session fell behind; pending forever without a

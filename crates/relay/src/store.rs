@@ -248,7 +248,8 @@ impl Store {
             None
         };
         let (tx, rx) = mpsc::channel(4096);
-        let task = WriterTask(tokio::spawn(writer_task(writer, rx, local)));
+        let reconnect = (!sqlite).then(|| url.clone());
+        let task = WriterTask(tokio::spawn(writer_task(writer, rx, local, reconnect)));
         Ok((Self { pool, writer: tx, notices }, task))
     }
 
@@ -388,7 +389,14 @@ fn parse_notice(payload: &str) -> Option<Notice> {
 /// Group commit: take everything waiting, apply it in one transaction, answer after COMMIT.
 /// `local` is where this node announces its commits itself (SQLite); on PostgreSQL the
 /// announcements are NOTIFYs inside the transaction, delivered only if it commits.
-async fn writer_task(mut conn: AnyConnection, mut rx: mpsc::Receiver<Job>, local: Option<broadcast::Sender<Notice>>) {
+/// `reconnect` (PostgreSQL) is where to connect again when the database connection is lost
+/// (a restart or failover): writes fail until then, clients retry.
+async fn writer_task(
+    mut conn: AnyConnection,
+    mut rx: mpsc::Receiver<Job>,
+    local: Option<broadcast::Sender<Notice>>,
+    reconnect: Option<String>,
+) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -409,38 +417,92 @@ async fn writer_task(mut conn: AnyConnection, mut rx: mpsc::Receiver<Job>, local
                 let _ = hub.send(n);
             }
         }
+        if let Some(url) = &reconnect
+            && conn.ping().await.is_err()
+        {
+            {
+                tracing::warn!("database connection lost; reconnecting");
+                loop {
+                    match AnyConnection::connect(url).await {
+                        Ok(c) => {
+                            conn = c;
+                            break;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                }
+            }
+        }
     }
     let _ = conn.close().await;
 }
 
 type BatchResult = (Vec<Result<Outcome, RelayError>>, Vec<Notice>);
 
-async fn apply_batch(conn: &mut AnyConnection, jobs: &[Job], notify_in_db: bool) -> BatchResult {
-    let mut notices = Vec::new();
-    let attempt = async {
-        let mut tx = conn.begin().await?;
-        let mut outcomes = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            outcomes.push(apply(&mut tx, &job.write, &mut notices).await?);
+async fn apply_batch(conn: &mut AnyConnection, jobs: &[Job], postgres: bool) -> BatchResult {
+    // Writes are applied in a global order of the rows they lock (stable, so one log's or
+    // queue's writes keep their order): two nodes' batches then cannot deadlock on each other.
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by(|&a, &b| lock_key(&jobs[a].write).cmp(&lock_key(&jobs[b].write)));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut notices = Vec::new();
+        let result = async {
+            let mut tx = conn.begin().await?;
+            if postgres {
+                // The compare-and-swap retry relies on each statement seeing the latest commit.
+                sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut *tx).await?;
+            }
+            let mut outcomes: Vec<Option<Outcome>> = jobs.iter().map(|_| None).collect();
+            for &i in &order {
+                outcomes[i] = Some(apply(&mut tx, &jobs[i].write, &mut notices).await?);
+            }
+            if postgres {
+                for n in &notices {
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(NOTIFY_CHANNEL)
+                        .bind(notice_payload(n))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(outcomes)
         }
-        if notify_in_db {
-            for n in &notices {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(NOTIFY_CHANNEL)
-                    .bind(notice_payload(n))
-                    .execute(&mut *tx)
-                    .await?;
+        .await;
+        match result {
+            Ok(outcomes) => {
+                let results = outcomes
+                    .into_iter()
+                    .map(|o| o.ok_or_else(|| RelayError::Storage("a write was not applied".into())))
+                    .collect();
+                return (results, notices);
+            }
+            // Another node's transaction won a lock race: run the batch again.
+            Err(e) if attempt < 4 && is_transient(&e) => {
+                tracing::debug!("write batch conflicted with another node; retrying");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = jobs.len(), "write batch failed; clients will retry");
+                return (jobs.iter().map(|_| Err(RelayError::Storage(e.to_string()))).collect(), Vec::new());
             }
         }
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(outcomes)
-    };
-    match attempt.await {
-        Ok(outcomes) => (outcomes.into_iter().map(Ok).collect(), notices),
-        Err(e) => {
-            tracing::error!(error = %e, batch = jobs.len(), "write batch failed; clients will retry");
-            (jobs.iter().map(|_| Err(RelayError::Storage(e.to_string()))).collect(), Vec::new())
-        }
+    }
+}
+
+/// Deadlock or serialization failure (PostgreSQL): nothing was written, a retry can succeed.
+fn is_transient(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+}
+
+/// The row a write locks first, for ordering a batch.
+fn lock_key(write: &Write) -> (u8, &[u8]) {
+    match write {
+        Write::CreateQueue { read_id, .. } | Write::AckQueue { read_id, .. } => (0, read_id),
+        Write::SendToQueue { send_id, .. } => (1, send_id),
+        Write::CreateLog { log_id, .. } | Write::Append { log_id, .. } | Write::AckLog { log_id, .. } => (2, log_id),
+        Write::Expire { .. } => (3, &[]),
     }
 }
 
