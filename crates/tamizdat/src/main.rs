@@ -414,18 +414,8 @@ fn print_message(m: &MessageView) {
 /// `YYYY-MM-DD HH:MM` in UTC from Unix milliseconds.
 fn format_time(ms: u64) -> String {
     let secs = ms / 1000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, d) = tamizdat_wire::civil::date_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
     format!("{year:04}-{month:02}-{d:02} {h:02}:{m:02}")
 }
 

@@ -76,6 +76,32 @@ async fn probes_see_an_ordinary_web_site() {
     assert_eq!(post.0, "HTTP/1.1 405 Not Allowed");
     let bad = shape(&https(&relay.link, "\x01\x02 garbage\r\n\r\n").await);
     assert_eq!(bad.0, "HTTP/1.1 400 Bad Request");
+
+    // What nginx does with the usual probes: queries and doubled slashes find the page,
+    // conditional requests get 304, HTTP/1.1 without Host is refused, Connection: close is
+    // honoured, and plain HTTP on the TLS port gets nginx's own complaint.
+    for path in ["/?utm=1", "//about.html", "/style.css?v=2"] {
+        assert!(https(&relay.link, &get(path, "")).await.starts_with("HTTP/1.1 200 OK\r\n"), "{path}");
+    }
+    let etag = home.lines().find_map(|l| l.strip_prefix("ETag: ")).unwrap().to_string();
+    let cached = https(&relay.link, &get("/", &format!("If-None-Match: {etag}\r\n"))).await;
+    assert!(cached.starts_with("HTTP/1.1 304 Not Modified\r\n"), "{cached}");
+    let no_host = https(&relay.link, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(no_host.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{no_host}");
+    assert!(home.contains("\r\nConnection: close\r\n"), "the answer to a closing request says so");
+    let plain = {
+        let mut s = tokio::net::TcpStream::connect(&relay.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).to_string()
+    };
+    assert!(plain.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{plain}");
+    assert!(plain.contains("The plain HTTP request was sent to HTTPS port"));
+    // A POST with a body on a kept-alive connection: one answer, no stray 400 for the body.
+    let post = https(&relay.link, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(post.matches("HTTP/1.1 ").count(), 2, "{post}");
+    assert!(!post.contains("400 Bad Request"));
 }
 
 fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {

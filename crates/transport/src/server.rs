@@ -8,7 +8,7 @@ use std::{
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
     time::timeout,
 };
@@ -62,8 +62,20 @@ impl FrontDoor {
     }
 
     /// Runs TLS and HTTP on one accepted TCP connection.
-    pub async fn accept(&self, tcp: TcpStream) -> Result<Accepted, TransportError> {
+    pub async fn accept(&self, mut tcp: TcpStream) -> Result<Accepted, TransportError> {
         let _ = tcp.set_nodelay(true);
+        // Like nginx on its TLS port: plain HTTP gets a 400 page saying so; other non-TLS bytes
+        // fail the handshake below.
+        let mut first = [0u8; 1];
+        if let Ok(Ok(1)) = timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await
+            && first[0].is_ascii_uppercase()
+        {
+            let mut buf = Vec::new();
+            if let Ok(Ok(Some(_))) = timeout(HANDSHAKE_TIMEOUT, read_head(&mut tcp, &mut buf)).await {
+                let _ = write_response(&mut tcp, &self.cover, 400, "text/html", PLAIN_HTTP, true, true).await;
+            }
+            return Ok(Accepted::Cover);
+        }
         let mut tls = timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp))
             .await
             .map_err(|_| TransportError::Timeout { step: "TLS handshake", endpoint: "client".into() })?
@@ -75,7 +87,7 @@ impl FrontDoor {
                 Ok(Ok(Some(head))) => head,
                 Ok(Ok(None)) | Err(_) => return Ok(Accepted::Cover),
                 Ok(Err(HeadError::Bad)) => {
-                    let _ = write_response(&mut tls, &self.cover, 400, "text/html", BAD_REQUEST, false, true).await;
+                    let _ = write_response(&mut tls, &self.cover, 400, "text/html", BAD_REQUEST, true, true).await;
                     return Ok(Accepted::Cover);
                 }
                 Ok(Err(HeadError::Io)) => return Ok(Accepted::Cover),
@@ -93,6 +105,18 @@ impl FrontDoor {
                 let ws = WebSocketStream::from_partially_read(tls, buf, Role::Server, Some(ws_config())).await;
                 return Ok(Accepted::Protocol(Box::new(ws)));
             }
+            if head.http11 && !head.host {
+                let _ = write_response(&mut tls, &self.cover, 400, "text/html", BAD_REQUEST, true, true).await;
+                return Ok(Accepted::Cover);
+            }
+            // A request body is read and dropped, up to nginx's default 1 MiB.
+            if head.content_length > MAX_BODY {
+                let _ = write_response(&mut tls, &self.cover, 413, "text/html", TOO_LARGE, true, true).await;
+                return Ok(Accepted::Cover);
+            }
+            if !discard_body(&mut tls, &mut buf, head.content_length).await {
+                return Ok(Accepted::Cover);
+            }
             if !self.serve_cover(&mut tls, &head).await || head.close {
                 break;
             }
@@ -102,24 +126,65 @@ impl FrontDoor {
     }
 
     async fn serve_cover(&self, tls: &mut TlsStream<TcpStream>, head: &Head) -> bool {
-        let page =
-            self.cover.pages.iter().find(|(p, _, _)| *p == head.path || (head.path == "/index.html" && p == "/"));
+        // nginx ignores the query for static files and merges repeated slashes.
+        let mut path = head.path.split(['?', '#']).next().unwrap_or("").to_string();
+        while path.contains("//") {
+            path = path.replace("//", "/");
+        }
+        let page = self.cover.pages.iter().find(|(p, _, _)| *p == path || (path == "/index.html" && p == "/"));
         let (status, ctype, body): (u16, &str, &[u8]) = match (head.method.as_str(), page) {
+            ("GET" | "HEAD", Some((_, ctype, body))) if self.not_modified(head, body) => (304, ctype, body),
             ("GET" | "HEAD", Some((_, ctype, body))) => (200, ctype, body),
             ("GET" | "HEAD", None) => (404, "text/html", &self.cover.not_found),
             (_, Some(_)) => (405, "text/html", NOT_ALLOWED),
             (_, None) => (404, "text/html", &self.cover.not_found),
         };
-        let with_body = head.method != "HEAD";
-        write_response(tls, &self.cover, status, ctype, body, with_body, false).await.is_ok()
+        let with_body = head.method != "HEAD" && status != 304;
+        write_response(tls, &self.cover, status, ctype, body, with_body, head.close).await.is_ok()
+    }
+
+    /// A conditional request whose copy is current, by ETag or by date.
+    fn not_modified(&self, head: &Head, body: &[u8]) -> bool {
+        if let Some(tags) = &head.if_none_match {
+            let etag = etag(&self.cover, body);
+            return tags.split(',').any(|t| t.trim() == etag || t.trim() == "*");
+        }
+        head.if_modified_since
+            .as_deref()
+            .and_then(|d| httpdate::parse_http_date(d).ok())
+            .is_some_and(|since| since >= self.cover.modified)
     }
 }
 
 const BAD_REQUEST: &[u8] = b"<html>\r\n<head><title>400 Bad Request</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+const PLAIN_HTTP: &[u8] = b"<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>The plain HTTP request was sent to HTTPS port</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
 const NOT_ALLOWED: &[u8] = b"<html>\r\n<head><title>405 Not Allowed</title></head>\r\n<body>\r\n<center><h1>405 Not Allowed</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+const TOO_LARGE: &[u8] = b"<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+/// nginx's default `client_max_body_size`.
+const MAX_BODY: usize = 1024 * 1024;
 
-async fn write_response(
-    tls: &mut TlsStream<TcpStream>,
+fn etag(cover: &CoverSite, body: &[u8]) -> String {
+    let secs = cover.modified.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format!("\"{secs:x}-{:x}\"", body.len())
+}
+
+/// Reads and drops `len` body bytes, using what is already buffered first.
+async fn discard_body(tls: &mut TlsStream<TcpStream>, buf: &mut Vec<u8>, len: usize) -> bool {
+    let from_buf = len.min(buf.len());
+    buf.drain(..from_buf);
+    let mut left = len - from_buf;
+    let mut chunk = [0u8; 4096];
+    while left > 0 {
+        match timeout(KEEPALIVE, tls.read(&mut chunk[..left.min(4096)])).await {
+            Ok(Ok(n)) if n > 0 => left -= n,
+            _ => return false,
+        }
+    }
+    true
+}
+
+async fn write_response<W: AsyncWrite + Unpin>(
+    out: &mut W,
     cover: &CoverSite,
     status: u16,
     ctype: &str,
@@ -129,30 +194,36 @@ async fn write_response(
 ) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
+        304 => "Not Modified",
         400 => "Bad Request",
         404 => "Not Found",
+        413 => "Request Entity Too Large",
         _ => "Not Allowed",
     };
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nServer: nginx\r\nDate: {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n",
-        httpdate::fmt_http_date(SystemTime::now()),
-        body.len()
+    let mut head = format!(
+        "HTTP/1.1 {status} {reason}\r\nServer: nginx\r\nDate: {}\r\n",
+        httpdate::fmt_http_date(SystemTime::now())
     );
-    if status == 200 {
-        let secs = cover.modified.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        out.push_str(&format!(
-            "Last-Modified: {}\r\nETag: \"{secs:x}-{:x}\"\r\nAccept-Ranges: bytes\r\n",
+    if status != 304 {
+        head.push_str(&format!("Content-Type: {ctype}\r\nContent-Length: {}\r\n", body.len()));
+    }
+    if status == 200 || status == 304 {
+        head.push_str(&format!(
+            "Last-Modified: {}\r\nETag: {}\r\n",
             httpdate::fmt_http_date(cover.modified),
-            body.len()
+            etag(cover, body)
         ));
     }
-    out.push_str(if close { "Connection: close\r\n\r\n" } else { "Connection: keep-alive\r\n\r\n" });
-    let mut bytes = out.into_bytes();
+    if status == 200 {
+        head.push_str("Accept-Ranges: bytes\r\n");
+    }
+    head.push_str(if close { "Connection: close\r\n\r\n" } else { "Connection: keep-alive\r\n\r\n" });
+    let mut bytes = head.into_bytes();
     if with_body {
         bytes.extend_from_slice(body);
     }
-    tls.write_all(&bytes).await?;
-    tls.flush().await
+    out.write_all(&bytes).await?;
+    out.flush().await
 }
 
 struct Head {
@@ -161,6 +232,11 @@ struct Head {
     path: String,
     upgrade_key: Option<String>,
     close: bool,
+    http11: bool,
+    host: bool,
+    content_length: usize,
+    if_none_match: Option<String>,
+    if_modified_since: Option<String>,
 }
 
 enum HeadError {
@@ -169,13 +245,13 @@ enum HeadError {
 }
 
 /// Reads one request head; `Ok(None)` when the peer closed before sending one.
-async fn read_head(tls: &mut TlsStream<TcpStream>, buf: &mut Vec<u8>) -> Result<Option<Head>, HeadError> {
+async fn read_head<R: AsyncRead + Unpin>(input: &mut R, buf: &mut Vec<u8>) -> Result<Option<Head>, HeadError> {
     loop {
         if !buf.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; 48];
+            let mut headers = [httparse::EMPTY_HEADER; 100];
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(buf) {
-                Ok(httparse::Status::Complete(len)) => return Ok(Some(head_from(&req, len))),
+                Ok(httparse::Status::Complete(len)) => return head_from(&req, len).map(Some),
                 Ok(httparse::Status::Partial) => {}
                 Err(_) => return Err(HeadError::Bad),
             }
@@ -184,7 +260,7 @@ async fn read_head(tls: &mut TlsStream<TcpStream>, buf: &mut Vec<u8>) -> Result<
             }
         }
         let mut chunk = [0u8; 2048];
-        let n = tls.read(&mut chunk).await.map_err(|_| HeadError::Io)?;
+        let n = input.read(&mut chunk).await.map_err(|_| HeadError::Io)?;
         if n == 0 {
             return if buf.is_empty() { Ok(None) } else { Err(HeadError::Bad) };
         }
@@ -192,7 +268,7 @@ async fn read_head(tls: &mut TlsStream<TcpStream>, buf: &mut Vec<u8>) -> Result<
     }
 }
 
-fn head_from(req: &httparse::Request<'_, '_>, len: usize) -> Head {
+fn head_from(req: &httparse::Request<'_, '_>, len: usize) -> Result<Head, HeadError> {
     let header = |name: &str| {
         req.headers
             .iter()
@@ -200,18 +276,33 @@ fn head_from(req: &httparse::Request<'_, '_>, len: usize) -> Head {
             .and_then(|h| std::str::from_utf8(h.value).ok())
             .map(str::trim)
     };
+    let connection =
+        |token: &str| header("connection").is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)));
     let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-        && header("connection").is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        && connection("upgrade")
         && header("sec-websocket-version") == Some("13");
     let upgrade_key = if upgrade { header("sec-websocket-key").map(str::to_string) } else { None };
-    let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) || req.version == Some(0);
-    Head {
+    let http11 = req.version == Some(1);
+    let close = connection("close") || (!http11 && !connection("keep-alive"));
+    let content_length = match header("content-length") {
+        None => 0,
+        Some(v) => v.parse().map_err(|_| HeadError::Bad)?,
+    };
+    if header("transfer-encoding").is_some() {
+        return Err(HeadError::Bad); // a static site has no use for chunked uploads
+    }
+    Ok(Head {
         len,
         method: req.method.unwrap_or("").to_string(),
         path: req.path.unwrap_or("").to_string(),
         upgrade_key,
         close,
-    }
+        http11,
+        host: header("host").is_some(),
+        content_length,
+        if_none_match: header("if-none-match").map(str::to_string),
+        if_modified_since: header("if-modified-since").map(str::to_string),
+    })
 }
 
 /// Sends one binary frame on a server-side session.

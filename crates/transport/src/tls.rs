@@ -22,10 +22,37 @@ pub struct RelayCert {
 
 impl RelayCert {
     /// Generates a fresh self-signed certificate (ECDSA P-256) for `names` (host names or IP
-    /// addresses; they only matter to browsers, clients pin the certificate itself).
+    /// addresses; they only matter to browsers, clients pin the certificate itself). It looks
+    /// like what a small site makes for itself: its first name as the common name, a random
+    /// serial, valid from today for 397 days (the longest browsers accept), rather than a
+    /// library's tell-tale defaults.
     pub fn generate(names: Vec<String>) -> Result<Self, TransportError> {
-        let ck = rcgen::generate_simple_self_signed(names).map_err(|e| TransportError::Setup(e.to_string()))?;
-        Ok(Self { cert_der: ck.cert.der().to_vec(), key_der: ck.signing_key.serialize_der() })
+        let setup = |e: rcgen::Error| TransportError::Setup(e.to_string());
+        let mut params = rcgen::CertificateParams::new(names.clone()).map_err(setup)?;
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CommonName, names.first().cloned().unwrap_or_else(|| "localhost".into()));
+        params.distinguished_name = dn;
+        let mut serial = [0u8; 16];
+        getrandom(&mut serial)?;
+        serial[0] &= 0x7f; // a positive integer
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let today = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs() / 86_400).unwrap_or(0))
+            .unwrap_or(0);
+        let date = |days: i64| {
+            let (y, m, d) = tamizdat_wire::civil::date_from_days(days);
+            rcgen::date_time_ymd(
+                i32::try_from(y).unwrap_or(2026),
+                u8::try_from(m).unwrap_or(1),
+                u8::try_from(d).unwrap_or(1),
+            )
+        };
+        params.not_before = date(today);
+        params.not_after = date(today + 397);
+        let key = rcgen::KeyPair::generate().map_err(setup)?;
+        let cert = params.self_signed(&key).map_err(setup)?;
+        Ok(Self { cert_der: cert.der().to_vec(), key_der: key.serialize_der() })
     }
 
     /// The pin a relay link carries: SHA-256 of the certificate.
@@ -43,6 +70,14 @@ impl RelayCert {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
+}
+
+/// Random bytes from the operating system, through the TLS provider's generator.
+fn getrandom(out: &mut [u8]) -> Result<(), TransportError> {
+    rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(out)
+        .map_err(|_| TransportError::Setup("no randomness".into()))
 }
 
 /// SHA-256 of a DER certificate.

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod civil;
 pub mod frame;
 pub mod limits;
 pub mod link;
