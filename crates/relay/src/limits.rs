@@ -103,8 +103,16 @@ impl AddressLimiter {
         Self { limits, state: Arc::new(Mutex::new(HashMap::new())) }
     }
 
-    /// A permit for a new connection from `ip`, or `None` if it is over its limits.
+    /// A permit for a new connection from `ip`, or `None` if it is over its limits. IPv6
+    /// addresses count per /64, the block one subscriber usually gets.
     pub fn admit(&self, ip: IpAddr) -> Option<AddressPermit> {
+        let ip = match ip {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1)))
+            }
+            IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)),
+            v4 => v4,
+        };
         let now = Instant::now();
         let mut map = self.state.lock().ok()?;
         if map.len() >= PRUNE_AT {
@@ -150,5 +158,15 @@ mod tests {
         assert!(l.admit(b).is_some(), "another address is unaffected");
         drop(p1);
         assert!(l.admit(a).is_some(), "a closed connection frees its place");
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_counts_as_one_address() {
+        let limits = Limits { connections_per_address: 2, new_connections_burst: 10.0, ..Limits::default() };
+        let l = AddressLimiter::new(limits);
+        let _p1 = l.admit("2001:db8::1".parse().unwrap()).unwrap();
+        let _p2 = l.admit("2001:db8::ffff:1".parse().unwrap()).unwrap();
+        assert!(l.admit("2001:db8::dead:beef".parse().unwrap()).is_none());
+        assert!(l.admit("2001:db8:0:1::1".parse().unwrap()).is_some(), "the next /64 is someone else");
     }
 }

@@ -77,9 +77,10 @@ pub async fn run(mut ws: ServerWs, store: Store, limits: &Limits) {
             notice = next_notice(&mut session.notices) => {
                 let pushed = match notice {
                     Some(n) if session.subscriptions.contains(&n.id) => vec![n],
-                    Some(_) => continue,
-                    // Fell behind the hub: tell the client to look at everything it watches.
-                    None => session.subscriptions.iter().map(|id| Notice { id: id.clone(), seq: 0 }).collect(),
+                    Some(n) if !n.id.is_empty() => continue,
+                    // Fell behind the hub, or notices may have been lost: tell the client to
+                    // look at everything it watches.
+                    _ => session.subscriptions.iter().map(|id| Notice { id: id.clone(), seq: 0 }).collect(),
                 };
                 for n in pushed {
                     Metrics::inc(&m.notices_pushed_total);

@@ -128,7 +128,8 @@ impl WriterTask {
     }
 }
 
-/// Something new was stored under `id` (a log id, or a queue's read id) at `seq`.
+/// Something new was stored under `id` (a log id, or a queue's read id) at `seq`. An empty
+/// `id` means "notices may have been lost": every subscriber should look again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {
     /// Log id or queue read id.
@@ -371,6 +372,8 @@ async fn listen_loop(mut listener: sqlx::postgres::PgListener, hub: broadcast::S
             }
             Err(e) => {
                 tracing::warn!(error = %e, "notification listener failed; retrying");
+                // Notices may have been missed meanwhile: tell every session to look again.
+                let _ = hub.send(Notice { id: Vec::new(), seq: 0 });
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
