@@ -41,3 +41,27 @@ fn mutated_invites_and_content() {
         let _ = Content::from_bytes(&m);
     }
 }
+
+/// Bytes a peer controls after decryption, and sealed boxes from anyone: refused, never a
+/// panic.
+#[test]
+fn random_content_join_requests_and_sealed_boxes() {
+    let p = OpenMlsRustCrypto::default();
+    let (private, public) = tamizdat_e2e::seal::box_keypair(&p, DEFAULT_SUITE).unwrap();
+    let good = tamizdat_e2e::seal::seal(&p, DEFAULT_SUITE, &public, b"aad", b"join").unwrap();
+    assert_eq!(tamizdat_e2e::seal::open(&p, DEFAULT_SUITE, &private, b"aad", &good).unwrap(), b"join");
+    let mut rng = StdRng::seed_from_u64(5);
+    for round in 0..2_000 {
+        let len = rng.gen_range(0..300);
+        let random: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+        let _ = Content::from_bytes(&random);
+        let _ = <tamizdat_e2e::proto::JoinRequest as prost::Message>::decode(random.as_slice());
+        if round % 10 == 0 {
+            assert!(tamizdat_e2e::seal::open(&p, DEFAULT_SUITE, &private, b"aad", &random).is_err());
+            let mut tampered = good.clone();
+            let i = rng.gen_range(0..tampered.len());
+            tampered[i] ^= 1 << rng.gen_range(0..8);
+            assert!(tamizdat_e2e::seal::open(&p, DEFAULT_SUITE, &private, b"aad", &tampered).is_err());
+        }
+    }
+}
