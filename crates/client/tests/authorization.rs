@@ -72,6 +72,11 @@ async fn nothing_works_without_the_right_key() {
     };
     c.call(send(1), None).await.unwrap();
 
+    // Sending needs the send capability: a guessed or a read id does not work.
+    for wrong in [vec![0u8; 16], q.read_id.clone()] {
+        let op = Op::SendToQueue(SendToQueue { send_id: wrong, dedup_id: vec![9; 16], payload: vec![1] });
+        assert_eq!(code(c.call(op, None).await), ErrorCode::Unauthorized);
+    }
     let read = |id: &[u8]| Op::ReadQueue(ReadQueue { read_id: id.to_vec(), after: 0, limit: 10 });
     assert_eq!(code(c.call(read(&q.read_id), Some(&stranger)).await), ErrorCode::Unauthorized);
     assert_eq!(code(c.call(read(&q.read_id), None).await), ErrorCode::Unauthorized);
