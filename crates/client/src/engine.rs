@@ -2,7 +2,7 @@
 
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -420,6 +420,12 @@ impl Client {
         }
     }
 
+    fn contact_ids(&self) -> Result<Vec<i64>, ClientError> {
+        let mut stmt = self.conn.prepare("SELECT id FROM contacts ORDER BY id")?;
+        let ids = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(ids)
+    }
+
     fn contact_id(&self, name: &str) -> Result<Option<i64>, ClientError> {
         Ok(self.conn.query_row("SELECT id FROM contacts WHERE name = ?1", [name], |r| r.get(0)).optional()?)
     }
@@ -598,12 +604,7 @@ impl Client {
         note(&mut report, flushed)?;
         let queue = self.sync_queue(&mut report).await.map(|()| 0);
         note(&mut report, queue)?;
-        let ids: Vec<i64> = {
-            let mut stmt = self.conn.prepare("SELECT id FROM contacts ORDER BY id")?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        for id in ids {
+        for id in self.contact_ids()? {
             let log = self.sync_log(id, &mut report).await.map(|()| 0);
             note(&mut report, log)?;
         }
@@ -704,17 +705,9 @@ impl Client {
             enqueue_log(&tx, contact_id, &relay_link, &log.log_id, &log_key, payload, None)?;
             Ok(Some(name))
         })();
-        match outcome {
-            Ok(Some(name)) => report.new_contacts.push(name),
-            Ok(None) => {}
-            Err(e) if is_local_failure(&e) => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, "skipped a queue entry");
-                tx.execute("ROLLBACK TO entry", [])?;
-                report.skipped += 1;
-            }
+        if let Some(name) = settle_entry(&tx, outcome, report)? {
+            report.new_contacts.push(name);
         }
-        tx.execute("RELEASE entry", [])?;
         tx.execute("UPDATE profile SET queue_cursor = MAX(queue_cursor, ?1) WHERE id = 1", [to_i64(entry.seq)])?;
         tx.commit()?;
         self.profile.queue_cursor = entry.seq;
@@ -796,17 +789,9 @@ impl Client {
                     Incoming::Commit { .. } | Incoming::Own => Ok(None),
                 }
             })();
-            match outcome {
-                Ok(Some(view)) => report.messages.push(view),
-                Ok(None) => {}
-                Err(e) if is_local_failure(&e) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(error = %e, "skipped a log entry");
-                    tx.execute("ROLLBACK TO entry", [])?;
-                    report.skipped += 1;
-                }
+            if let Some(view) = settle_entry(&tx, outcome, report)? {
+                report.messages.push(view);
             }
-            tx.execute("RELEASE entry", [])?;
         }
         tx.execute("UPDATE contacts SET cursor = MAX(cursor, ?1) WHERE id = ?2", params![to_i64(entry.seq), c.id])?;
         tx.commit()?;
@@ -874,7 +859,8 @@ impl Client {
             let healthy = match self.sync().await {
                 Ok(report) => {
                     on_report(&report);
-                    if !report.new_contacts.is_empty() {
+                    let past_deadline = until.is_some_and(|u| tokio::time::Instant::now() >= u);
+                    if !report.new_contacts.is_empty() && !past_deadline {
                         // New conversations: subscribe to them and look again right away.
                         continue;
                     }
@@ -908,11 +894,7 @@ impl Client {
             Subscribe { log_id: Vec::new(), read_id: self.profile.queue_read_id.clone() },
             self.profile.queue_key.clone(),
         )];
-        let ids: Vec<i64> = {
-            let mut stmt = self.conn.prepare("SELECT id FROM contacts ORDER BY id")?;
-            stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
-        };
-        for id in ids {
+        for id in self.contact_ids()? {
             let c = self.contact_by_id(id)?;
             wanted.push((c.relay_link, Subscribe { log_id: c.log_id, read_id: Vec::new() }, c.log_key));
         }
@@ -996,17 +978,34 @@ impl Client {
             rc.close().await;
         }
     }
-
-    /// The home directory's database files, for tests and audits.
-    pub fn files(home: &Path) -> Vec<PathBuf> {
-        ["tamizdat.db", "tamizdat.db-wal", "keyfile.json"].iter().map(|f| home.join(f)).filter(|p| p.exists()).collect()
-    }
 }
 
 /// True for failures of this device (storage, damaged state): they end an operation instead
 /// of being blamed on the entry or the relay.
 fn is_local_failure(e: &ClientError) -> bool {
     matches!(e, ClientError::Io(_) | ClientError::Corrupt(_) | ClientError::E2e(E2eError::Storage(_)))
+}
+
+/// Ends the `entry` savepoint of one queue or log entry. A fault of the entry (undecodable,
+/// not decryptable, not from this contact) is undone and counted as skipped, so the cursor
+/// moves past it; a failure of this device stops the sync with the cursor where it was.
+fn settle_entry<T>(
+    tx: &Connection,
+    outcome: Result<Option<T>, ClientError>,
+    report: &mut SyncReport,
+) -> Result<Option<T>, ClientError> {
+    let value = match outcome {
+        Ok(value) => value,
+        Err(e) if is_local_failure(&e) => return Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "skipped an entry");
+            tx.execute("ROLLBACK TO entry", [])?;
+            report.skipped += 1;
+            None
+        }
+    };
+    tx.execute("RELEASE entry", [])?;
+    Ok(value)
 }
 
 /// Relay refusals that are about the request itself, so retrying the same bytes cannot help.

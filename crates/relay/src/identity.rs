@@ -69,6 +69,21 @@ impl RelayIdentity {
         Ok(id)
     }
 
+    /// Loads the identity in `dir`, replacing its endpoints with `public` if any are given, or
+    /// creates one advertising `public` (or `default_public` when that is empty).
+    pub fn load_or_create(dir: &Path, public: &[String], default_public: &str) -> Result<Self, RelayError> {
+        match Self::load(dir)? {
+            Some(mut id) => {
+                if !public.is_empty() && public != id.public.as_slice() {
+                    id.set_public(public.to_vec())?;
+                }
+                Ok(id)
+            }
+            None if public.is_empty() => Self::create(dir, vec![default_public.to_string()]),
+            None => Self::create(dir, public.to_vec()),
+        }
+    }
+
     /// Replaces the advertised endpoints.
     pub fn set_public(&mut self, public: Vec<String>) -> Result<(), RelayError> {
         self.public = public;

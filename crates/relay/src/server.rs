@@ -57,18 +57,7 @@ impl Relay {
         let local = listener
             .local_addr()
             .map_err(|e| RelayError::Listen { addr: config.listen.to_string(), reason: e.to_string() })?;
-        let identity = match RelayIdentity::load(&config.data)? {
-            Some(mut id) => {
-                if !config.public.is_empty() && config.public != id.public {
-                    id.set_public(config.public.clone())?;
-                }
-                id
-            }
-            None => {
-                let public = if config.public.is_empty() { vec![advertised(local)] } else { config.public.clone() };
-                RelayIdentity::create(&config.data, public)?
-            }
-        };
+        let identity = RelayIdentity::load_or_create(&config.data, &config.public, &advertised(local))?;
         Ok(Self { listener, identity, config })
     }
 

@@ -201,11 +201,6 @@ fn to_u64(v: i64) -> u64 {
 }
 
 impl Store {
-    /// Opens (and migrates) the SQLite database at `path`.
-    pub async fn open_sqlite(path: &std::path::Path) -> Result<(Self, WriterTask), RelayError> {
-        Self::open(&StoreLocation::Sqlite(path.to_path_buf())).await
-    }
-
     /// Opens (and migrates) the store. The [`WriterTask`] finishes once every clone of the
     /// store is dropped and every write handed to it is committed.
     pub async fn open(location: &StoreLocation) -> Result<(Self, WriterTask), RelayError> {

@@ -130,7 +130,9 @@ async fn queues_dedup_ack_and_quota(db: &TestDb) {
     assert_eq!(store.write(unknown).await.unwrap(), Outcome::NotFound);
 }
 
-async fn acknowledged_writes_survive_reopening(db: &TestDb) {
+/// Reopening finds everything and runs no migration twice. (That acknowledgements come only
+/// after commit, even across SIGKILL, is `crates/tamizdat/tests/crash.rs`.)
+async fn writes_survive_a_clean_close_and_reopening(db: &TestDb) {
     let log = vec![4u8; 16];
     {
         let (store, writer) = db.open().await;
@@ -247,7 +249,7 @@ conformance!(Sqlite, sqlite:
     concurrent_commits_for_one_epoch_one_wins,
     entries_go_once_every_cursor_passed_them_or_retention_ends,
     queues_dedup_ack_and_quota,
-    acknowledged_writes_survive_reopening,
+    writes_survive_a_clean_close_and_reopening,
 );
 
 conformance!(Postgres, postgres:
@@ -255,7 +257,7 @@ conformance!(Postgres, postgres:
     concurrent_commits_for_one_epoch_one_wins,
     entries_go_once_every_cursor_passed_them_or_retention_ends,
     queues_dedup_ack_and_quota,
-    acknowledged_writes_survive_reopening,
+    writes_survive_a_clean_close_and_reopening,
     nodes_sharing_a_database_agree,
     nodes_writing_many_logs_at_once_never_fail,
 );

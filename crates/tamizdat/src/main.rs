@@ -432,18 +432,7 @@ fn print_qr(link: &str) {
 async fn relay(command: &RelayCommand) -> Result<(), Failure> {
     match command {
         RelayCommand::Init { data, public } => {
-            let identity = match RelayIdentity::load(data)? {
-                Some(mut id) => {
-                    if !public.is_empty() {
-                        id.set_public(public.clone())?;
-                    }
-                    id
-                }
-                None => {
-                    let public = if public.is_empty() { vec!["127.0.0.1:443".to_string()] } else { public.clone() };
-                    RelayIdentity::create(data, public)?
-                }
-            };
+            let identity = RelayIdentity::load_or_create(data, public, "127.0.0.1:443")?;
             println!("{}", identity.link());
             Ok(())
         }
