@@ -21,7 +21,7 @@ use tamizdat_e2e::{
 };
 use tamizdat_wire::{
     limits::{ID_LEN, MAX_READ_ENTRIES},
-    mls::peek_header,
+    mls::{ContentType, peek_header},
     proto::{
         AckLog, AckQueue, Append, CreateLog, CreateQueue, Entry, ErrorCode, Op, ReadLog, ReadQueue, RelayDescriptor,
         Reply, SendToQueue, Subscribe,
@@ -45,14 +45,16 @@ pub struct ContactView {
     pub since: u64,
 }
 
-/// A message as listed to the user.
+/// A message or a membership event as listed to the user.
 #[derive(Clone, Debug, Serialize)]
 pub struct MessageView {
-    /// Message id (hex), the same on both sides.
+    /// Message id (hex), the same on every member's device for texts.
     pub id: String,
+    /// `text`, or `event` for joins, leaves and removals.
+    pub kind: String,
     /// Who sent it (our own name for outgoing messages).
     pub sender: String,
-    /// The text.
+    /// The text (for events, what happened).
     pub text: String,
     /// Sent by us.
     pub outgoing: bool,
@@ -62,8 +64,10 @@ pub struct MessageView {
     pub seq: Option<u64>,
     /// `sending`, `sent`, `received` or `failed`.
     pub state: String,
-    /// The conversation it belongs to.
+    /// The conversation it belongs to: the contact's name or the group's.
     pub conversation: String,
+    /// The conversation is a group.
+    pub group: bool,
 }
 
 /// What a sync found.
@@ -71,43 +75,62 @@ pub struct MessageView {
 pub struct SyncReport {
     /// Contacts made by people who accepted our invites.
     pub new_contacts: Vec<String>,
+    /// Groups we were added to.
+    pub new_groups: Vec<String>,
     /// Contacts that told us their name (renamed from a placeholder).
     pub renamed: Vec<(String, String)>,
-    /// New incoming messages, in order.
+    /// New incoming messages and events, in order.
     pub messages: Vec<MessageView>,
     /// Outbox entries delivered.
     pub delivered: usize,
     /// Log and queue entries that could not be processed and were skipped.
     pub skipped: usize,
+    /// Our membership changes that lost a race for their epoch and were made again.
+    pub retried_commits: usize,
     /// What could not be reached or done this time (retried on the next sync).
     pub failures: Vec<String>,
 }
 
-struct ProfileRow {
-    name: String,
-    identity_key: Vec<u8>,
-    suite: Ciphersuite,
-    relay: RelayDescriptor,
-    queue_read_id: Vec<u8>,
-    queue_send_id: Vec<u8>,
-    queue_key: SigningKey,
-    queue_cursor: u64,
+pub(crate) struct ProfileRow {
+    pub(crate) name: String,
+    pub(crate) identity_key: Vec<u8>,
+    pub(crate) suite: Ciphersuite,
+    pub(crate) relay: RelayDescriptor,
+    pub(crate) queue_read_id: Vec<u8>,
+    pub(crate) queue_send_id: Vec<u8>,
+    pub(crate) queue_key: SigningKey,
+    pub(crate) queue_cursor: u64,
 }
 
-struct ContactRow {
-    id: i64,
-    name: String,
-    identity_key: Vec<u8>,
-    group_id: Vec<u8>,
-    joined_epoch: u64,
-    relay_link: String,
-    log_id: Vec<u8>,
-    log_key: SigningKey,
-    cursor_id: Vec<u8>,
-    cursor: u64,
+pub(crate) struct ContactRow {
+    pub(crate) id: i64,
+    pub(crate) name: String,
+    pub(crate) identity_key: Vec<u8>,
+    /// The 1:1 conversation messages to this contact go to.
+    pub(crate) conversation_id: i64,
 }
 
-fn now_ms() -> u64 {
+/// A conversation: a contact's 1:1 chat or a group.
+#[derive(Clone)]
+pub(crate) struct ConvRow {
+    pub(crate) id: i64,
+    pub(crate) is_group: bool,
+    /// The group's name, or the contact's.
+    pub(crate) name: String,
+    pub(crate) contact_id: Option<i64>,
+    pub(crate) group_id: Vec<u8>,
+    pub(crate) joined_epoch: u64,
+    pub(crate) relay_link: String,
+    pub(crate) log_id: Vec<u8>,
+    pub(crate) log_key: SigningKey,
+    pub(crate) cursor_id: Vec<u8>,
+    pub(crate) cursor: u64,
+    pub(crate) active: bool,
+    pub(crate) sent_since_update: u64,
+    pub(crate) updated_at: u64,
+}
+
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -115,24 +138,28 @@ fn now_secs() -> u64 {
     now_ms() / 1000
 }
 
-fn random_id() -> Vec<u8> {
+pub(crate) fn random_id() -> Vec<u8> {
     let mut id = vec![0u8; ID_LEN];
     rand::rngs::OsRng.fill_bytes(&mut id);
     id
 }
 
-fn signing_key(secret: &[u8]) -> Result<SigningKey, ClientError> {
+pub(crate) fn signing_key(secret: &[u8]) -> Result<SigningKey, ClientError> {
     let bytes: [u8; 32] =
         secret.try_into().map_err(|_| ClientError::Corrupt("a stored key has the wrong length".into()))?;
     Ok(SigningKey::from_bytes(&bytes))
 }
 
-fn to_i64(v: u64) -> i64 {
+pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
 /// A display name someone else chose: printable, trimmed, bounded, never empty.
-fn clean_name(raw: &str) -> String {
+pub(crate) fn clean_name(raw: &str) -> String {
     let cleaned: String = raw.chars().filter(|c| !c.is_control()).collect();
     let mut name = cleaned.trim().to_string();
     while name.len() > MAX_NAME {
@@ -141,7 +168,7 @@ fn clean_name(raw: &str) -> String {
     if name.is_empty() { "contact".into() } else { name }
 }
 
-fn check_own_name(name: &str) -> Result<(), ClientError> {
+pub(crate) fn check_own_name(name: &str) -> Result<(), ClientError> {
     if name.trim().is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) || name != name.trim() {
         return Err(ClientError::BadInput(format!(
             "a name must be 1 to {MAX_NAME} bytes of printable text without surrounding spaces"
@@ -152,10 +179,10 @@ fn check_own_name(name: &str) -> Result<(), ClientError> {
 
 /// A Tamizdat identity on this device, opened with its passphrase.
 pub struct Client {
-    conn: Connection,
-    identity: Identity,
-    profile: ProfileRow,
-    relays: HashMap<String, RelayClient>,
+    pub(crate) conn: Connection,
+    pub(crate) identity: Identity,
+    pub(crate) profile: ProfileRow,
+    pub(crate) relays: HashMap<String, RelayClient>,
 }
 
 impl Client {
@@ -278,7 +305,7 @@ impl Client {
     /// Requests that are safe to repeat (everything but creating queues and logs: appends and
     /// sends carry dedup ids) are retried after a short backoff when the connection fails,
     /// so a blip does not leave a message waiting for the next command.
-    async fn call(&mut self, link: &str, op: Op, key: Option<&SigningKey>) -> Result<Reply, ClientError> {
+    pub(crate) async fn call(&mut self, link: &str, op: Op, key: Option<&SigningKey>) -> Result<Reply, ClientError> {
         const BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(800)];
         let repeatable = !matches!(op, Op::CreateQueue(_) | Op::CreateLog(_));
         let mut attempt = 0;
@@ -322,9 +349,11 @@ impl Client {
         }
         if let Some(alias) = alias {
             check_own_name(alias)?;
-            if self.contact_id(alias)?.is_some() {
+            let taken = self.name_owner(alias)?;
+            // The same person under the same name is fine (two invites crossed); anyone else is not.
+            if taken.is_some() && taken != Some(body.identity_key.clone()) {
                 return Err(ClientError::BadInput(format!(
-                    "you already have a contact named {alias:?}; choose another --as"
+                    "you already have a contact or group named {alias:?}; choose another --as"
                 )));
             }
         }
@@ -360,24 +389,21 @@ impl Client {
             let (mut conv, commit, welcome) =
                 Conversation::start(&provider, &self.identity, verified.suite, verified.key_package.clone())?;
             conv.confirm_commit(&provider)?;
-            let name = match alias {
-                Some(a) => a.to_string(),
-                None => unique_name(&tx, &format!("invite-{}", hex::encode(&body.identity_key[..3])))?,
+            let log = LogRef {
+                relay: Some(relay.clone()),
+                log_id: created.log_id.clone(),
+                log_secret: log_key.to_bytes().to_vec(),
             };
-            tx.execute(
-                "INSERT INTO contacts (name, named_by_user, identity_key, group_id, joined_epoch, relay_link, log_id, log_secret, cursor_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![name, alias.is_some(), body.identity_key, conv.group_id(), to_i64(conv.epoch()), relay_link, created.log_id, log_key.to_bytes().to_vec(), own_cursor, to_i64(now_ms())],
-            )?;
-            let contact_id = tx.last_insert_rowid();
-            enqueue_log(&tx, contact_id, &relay_link, &created.log_id, &log_key, commit, None)?;
+            let conv_id = insert_conversation(&tx, None, &conv, &log, &own_cursor, 0)?;
+            let placeholder = format!("invite-{}", hex::encode(&body.identity_key[..3]));
+            let (name, contact_id) =
+                attach_direct(&tx, &body.identity_key, alias.unwrap_or(&placeholder), alias.is_some(), conv_id)?;
+            let c = self.conv_by_id_in(&tx, conv_id)?;
+            enqueue_log(&tx, &c, commit, None)?;
             let join = JoinRequest {
                 invite_id: body.invite_id.clone(),
                 welcome,
-                log: Some(LogRef {
-                    relay: Some(relay.clone()),
-                    log_id: created.log_id.clone(),
-                    log_secret: log_key.to_bytes().to_vec(),
-                }),
+                log: Some(log),
                 display_name: self.profile.name.clone(),
                 cursor_id: peer_cursor,
                 cursor_position: 0,
@@ -387,9 +413,9 @@ impl Client {
                 "INSERT INTO outbox (relay_link, target, kind, dedup_id, payload) VALUES (?1, ?2, 'queue', ?3, ?4)",
                 params![relay_link, body.send_id, random_id(), sealed],
             )?;
-            let profile = self.profile_content();
-            let payload = conv.encrypt(&provider, &self.identity, &profile)?;
-            enqueue_log(&tx, contact_id, &relay_link, &created.log_id, &log_key, payload, None)?;
+            let payload = conv.encrypt(&provider, &self.identity, &self.profile_content())?;
+            enqueue_log(&tx, &c, payload, None)?;
+            self.offer_key_packages(&tx, &provider, &mut conv, &c, contact_id)?;
             tx.execute("INSERT INTO accepted_invites (invite_id) VALUES (?1)", [&body.invite_id])?;
             tx.commit()?;
             name
@@ -408,93 +434,89 @@ impl Client {
 
     /// An immediate transaction: it takes the write lock at once (waiting for another process
     /// if needed), so nothing inside it can fail for a busy database half-way.
-    fn begin(&self) -> Result<rusqlite::Transaction<'_>, ClientError> {
+    pub(crate) fn begin(&self) -> Result<rusqlite::Transaction<'_>, ClientError> {
         Ok(rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)?)
     }
 
-    fn profile_content(&self) -> Content {
-        Content {
-            message_id: random_id(),
-            sent_at_ms: now_ms(),
-            body: Some(Body::Profile(Profile { display_name: self.profile.name.clone() })),
-        }
+    pub(crate) fn profile_content(&self) -> Content {
+        content(Body::Profile(Profile { display_name: self.profile.name.clone() }))
     }
 
-    fn contact_ids(&self) -> Result<Vec<i64>, ClientError> {
-        let mut stmt = self.conn.prepare("SELECT id FROM contacts ORDER BY id")?;
+    /// The identity key of whoever holds `name` (a contact), an empty key for a group, or `None`.
+    fn name_owner(&self, name: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        if let Some(c) = self.contact_by_name(name)? {
+            return Ok(Some(c.identity_key));
+        }
+        let group: Option<i64> =
+            self.conn.query_row("SELECT id FROM conversations WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+        Ok(group.map(|_| Vec::new()))
+    }
+
+    /// Active conversations, oldest first.
+    fn active_conversations(&self) -> Result<Vec<i64>, ClientError> {
+        let mut stmt = self.conn.prepare("SELECT id FROM conversations WHERE state = 'active' ORDER BY id")?;
         let ids = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
         Ok(ids)
     }
 
-    fn contact_id(&self, name: &str) -> Result<Option<i64>, ClientError> {
-        Ok(self.conn.query_row("SELECT id FROM contacts WHERE name = ?1", [name], |r| r.get(0)).optional()?)
+    pub(crate) fn contact_by_name(&self, name: &str) -> Result<Option<ContactRow>, ClientError> {
+        contact_where(&self.conn, "name = ?1", &name)
     }
 
-    fn contact(&self, name: &str) -> Result<ContactRow, ClientError> {
-        let id = self.contact_id(name)?.ok_or_else(|| ClientError::UnknownContact(name.to_string()))?;
-        self.contact_by_id(id)
+    pub(crate) fn contact(&self, name: &str) -> Result<ContactRow, ClientError> {
+        self.contact_by_name(name)?.ok_or_else(|| ClientError::UnknownContact(name.to_string()))
     }
 
-    fn contact_by_id(&self, id: i64) -> Result<ContactRow, ClientError> {
-        let row = self.conn.query_row(
-            "SELECT id, name, identity_key, group_id, joined_epoch, relay_link, log_id, log_secret, cursor_id, cursor FROM contacts WHERE id = ?1",
-            [id],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, Vec<u8>>(6)?,
-                    r.get::<_, Vec<u8>>(7)?,
-                    r.get::<_, Vec<u8>>(8)?,
-                    r.get::<_, i64>(9)?,
-                ))
-            },
-        )?;
-        Ok(ContactRow {
-            id: row.0,
-            name: row.1,
-            identity_key: row.2,
-            group_id: row.3,
-            joined_epoch: u64::try_from(row.4).unwrap_or(0),
-            relay_link: row.5,
-            log_id: row.6,
-            log_key: signing_key(&row.7)?,
-            cursor_id: row.8,
-            cursor: u64::try_from(row.9).unwrap_or(0),
-        })
+    pub(crate) fn conv_by_id(&self, id: i64) -> Result<ConvRow, ClientError> {
+        self.conv_by_id_in(&self.conn, id)
     }
 
-    /// Sends a text. It is saved (with its encryption) before any network use; if the relay
-    /// cannot be reached the error says so and the message waits in the outbox.
-    pub async fn send(&mut self, contact: &str, text: &str) -> Result<MessageView, ClientError> {
+    pub(crate) fn conv_by_id_in(&self, conn: &Connection, id: i64) -> Result<ConvRow, ClientError> {
+        conv_by_id(conn, id)
+    }
+
+    /// The conversation `name` means: a contact's 1:1 chat, or a group.
+    pub(crate) fn conversation(&self, name: &str) -> Result<ConvRow, ClientError> {
+        if let Some(c) = self.contact_by_name(name)? {
+            return self.conv_by_id(c.conversation_id);
+        }
+        let group: Option<i64> = self
+            .conn
+            .query_row("SELECT id FROM conversations WHERE kind = 'group' AND name = ?1", [name], |r| r.get(0))
+            .optional()?;
+        match group {
+            Some(id) => self.conv_by_id(id),
+            None => Err(ClientError::UnknownContact(name.to_string())),
+        }
+    }
+
+    /// Sends a text to a contact or a group. It is saved (with its encryption) before any
+    /// network use; if the relay cannot be reached the error says so and the message waits in
+    /// the outbox.
+    pub async fn send(&mut self, to: &str, text: &str) -> Result<MessageView, ClientError> {
         if text.is_empty() {
             return Err(ClientError::BadInput("the message is empty".into()));
         }
         if text.len() > MAX_TEXT {
             return Err(ClientError::BadInput(format!("the message is {} bytes; the limit is {MAX_TEXT}", text.len())));
         }
-        let c = self.contact(contact)?;
-        let content = Content {
-            message_id: random_id(),
-            sent_at_ms: now_ms(),
-            body: Some(Body::Text(Text { text: text.into() })),
-        };
+        let c = self.conversation(to)?;
+        if !c.active {
+            return Err(ClientError::BadInput(format!("you are no longer in {to}")));
+        }
+        let body = content(Body::Text(Text { text: text.into() }));
         let row = {
             let tx = self.begin()?;
             let provider = Provider::new(&tx);
-            let mut conv = Conversation::load(&provider, &c.group_id)?
-                .ok_or_else(|| ClientError::Corrupt(format!("the conversation with {} is missing", c.name)))?;
-            let payload = conv.encrypt(&provider, &self.identity, &content)?;
+            let mut conv = load_conversation(&provider, &c)?;
+            let payload = conv.encrypt(&provider, &self.identity, &body)?;
             tx.execute(
-                "INSERT INTO messages (contact_id, message_id, outgoing, text, sent_at, state) VALUES (?1, ?2, 1, ?3, ?4, 'sending')",
-                params![c.id, content.message_id, text, to_i64(content.sent_at_ms)],
+                "INSERT INTO messages (conversation_id, message_id, outgoing, sender_key, text, sent_at, state) VALUES (?1, ?2, 1, ?3, ?4, ?5, 'sending')",
+                params![c.id, body.message_id, self.profile.identity_key, text, to_i64(body.sent_at_ms)],
             )?;
             let row = tx.last_insert_rowid();
-            enqueue_log(&tx, c.id, &c.relay_link, &c.log_id, &c.log_key, payload, Some(row))?;
+            enqueue_log(&tx, &c, payload, Some(row))?;
+            tx.execute("UPDATE conversations SET sent_since_update = sent_since_update + 1 WHERE id = ?1", [c.id])?;
             tx.commit()?;
             row
         };
@@ -503,9 +525,15 @@ impl Client {
         let flushed = self.flush_outbox().await;
         let view = self.message_by_row(row)?;
         match flushed {
-            Err(e) if is_local_failure(&e) || view.state != "sent" => Err(e),
-            _ => Ok(view),
+            Err(e) if is_local_failure(&e) || view.state != "sent" => return Err(e),
+            _ => {}
         }
+        // Refresh our keys in this conversation when it is due; a failure here is retried by
+        // the next sync and does not make the sent message a failure.
+        if let Err(e) = self.refresh_if_due(c.id).await {
+            tracing::warn!(error = %e, "key refresh postponed");
+        }
+        Ok(view)
     }
 
     /// Delivers everything in the outbox, oldest first. A relay that cannot be reached is
@@ -580,33 +608,35 @@ impl Client {
     }
 
     /// Delivers the outbox, then fetches and processes everything pending: join requests on
-    /// our queue, then every conversation's log. A relay that cannot be reached does not stop
-    /// the others: the report lists what failed, and only local failures end the sync.
+    /// our queue, then every conversation's log, then membership changes that are due. A relay
+    /// that cannot be reached does not stop the others: the report lists what failed, and only
+    /// local failures end the sync.
     pub async fn sync(&mut self) -> Result<SyncReport, ClientError> {
-        fn note(report: &mut SyncReport, result: Result<usize, ClientError>) -> Result<(), ClientError> {
-            match result {
-                Ok(n) => {
-                    report.delivered += n;
-                    Ok(())
-                }
-                Err(e) if is_local_failure(&e) => Err(e),
-                Err(e) => {
-                    let e = e.to_string();
-                    if !report.failures.contains(&e) {
-                        report.failures.push(e);
-                    }
-                    Ok(())
-                }
-            }
-        }
         let mut report = SyncReport::default();
         let flushed = self.flush_outbox().await;
         note(&mut report, flushed)?;
         let queue = self.sync_queue(&mut report).await.map(|()| 0);
         note(&mut report, queue)?;
-        for id in self.contact_ids()? {
-            let log = self.sync_log(id, &mut report).await.map(|()| 0);
-            note(&mut report, log)?;
+        // Conversations joined during this sync are read in the same pass.
+        let mut done = Vec::new();
+        loop {
+            let pending: Vec<i64> = self.active_conversations()?.into_iter().filter(|id| !done.contains(id)).collect();
+            if pending.is_empty() {
+                break;
+            }
+            for id in pending {
+                done.push(id);
+                let log = self.sync_log(id, &mut report).await.map(|()| 0);
+                note(&mut report, log)?;
+            }
+        }
+        let ensured = self.ensure_key_packages_offered().map(|()| 0);
+        note(&mut report, ensured)?;
+        for id in self.active_conversations()? {
+            let refreshed = self.schedule_refresh(id).map(|()| 0);
+            note(&mut report, refreshed)?;
+            let applied = self.apply_intents(id, &mut report).await.map(|()| 0);
+            note(&mut report, applied)?;
         }
         let flushed = self.flush_outbox().await;
         note(&mut report, flushed)?;
@@ -647,7 +677,7 @@ impl Client {
         let cursor: i64 = tx.query_row("SELECT queue_cursor FROM profile WHERE id = 1", [], |r| r.get(0))?;
         if to_i64(entry.seq) <= cursor {
             drop(tx);
-            self.profile.queue_cursor = u64::try_from(cursor).unwrap_or(0);
+            self.profile.queue_cursor = to_u64(cursor);
             return Ok(()); // another process on this store handled it already
         }
         tx.execute("SAVEPOINT entry", [])?;
@@ -677,7 +707,8 @@ impl Client {
                 return Err(ClientError::BadInput("join request for another invite".into()));
             }
             let log = join.log.ok_or_else(|| ClientError::BadInput("join request without a log".into()))?;
-            let relay = log.relay.ok_or_else(|| ClientError::BadInput("join request without a relay".into()))?;
+            let relay =
+                log.relay.as_ref().ok_or_else(|| ClientError::BadInput("join request without a relay".into()))?;
             // Our invite named our own relay, so the conversation's log must be there: a join
             // request must not point us at an address of the sender's choosing.
             let own = &self.profile.relay;
@@ -687,25 +718,25 @@ impl Client {
             if log.log_id.len() != ID_LEN {
                 return Err(ClientError::BadInput("join request with a bad log id".into()));
             }
-            let log_key = signing_key(&log.log_secret)?;
+            signing_key(&log.log_secret)?;
             let mut conv = Conversation::join(&provider, &join.welcome)?;
             let peers = conv.peers(&self.profile.identity_key);
             let [peer] = peers.as_slice() else {
                 return Err(ClientError::BadInput("a 1:1 invite was answered with a group".into()));
             };
-            let name = unique_name(&tx, &clean_name(&join.display_name))?;
-            let relay_link = own.to_link();
-            tx.execute(
-                "INSERT INTO contacts (name, identity_key, group_id, joined_epoch, relay_link, log_id, log_secret, cursor_id, cursor, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![name, peer, conv.group_id(), to_i64(conv.epoch()), relay_link, log.log_id, log.log_secret, join.cursor_id, to_i64(join.cursor_position), to_i64(now_ms())],
-            )?;
-            let contact_id = tx.last_insert_rowid();
+            let log = LogRef { relay: Some(own.clone()), ..log };
+            let conv_id = insert_conversation(&tx, None, &conv, &log, &join.cursor_id, join.cursor_position)?;
+            let (name, contact_id) = attach_direct(&tx, peer, &clean_name(&join.display_name), false, conv_id)?;
             tx.execute("UPDATE invites SET used = 1 WHERE invite_id = ?1", [&invite_id])?;
+            let c = self.conv_by_id_in(&tx, conv_id)?;
             let payload = conv.encrypt(&provider, &self.identity, &self.profile_content())?;
-            enqueue_log(&tx, contact_id, &relay_link, &log.log_id, &log_key, payload, None)?;
+            enqueue_log(&tx, &c, payload, None)?;
+            self.offer_key_packages(&tx, &provider, &mut conv, &c, contact_id)?;
             Ok(Some(name))
         })();
-        if let Some(name) = settle_entry(&tx, outcome, report)? {
+        if let Some(name) = settle_entry(&tx, outcome, report)?
+            && !report.new_contacts.contains(&name)
+        {
             report.new_contacts.push(name);
         }
         tx.execute("UPDATE profile SET queue_cursor = MAX(queue_cursor, ?1) WHERE id = 1", [to_i64(entry.seq)])?;
@@ -714,9 +745,15 @@ impl Client {
         Ok(())
     }
 
-    async fn sync_log(&mut self, contact_id: i64, report: &mut SyncReport) -> Result<(), ClientError> {
+    /// Reads a conversation's log to its end. Each batch is processed in one transaction (one
+    /// fsync per batch, not per message) with the group loaded once; every entry still has its
+    /// own savepoint, so a faulty entry is skipped without undoing its neighbours.
+    pub(crate) async fn sync_log(&mut self, conv_id: i64, report: &mut SyncReport) -> Result<(), ClientError> {
         loop {
-            let c = self.contact_by_id(contact_id)?;
+            let c = self.conv_by_id(conv_id)?;
+            if !c.active {
+                return Ok(());
+            }
             let read = ReadLog { log_id: c.log_id.clone(), after: c.cursor, limit: MAX_READ_ENTRIES };
             let Reply::Entries(batch) = self.call(&c.relay_link, Op::ReadLog(read), Some(&c.log_key)).await? else {
                 return Err(ClientError::Protocol("expected Entries".into()));
@@ -724,9 +761,7 @@ impl Client {
             let Some(last) = batch.entries.last().map(|e| e.seq) else {
                 break;
             };
-            for entry in &batch.entries {
-                self.handle_log_entry(contact_id, entry, report)?;
-            }
+            self.handle_log_batch(conv_id, &batch.entries, report)?;
             let ack = AckLog { log_id: c.log_id.clone(), cursor_id: c.cursor_id.clone(), up_to: last };
             self.call(&c.relay_link, Op::AckLog(ack), Some(&c.log_key)).await?;
             if !batch.more {
@@ -736,19 +771,55 @@ impl Client {
         Ok(())
     }
 
-    /// Processes one log entry in one transaction with the cursor move, so an entry is never
-    /// processed twice and never skipped by a crash.
-    fn handle_log_entry(&mut self, contact_id: i64, entry: &Entry, report: &mut SyncReport) -> Result<(), ClientError> {
+    /// Processes a batch of log entries in one transaction with the cursor move, so an entry is
+    /// never processed twice and never skipped by a crash.
+    fn handle_log_batch(
+        &mut self,
+        conv_id: i64,
+        entries: &[Entry],
+        report: &mut SyncReport,
+    ) -> Result<(), ClientError> {
         // The cursor is read inside the (immediate) transaction: another process working on
         // the same store may have moved it meanwhile.
         let tx = self.begin()?;
-        let c = self.contact_by_id(contact_id)?;
-        if entry.seq <= c.cursor {
-            return Ok(());
+        let provider = Provider::new(&tx);
+        let mut slot: Option<Conversation> = None;
+        for entry in entries {
+            let c = self.conv_by_id_in(&tx, conv_id)?;
+            if entry.seq <= c.cursor || !c.active {
+                continue;
+            }
+            tx.execute("SAVEPOINT entry", [])?;
+            let outcome = self.handle_log_entry(&tx, &provider, &mut slot, &c, entry, report);
+            if outcome.is_err() {
+                // The group in memory may be ahead of what the rollback leaves in storage.
+                slot = None;
+            }
+            if let Some(views) = settle_entry(&tx, outcome, report)? {
+                report.messages.extend(views);
+            }
+            tx.execute(
+                "UPDATE conversations SET cursor = MAX(cursor, ?1) WHERE id = ?2",
+                params![to_i64(entry.seq), c.id],
+            )?;
         }
+        drop(slot);
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn handle_log_entry(
+        &self,
+        tx: &Connection,
+        provider: &Provider<'_>,
+        slot: &mut Option<Conversation>,
+        c: &ConvRow,
+        entry: &Entry,
+        report: &mut SyncReport,
+    ) -> Result<Option<Vec<MessageView>>, ClientError> {
         let own: Option<i64> = tx
             .query_row(
-                "SELECT 1 FROM own_entries WHERE contact_id = ?1 AND dedup_id = ?2",
+                "SELECT 1 FROM own_entries WHERE conversation_id = ?1 AND dedup_id = ?2",
                 params![c.id, entry.dedup_id],
                 |r| r.get(0),
             )
@@ -769,75 +840,112 @@ impl Client {
                 }
                 tx.execute("DELETE FROM outbox WHERE id = ?1", [outbox_id])?;
             }
-        } else {
-            tx.execute("SAVEPOINT entry", [])?;
-            let provider = Provider::new(&tx);
-            let outcome = (|| -> Result<Option<MessageView>, ClientError> {
-                let header = peek_header(&entry.payload)?;
-                if header.epoch < c.joined_epoch {
-                    return Ok(None); // from before we joined
-                }
-                let mut conv = Conversation::load(&provider, &c.group_id)?
-                    .ok_or_else(|| ClientError::Corrupt(format!("the conversation with {} is missing", c.name)))?;
-                match conv.process(&provider, &entry.payload)? {
-                    Incoming::Content { sender, content } => {
-                        if sender != c.identity_key {
-                            return Err(ClientError::BadInput("content from a key that is not this contact's".into()));
-                        }
-                        self.store_content(&tx, &c, entry.seq, content, report)
-                    }
-                    Incoming::Commit { .. } | Incoming::Own => Ok(None),
-                }
-            })();
-            if let Some(view) = settle_entry(&tx, outcome, report)? {
-                report.messages.push(view);
+            // One of our membership changes whose acceptance we had not heard of.
+            if let Some(intent) = crate::groups::intent_by_dedup(tx, &entry.dedup_id)? {
+                let conv = loaded(slot, provider, c)?;
+                return self.finish_intent(tx, provider, conv, c, &intent, entry.seq).map(Some);
             }
+            return Ok(None);
         }
-        tx.execute("UPDATE contacts SET cursor = MAX(cursor, ?1) WHERE id = ?2", params![to_i64(entry.seq), c.id])?;
-        tx.commit()?;
-        Ok(())
+        let header = peek_header(&entry.payload)?;
+        if header.epoch < c.joined_epoch {
+            return Ok(None); // from before we joined
+        }
+        let conv = loaded(slot, provider, c)?;
+        if header.content_type == ContentType::Commit && conv.has_pending_commit() {
+            // Another member's commit took the epoch ours was made for: ours is void and will
+            // be made again on top of theirs.
+            conv.abort_commit(provider)?;
+            crate::groups::reset_intents(tx, c.id)?;
+        }
+        match conv.process(provider, &entry.payload)? {
+            Incoming::Content { sender, content } => {
+                if !c.is_group && self.contact_in(tx, c)?.is_none_or(|k| k.identity_key != sender) {
+                    return Err(ClientError::BadInput("content from a key that is not this contact's".into()));
+                }
+                let (views, touched_others) =
+                    self.store_content(tx, provider, c, &sender, entry.seq, content, report)?;
+                if touched_others {
+                    // Another copy of this group may have been used: read it again from storage.
+                    *slot = None;
+                }
+                Ok(Some(views))
+            }
+            Incoming::Commit(summary) => self.commit_events(tx, c, &summary, entry.seq).map(Some),
+            Incoming::Own => Ok(None),
+        }
     }
 
+    fn contact_in(&self, tx: &Connection, c: &ConvRow) -> Result<Option<ContactRow>, ClientError> {
+        match c.contact_id {
+            Some(id) => contact_where(tx, "id = ?1", &id),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores decrypted content. Returns what to show, and whether other conversations were
+    /// written to (their MLS state included).
+    #[allow(clippy::too_many_arguments)]
     fn store_content(
         &self,
         tx: &Connection,
-        c: &ContactRow,
+        provider: &Provider<'_>,
+        c: &ConvRow,
+        sender: &[u8],
         seq: u64,
         content: Content,
         report: &mut SyncReport,
-    ) -> Result<Option<MessageView>, ClientError> {
+    ) -> Result<(Vec<MessageView>, bool), ClientError> {
         match content.body {
             Some(Body::Text(t)) => {
                 let inserted = tx.execute(
-                    "INSERT OR IGNORE INTO messages (contact_id, message_id, seq, outgoing, text, sent_at, state) VALUES (?1, ?2, ?3, 0, ?4, ?5, 'received')",
-                    params![c.id, content.message_id, to_i64(seq), t.text, to_i64(content.sent_at_ms)],
+                    "INSERT OR IGNORE INTO messages (conversation_id, message_id, seq, outgoing, sender_key, text, sent_at, state) VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, 'received')",
+                    params![c.id, content.message_id, to_i64(seq), sender, t.text, to_i64(content.sent_at_ms)],
                 )?;
                 if inserted == 0 {
-                    return Ok(None); // the same message id again: shown once
+                    return Ok((Vec::new(), false)); // the same message id again: shown once
                 }
-                Ok(Some(MessageView {
-                    id: hex::encode(&content.message_id),
-                    sender: c.name.clone(),
-                    text: t.text,
-                    outgoing: false,
-                    sent_at: content.sent_at_ms,
-                    seq: Some(seq),
-                    state: "received".into(),
-                    conversation: c.name.clone(),
-                }))
+                Ok((vec![self.message_by_row_in(tx, tx.last_insert_rowid())?], false))
             }
             Some(Body::Profile(p)) => {
-                let named_by_user: bool =
-                    tx.query_row("SELECT named_by_user FROM contacts WHERE id = ?1", [c.id], |r| r.get(0))?;
                 let wanted = clean_name(&p.display_name);
-                if !named_by_user && wanted != c.name {
-                    let name = unique_name(tx, &wanted)?;
-                    tx.execute("UPDATE contacts SET name = ?1 WHERE id = ?2", params![name, c.id])?;
-                    report.renamed.push((c.name.clone(), name));
+                if c.is_group {
+                    tx.execute(
+                        "INSERT INTO members (conversation_id, identity_key, name) VALUES (?1, ?2, ?3) ON CONFLICT (conversation_id, identity_key) DO UPDATE SET name = excluded.name",
+                        params![c.id, sender, wanted],
+                    )?;
+                    return Ok((Vec::new(), false));
                 }
-                Ok(None)
+                let Some(contact) = self.contact_in(tx, c)? else { return Ok((Vec::new(), false)) };
+                let named_by_user: bool =
+                    tx.query_row("SELECT named_by_user FROM contacts WHERE id = ?1", [contact.id], |r| r.get(0))?;
+                if !named_by_user && wanted != contact.name {
+                    let name = unique_name(tx, &wanted)?;
+                    tx.execute("UPDATE contacts SET name = ?1 WHERE id = ?2", params![name, contact.id])?;
+                    report.renamed.push((contact.name.clone(), name));
+                }
+                Ok((Vec::new(), false))
             }
-            None => Ok(None),
+            Some(Body::KeyPackages(k)) if !c.is_group => {
+                let contact = self
+                    .contact_in(tx, c)?
+                    .ok_or_else(|| ClientError::Corrupt("a 1:1 chat without its contact".into()))?;
+                crate::groups::store_peer_key_packages(tx, provider, &contact, &k)?;
+                Ok((Vec::new(), false))
+            }
+            Some(Body::GroupInvite(part)) if !c.is_group => {
+                let contact = self
+                    .contact_in(tx, c)?
+                    .ok_or_else(|| ClientError::Corrupt("a 1:1 chat without its contact".into()))?;
+                let joined = self.receive_invite_part(tx, provider, &contact, part)?;
+                if let Some((name, views)) = joined {
+                    report.new_groups.push(name);
+                    return Ok((views, true));
+                }
+                Ok((Vec::new(), true))
+            }
+            Some(Body::Leave(_)) if c.is_group => Ok((self.member_left(tx, provider, c, sender, seq)?, true)),
+            _ => Err(ClientError::BadInput("content that does not belong in this conversation".into())),
         }
     }
 
@@ -887,15 +995,15 @@ impl Client {
         }
     }
 
-    /// Subscribes to our queue and every conversation's log on their relays.
+    /// Subscribes to our queue and every active conversation's log on their relays.
     async fn subscribe_all(&mut self) -> Result<(), ClientError> {
         let mut wanted: Vec<(String, Subscribe, SigningKey)> = vec![(
             self.profile.relay.to_link(),
             Subscribe { log_id: Vec::new(), read_id: self.profile.queue_read_id.clone() },
             self.profile.queue_key.clone(),
         )];
-        for id in self.contact_ids()? {
-            let c = self.contact_by_id(id)?;
+        for id in self.active_conversations()? {
+            let c = self.conv_by_id(id)?;
             wanted.push((c.relay_link, Subscribe { log_id: c.log_id, read_id: Vec::new() }, c.log_key));
         }
         // One relay failing does not stop the subscriptions on the others.
@@ -936,40 +1044,82 @@ impl Client {
             Ok(ContactView {
                 name: r.get(0)?,
                 identity_key: hex::encode(r.get::<_, Vec<u8>>(1)?),
-                since: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                since: to_u64(r.get(2)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// A conversation in log order; messages still waiting to be sent come last.
-    pub fn messages(&self, contact: &str) -> Result<Vec<MessageView>, ClientError> {
-        let c = self.contact(contact)?;
-        let mut stmt =
-            self.conn.prepare("SELECT id FROM messages WHERE contact_id = ?1 ORDER BY seq IS NULL, seq, id")?;
-        let ids: Vec<i64> = stmt.query_map([c.id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    /// A conversation (a contact's or a group's) in log order; messages still waiting to be
+    /// sent come last. If two 1:1 chats with one contact were started at once, the one that
+    /// is no longer used comes first.
+    pub fn messages(&self, name: &str) -> Result<Vec<MessageView>, ClientError> {
+        let c = self.conversation(name)?;
+        let ids: Vec<i64> = match c.contact_id.filter(|_| !c.is_group) {
+            Some(contact) => {
+                let mut stmt = self.conn.prepare(
+                    "SELECT m.id FROM messages m JOIN conversations v ON v.id = m.conversation_id WHERE v.kind = 'direct' AND v.contact_id = ?1 ORDER BY v.id = ?2, m.seq IS NULL, m.seq, m.id",
+                )?;
+                stmt.query_map(params![contact, c.id], |r| r.get(0))?.collect::<Result<_, _>>()?
+            }
+            None => {
+                let mut stmt = self
+                    .conn
+                    .prepare("SELECT id FROM messages WHERE conversation_id = ?1 ORDER BY seq IS NULL, seq, id")?;
+                stmt.query_map([c.id], |r| r.get(0))?.collect::<Result<_, _>>()?
+            }
+        };
         ids.into_iter().map(|id| self.message_by_row(id)).collect()
     }
 
-    fn message_by_row(&self, row: i64) -> Result<MessageView, ClientError> {
-        Ok(self.conn.query_row(
-            "SELECT m.message_id, m.outgoing, m.text, m.sent_at, m.seq, m.state, c.name FROM messages m JOIN contacts c ON c.id = m.contact_id WHERE m.id = ?1",
+    pub(crate) fn message_by_row(&self, row: i64) -> Result<MessageView, ClientError> {
+        self.message_by_row_in(&self.conn, row)
+    }
+
+    pub(crate) fn message_by_row_in(&self, conn: &Connection, row: i64) -> Result<MessageView, ClientError> {
+        type Row = (Vec<u8>, String, bool, Option<Vec<u8>>, String, i64, Option<i64>, String, i64);
+        let (message_id, kind, outgoing, sender_key, text, sent_at, seq, state, conv_id): Row = conn.query_row(
+            "SELECT message_id, kind, outgoing, sender_key, text, sent_at, seq, state, conversation_id FROM messages WHERE id = ?1",
             [row],
-            |r| {
-                let outgoing: bool = r.get(1)?;
-                let contact: String = r.get(6)?;
-                Ok(MessageView {
-                    id: hex::encode(r.get::<_, Vec<u8>>(0)?),
-                    sender: if outgoing { self.profile.name.clone() } else { contact.clone() },
-                    text: r.get(2)?,
-                    outgoing,
-                    sent_at: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
-                    seq: r.get::<_, Option<i64>>(4)?.and_then(|s| u64::try_from(s).ok()),
-                    state: r.get(5)?,
-                    conversation: contact,
-                })
-            },
-        )?)
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?)),
+        )?;
+        let c = self.conv_by_id_in(conn, conv_id)?;
+        let sender = match (&sender_key, outgoing) {
+            (_, true) => self.profile.name.clone(),
+            (Some(key), false) => self.member_name(conn, &c, key)?,
+            (None, false) => c.name.clone(),
+        };
+        Ok(MessageView {
+            id: hex::encode(message_id),
+            kind,
+            sender,
+            text,
+            outgoing,
+            sent_at: to_u64(sent_at),
+            seq: seq.map(to_u64),
+            state,
+            conversation: c.name,
+            group: c.is_group,
+        })
+    }
+
+    /// What we call the member with this identity key: ourselves, our contact's name, the name
+    /// they gave the group, or the start of their key.
+    pub(crate) fn member_name(&self, conn: &Connection, c: &ConvRow, key: &[u8]) -> Result<String, ClientError> {
+        if key == self.profile.identity_key.as_slice() {
+            return Ok(self.profile.name.clone());
+        }
+        if let Some(contact) = contact_where(conn, "identity_key = ?1", &key)? {
+            return Ok(contact.name);
+        }
+        let named: Option<String> = conn
+            .query_row(
+                "SELECT name FROM members WHERE conversation_id = ?1 AND identity_key = ?2",
+                params![c.id, key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(named.unwrap_or_else(|| format!("member-{}", hex::encode(&key[..key.len().min(4)]))))
     }
 
     /// Closes relay connections politely.
@@ -978,6 +1128,30 @@ impl Client {
             rc.close().await;
         }
     }
+}
+
+/// Adds a sync step's outcome to the report: relay trouble is listed, local trouble ends the
+/// sync.
+pub(crate) fn note(report: &mut SyncReport, result: Result<usize, ClientError>) -> Result<(), ClientError> {
+    match result {
+        Ok(n) => {
+            report.delivered += n;
+            Ok(())
+        }
+        Err(e) if is_local_failure(&e) => Err(e),
+        Err(e) => {
+            let e = e.to_string();
+            if !report.failures.contains(&e) {
+                report.failures.push(e);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// New content with a fresh message id, stamped now.
+pub(crate) fn content(body: Body) -> Content {
+    Content { message_id: random_id(), sent_at_ms: now_ms(), body: Some(body) }
 }
 
 /// True for failures of this device (storage, damaged state): they end an operation instead
@@ -1015,35 +1189,187 @@ fn is_permanent(code: ErrorCode) -> bool {
     matches!(code, ErrorCode::BadRequest | ErrorCode::NotMls | ErrorCode::TooLarge | ErrorCode::Unauthorized)
 }
 
-/// Puts an MLS message for a log in the outbox and remembers its dedup id as ours.
-fn enqueue_log(
+/// Puts an MLS message for a conversation's log in the outbox and remembers its dedup id as
+/// ours. Returns the dedup id.
+pub(crate) fn enqueue_log(
     tx: &Connection,
-    contact_id: i64,
-    relay_link: &str,
-    log_id: &[u8],
-    log_key: &SigningKey,
+    c: &ConvRow,
     payload: Vec<u8>,
     message_row: Option<i64>,
-) -> Result<(), ClientError> {
+) -> Result<Vec<u8>, ClientError> {
     let dedup = random_id();
     tx.execute(
         "INSERT INTO outbox (relay_link, target, target_secret, kind, dedup_id, payload, message_row) VALUES (?1, ?2, ?3, 'log', ?4, ?5, ?6)",
-        params![relay_link, log_id, log_key.to_bytes().to_vec(), dedup, payload, message_row],
+        params![c.relay_link, c.log_id, c.log_key.to_bytes().to_vec(), dedup, payload, message_row],
     )?;
-    tx.execute("INSERT INTO own_entries (contact_id, dedup_id) VALUES (?1, ?2)", params![contact_id, dedup])?;
+    remember_own(tx, c.id, &dedup)?;
+    Ok(dedup)
+}
+
+/// Marks a log entry with this dedup id as one of ours.
+pub(crate) fn remember_own(tx: &Connection, conv_id: i64, dedup: &[u8]) -> Result<(), ClientError> {
+    tx.execute(
+        "INSERT OR IGNORE INTO own_entries (conversation_id, dedup_id) VALUES (?1, ?2)",
+        params![conv_id, dedup],
+    )?;
     Ok(())
 }
 
-/// `base`, or `base-2`, `base-3`, … whichever no contact has yet.
-fn unique_name(conn: &Connection, base: &str) -> Result<String, ClientError> {
+/// `base`, or `base-2`, `base-3`, … whichever no contact or group has yet.
+pub(crate) fn unique_name(conn: &Connection, base: &str) -> Result<String, ClientError> {
     let mut candidate = base.to_string();
     for n in 2.. {
-        let taken: Option<i64> =
-            conn.query_row("SELECT 1 FROM contacts WHERE name = ?1", [&candidate], |r| r.get(0)).optional()?;
+        let taken: Option<i64> = conn
+            .query_row(
+                "SELECT 1 FROM contacts WHERE name = ?1 UNION ALL SELECT 1 FROM conversations WHERE name = ?1",
+                [&candidate],
+                |r| r.get(0),
+            )
+            .optional()?;
         if taken.is_none() {
             return Ok(candidate);
         }
         candidate = format!("{base}-{n}");
     }
     Ok(candidate)
+}
+
+/// Records a conversation we are in; `name` is set for groups only.
+pub(crate) fn insert_conversation(
+    tx: &Connection,
+    name: Option<&str>,
+    conv: &Conversation,
+    log: &LogRef,
+    cursor_id: &[u8],
+    cursor: u64,
+) -> Result<i64, ClientError> {
+    let relay = log.relay.as_ref().ok_or_else(|| ClientError::BadInput("a log without its relay".into()))?;
+    let now = to_i64(now_ms());
+    tx.execute(
+        "INSERT INTO conversations (kind, name, group_id, joined_epoch, relay_link, log_id, log_secret, cursor_id, cursor, updated_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+        params![
+            if name.is_some() { "group" } else { "direct" },
+            name,
+            conv.group_id(),
+            to_i64(conv.epoch()),
+            relay.to_link(),
+            log.log_id,
+            log.log_secret,
+            cursor_id,
+            to_i64(cursor),
+            now
+        ],
+    )?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Ties a new 1:1 conversation to the contact with `peer`'s key, creating the contact if
+/// needed. When both people accepted each other's invites at once there are two 1:1
+/// conversations; both sides pick the one with the smaller MLS group id, so they converge on
+/// one chat. Returns the contact's name and id.
+pub(crate) fn attach_direct(
+    tx: &Connection,
+    peer: &[u8],
+    name: &str,
+    named_by_user: bool,
+    conv_id: i64,
+) -> Result<(String, i64), ClientError> {
+    let (name, contact_id) = match contact_where(tx, "identity_key = ?1", &peer)? {
+        Some(existing) => (existing.name, existing.id),
+        None => {
+            let name = if named_by_user { name.to_string() } else { unique_name(tx, name)? };
+            tx.execute(
+                "INSERT INTO contacts (name, named_by_user, identity_key, conversation_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![name, named_by_user, peer, conv_id, to_i64(now_ms())],
+            )?;
+            (name, tx.last_insert_rowid())
+        }
+    };
+    tx.execute("UPDATE conversations SET contact_id = ?1 WHERE id = ?2", params![contact_id, conv_id])?;
+    let canonical: i64 = tx.query_row(
+        "SELECT id FROM conversations WHERE kind = 'direct' AND contact_id = ?1 ORDER BY group_id LIMIT 1",
+        [contact_id],
+        |r| r.get(0),
+    )?;
+    tx.execute("UPDATE contacts SET conversation_id = ?1 WHERE id = ?2", params![canonical, contact_id])?;
+    Ok((name, contact_id))
+}
+
+pub(crate) fn contact_where(
+    conn: &Connection,
+    condition: &str,
+    value: &dyn rusqlite::ToSql,
+) -> Result<Option<ContactRow>, ClientError> {
+    Ok(conn
+        .query_row(
+            &format!(
+                "SELECT id, name, identity_key, conversation_id FROM contacts WHERE {condition} ORDER BY id LIMIT 1"
+            ),
+            [value],
+            |r| Ok(ContactRow { id: r.get(0)?, name: r.get(1)?, identity_key: r.get(2)?, conversation_id: r.get(3)? }),
+        )
+        .optional()?)
+}
+
+pub(crate) fn conv_by_id(conn: &Connection, id: i64) -> Result<ConvRow, ClientError> {
+    type Row = (
+        i64,
+        String,
+        Option<String>,
+        Option<i64>,
+        Vec<u8>,
+        i64,
+        String,
+        Vec<u8>,
+        Vec<u8>,
+        Vec<u8>,
+        i64,
+        String,
+        i64,
+        i64,
+    );
+    let row: Row = conn.query_row(
+        "SELECT v.id, v.kind, COALESCE(v.name, c.name), v.contact_id, v.group_id, v.joined_epoch, v.relay_link, v.log_id, v.log_secret, v.cursor_id, v.cursor, v.state, v.sent_since_update, v.updated_at FROM conversations v LEFT JOIN contacts c ON c.id = v.contact_id WHERE v.id = ?1",
+        [id],
+        |r| {
+            Ok((
+                r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?,
+                r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?,
+            ))
+        },
+    )?;
+    Ok(ConvRow {
+        id: row.0,
+        is_group: row.1 == "group",
+        name: row.2.unwrap_or_else(|| "(unnamed)".into()),
+        contact_id: row.3,
+        group_id: row.4,
+        joined_epoch: to_u64(row.5),
+        relay_link: row.6,
+        log_id: row.7,
+        log_key: signing_key(&row.8)?,
+        cursor_id: row.9,
+        cursor: to_u64(row.10),
+        active: row.11 == "active",
+        sent_since_update: to_u64(row.12),
+        updated_at: to_u64(row.13),
+    })
+}
+
+/// The MLS group of a conversation, from storage.
+pub(crate) fn load_conversation(provider: &Provider<'_>, c: &ConvRow) -> Result<Conversation, ClientError> {
+    Conversation::load(provider, &c.group_id)?
+        .ok_or_else(|| ClientError::Corrupt(format!("the conversation {} is missing its keys", c.name)))
+}
+
+/// The group kept in memory across a batch, loaded on first use.
+pub(crate) fn loaded<'s>(
+    slot: &'s mut Option<Conversation>,
+    provider: &Provider<'_>,
+    c: &ConvRow,
+) -> Result<&'s mut Conversation, ClientError> {
+    if slot.is_none() {
+        *slot = Some(load_conversation(provider, c)?);
+    }
+    slot.as_mut().ok_or_else(|| ClientError::Corrupt("the conversation vanished".into()))
 }

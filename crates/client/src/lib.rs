@@ -1,10 +1,12 @@
 #![doc = include_str!("../README.md")]
 
 mod engine;
+mod groups;
 pub mod relay;
 pub mod store;
 
 pub use engine::{Client, ContactView, MessageView, SyncReport};
+pub use groups::{GroupView, MemberView, SETTINGS};
 pub use tamizdat_wire::ErrorKind;
 use tamizdat_wire::proto::ErrorCode;
 

@@ -9,7 +9,7 @@ use openmls_rust_crypto::RustCrypto;
 use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
 use openmls_traits::OpenMlsProvider;
 use rand::RngCore;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -239,17 +239,135 @@ CREATE TABLE own_entries (
 );
 ";
 
+/// Version 2: conversations apart from contacts (a contact has a 1:1 conversation; groups have
+/// members), membership events, KeyPackages handed to and received from contacts, group invite
+/// parts, and membership changes waiting for the relay (intents).
+const SCHEMA_V2: &str = "
+CREATE TABLE conversations (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('direct', 'group')),
+    name TEXT UNIQUE,
+    contact_id INTEGER,
+    group_id BLOB NOT NULL UNIQUE,
+    joined_epoch INTEGER NOT NULL,
+    relay_link TEXT NOT NULL,
+    log_id BLOB NOT NULL,
+    log_secret BLOB NOT NULL,
+    cursor_id BLOB NOT NULL,
+    cursor INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'left', 'removed')),
+    sent_since_update INTEGER NOT NULL DEFAULT 0,
+    updated_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+INSERT INTO conversations (id, kind, contact_id, group_id, joined_epoch, relay_link, log_id, log_secret, cursor_id, cursor, updated_at, created_at)
+    SELECT id, 'direct', id, group_id, joined_epoch, relay_link, log_id, log_secret, cursor_id, cursor, created_at, created_at FROM contacts;
+CREATE TABLE contacts_v2 (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    named_by_user INTEGER NOT NULL DEFAULT 0,
+    identity_key BLOB NOT NULL,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+    created_at INTEGER NOT NULL
+);
+INSERT INTO contacts_v2 SELECT id, name, named_by_user, identity_key, id, created_at FROM contacts;
+CREATE TABLE messages_v2 (
+    id INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+    message_id BLOB NOT NULL,
+    seq INTEGER,
+    outgoing INTEGER NOT NULL,
+    sender_key BLOB,
+    kind TEXT NOT NULL DEFAULT 'text' CHECK (kind IN ('text', 'event')),
+    text TEXT NOT NULL,
+    sent_at INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    UNIQUE (conversation_id, message_id)
+);
+INSERT INTO messages_v2 (id, conversation_id, message_id, seq, outgoing, text, sent_at, state)
+    SELECT id, contact_id, message_id, seq, outgoing, text, sent_at, state FROM messages;
+CREATE TABLE own_entries_v2 (
+    conversation_id INTEGER NOT NULL,
+    dedup_id BLOB NOT NULL,
+    PRIMARY KEY (conversation_id, dedup_id)
+);
+INSERT INTO own_entries_v2 SELECT contact_id, dedup_id FROM own_entries;
+DROP TABLE messages;
+DROP TABLE own_entries;
+DROP TABLE contacts;
+ALTER TABLE contacts_v2 RENAME TO contacts;
+ALTER TABLE messages_v2 RENAME TO messages;
+ALTER TABLE own_entries_v2 RENAME TO own_entries;
+CREATE INDEX contacts_by_key ON contacts (identity_key);
+CREATE TABLE members (
+    conversation_id INTEGER NOT NULL,
+    identity_key BLOB NOT NULL,
+    name TEXT NOT NULL,
+    departed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (conversation_id, identity_key)
+);
+CREATE TABLE own_key_packages (
+    hash_ref BLOB PRIMARY KEY,
+    contact_id INTEGER NOT NULL,
+    suite INTEGER NOT NULL,
+    last_resort INTEGER NOT NULL
+);
+CREATE TABLE peer_key_packages (
+    id INTEGER PRIMARY KEY,
+    contact_id INTEGER NOT NULL,
+    suite INTEGER NOT NULL,
+    last_resort INTEGER NOT NULL,
+    key_package BLOB NOT NULL
+);
+CREATE TABLE invite_parts (
+    contact_id INTEGER NOT NULL,
+    invite_id BLOB NOT NULL,
+    part INTEGER NOT NULL,
+    parts INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (contact_id, invite_id, part)
+);
+CREATE TABLE intents (
+    id INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('add', 'remove', 'update')),
+    keys TEXT NOT NULL,
+    key_packages TEXT NOT NULL DEFAULT '[]',
+    cursor_ids TEXT NOT NULL DEFAULT '[]',
+    commit_bytes BLOB,
+    welcome BLOB,
+    dedup_id BLOB,
+    not_before INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+";
+
 fn migrate(conn: &mut Connection) -> Result<(), ClientError> {
     SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut *conn)
         .run_migrations()
         .map_err(|e| ClientError::Io(format!("MLS storage migration: {e}")))?;
     let version: i64 =
         conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| ClientError::Io(e.to_string()))?;
-    if version < 1 {
+    for (target, schema) in [(1, SCHEMA_V1), (2, SCHEMA_V2)] {
+        if version >= target {
+            continue;
+        }
+        // Tables are rebuilt while their references point at each other: foreign keys are
+        // checked once the rebuild is complete (and cannot be switched inside a transaction).
+        conn.execute_batch("PRAGMA foreign_keys = OFF").map_err(|e| ClientError::Io(e.to_string()))?;
         let tx = conn.unchecked_transaction().map_err(|e| ClientError::Io(e.to_string()))?;
-        tx.execute_batch(SCHEMA_V1).map_err(|e| ClientError::Io(e.to_string()))?;
-        tx.execute_batch("PRAGMA user_version = 1").map_err(|e| ClientError::Io(e.to_string()))?;
+        tx.execute_batch(schema).map_err(|e| ClientError::Io(e.to_string()))?;
+        let broken: Option<String> = tx
+            .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| ClientError::Io(e.to_string()))?;
+        if let Some(table) = broken {
+            return Err(ClientError::Corrupt(format!("upgrading the store left dangling rows in {table}")));
+        }
+        tx.execute_batch(&format!("PRAGMA user_version = {target}")).map_err(|e| ClientError::Io(e.to_string()))?;
         tx.commit().map_err(|e| ClientError::Io(e.to_string()))?;
+        conn.execute_batch("PRAGMA foreign_keys = ON").map_err(|e| ClientError::Io(e.to_string()))?;
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! if another commit won the epoch, it is dropped ([`Conversation::abort_commit`]).
 
 use openmls::prelude::{
-    BasicCredential, Ciphersuite, CredentialType, GroupId, KeyPackage, MergeCommitError, MlsGroup,
+    BasicCredential, Ciphersuite, CredentialType, GroupId, KeyPackage, LeafNodeParameters, MergeCommitError, MlsGroup,
     MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, OpenMlsProvider, ProcessMessageError,
     ProcessedMessageContent, ProtocolMessage, SenderRatchetConfiguration, StagedWelcome,
     tls_codec::{Deserialize as _, Serialize as _},
@@ -29,13 +29,34 @@ pub enum Incoming {
         /// The decrypted content.
         content: Content,
     },
-    /// A commit from another member was applied; the group is now in this epoch.
-    Commit {
-        /// The new epoch.
-        epoch: u64,
-    },
+    /// A commit from another member was applied.
+    Commit(CommitSummary),
     /// Our own message coming back from the relay.
     Own,
+}
+
+/// What a commit changed, for the events members see.
+#[derive(Debug, Default, Clone)]
+pub struct CommitSummary {
+    /// The epoch the group is in after the commit.
+    pub epoch: u64,
+    /// The identity key of the member who committed.
+    pub committer: Vec<u8>,
+    /// Identity keys of the members it added.
+    pub added: Vec<Vec<u8>>,
+    /// Identity keys of the members it removed.
+    pub removed: Vec<Vec<u8>>,
+    /// We were removed: the group is closed for us.
+    pub removed_us: bool,
+}
+
+/// A commit of ours waiting for the relay, and the Welcome that goes with it once accepted.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The commit, for the group's log.
+    pub commit: Vec<u8>,
+    /// The Welcome for added members, if any were added.
+    pub welcome: Option<Vec<u8>>,
 }
 
 /// An MLS group and the operations Tamizdat uses.
@@ -58,6 +79,20 @@ fn join_config() -> MlsGroupJoinConfig {
 }
 
 impl Conversation {
+    /// Creates a group with only us in it.
+    pub fn create<P: OpenMlsProvider>(provider: &P, identity: &Identity, suite: Ciphersuite) -> Result<Self, E2eError> {
+        let config = MlsGroupCreateConfig::builder()
+            .ciphersuite(suite)
+            .use_ratchet_tree_extension(true)
+            .max_past_epochs(MAX_PAST_EPOCHS)
+            .padding_size(PADDING)
+            .sender_ratchet_configuration(ratchet_config())
+            .build();
+        let group =
+            MlsGroup::new(provider, identity.signer(), &config, identity.credential().clone()).map_err(mls_err)?;
+        Ok(Self { group })
+    }
+
     /// Starts a two-member conversation with the owner of `peer`. Returns the conversation with
     /// a pending commit, the commit and the Welcome for the peer.
     pub fn start<P: OpenMlsProvider>(
@@ -66,19 +101,56 @@ impl Conversation {
         suite: Ciphersuite,
         peer: KeyPackage,
     ) -> Result<(Self, Vec<u8>, Vec<u8>), E2eError> {
-        let config = MlsGroupCreateConfig::builder()
-            .ciphersuite(suite)
-            .use_ratchet_tree_extension(true)
-            .max_past_epochs(MAX_PAST_EPOCHS)
-            .padding_size(PADDING)
-            .sender_ratchet_configuration(ratchet_config())
-            .build();
-        let mut group =
-            MlsGroup::new(provider, identity.signer(), &config, identity.credential().clone()).map_err(mls_err)?;
-        let (commit, welcome, _info) = group.add_members(provider, identity.signer(), &[peer]).map_err(mls_err)?;
-        let commit = commit.tls_serialize_detached().map_err(mls_err)?;
-        let welcome = welcome.tls_serialize_detached().map_err(mls_err)?;
-        Ok((Self { group }, commit, welcome))
+        let mut conv = Self::create(provider, identity, suite)?;
+        let out = conv.add(provider, identity, &[peer])?;
+        let welcome = out.welcome.ok_or_else(|| E2eError::Mls("adding a member made no Welcome".into()))?;
+        Ok((conv, out.commit, welcome))
+    }
+
+    /// Adds members by their KeyPackages: a pending commit and its Welcome.
+    pub fn add<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        identity: &Identity,
+        key_packages: &[KeyPackage],
+    ) -> Result<Outgoing, E2eError> {
+        let (commit, welcome, _info) =
+            self.group.add_members(provider, identity.signer(), key_packages).map_err(mls_err)?;
+        Ok(Outgoing {
+            commit: commit.tls_serialize_detached().map_err(mls_err)?,
+            welcome: Some(welcome.tls_serialize_detached().map_err(mls_err)?),
+        })
+    }
+
+    /// Removes the members with these identity keys: a pending commit, or `None` if none of
+    /// them is a member (any more).
+    pub fn remove<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        identity: &Identity,
+        keys: &[Vec<u8>],
+    ) -> Result<Option<Outgoing>, E2eError> {
+        let leaves: Vec<_> = self
+            .group
+            .members()
+            .filter(|m| keys.iter().any(|k| k.as_slice() == m.signature_key.as_slice()))
+            .map(|m| m.index)
+            .collect();
+        if leaves.is_empty() {
+            return Ok(None);
+        }
+        let (commit, _welcome, _info) =
+            self.group.remove_members(provider, identity.signer(), &leaves).map_err(mls_err)?;
+        Ok(Some(Outgoing { commit: commit.tls_serialize_detached().map_err(mls_err)?, welcome: None }))
+    }
+
+    /// Replaces our leaf's keys (post-compromise security): a pending commit. Whoever copied our
+    /// state before this cannot follow the group past it.
+    pub fn self_update<P: OpenMlsProvider>(&mut self, provider: &P, identity: &Identity) -> Result<Outgoing, E2eError> {
+        let bundle =
+            self.group.self_update(provider, identity.signer(), LeafNodeParameters::default()).map_err(mls_err)?;
+        let (commit, _welcome, _info) = bundle.into_contents();
+        Ok(Outgoing { commit: commit.tls_serialize_detached().map_err(mls_err)?, welcome: None })
     }
 
     /// Joins from a Welcome addressed to one of our KeyPackages.
@@ -114,6 +186,32 @@ impl Conversation {
     /// The identity keys of the other members.
     pub fn peers(&self, own: &[u8]) -> Vec<Vec<u8>> {
         self.group.members().map(|m| m.signature_key).filter(|k| k.as_slice() != own).collect()
+    }
+
+    /// Every member's identity key, in leaf order (the first is the lowest leaf).
+    pub fn members(&self) -> Vec<Vec<u8>> {
+        self.group.members().map(|m| m.signature_key).collect()
+    }
+
+    /// The group's ciphersuite.
+    pub fn suite(&self) -> Ciphersuite {
+        self.group.ciphersuite()
+    }
+
+    /// False once we have been removed.
+    pub fn is_active(&self) -> bool {
+        self.group.is_active()
+    }
+
+    /// True while a commit of ours waits for the relay's verdict.
+    pub fn has_pending_commit(&self) -> bool {
+        self.group.pending_commit().is_some()
+    }
+
+    /// Erases the group's keys from storage (after leaving): nothing of it can be decrypted
+    /// with this device's state any more.
+    pub fn delete<P: OpenMlsProvider>(mut self, provider: &P) -> Result<(), E2eError> {
+        self.group.delete(provider.storage()).map_err(|e| E2eError::Storage(format!("{e:?}")))
     }
 
     /// Merges our pending commit after the relay accepted it.
@@ -154,17 +252,29 @@ impl Conversation {
                 Ok(Incoming::Content { sender, content })
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
+                let mut summary = CommitSummary { committer: basic_identity(&sender)?, ..CommitSummary::default() };
                 for added in staged.add_proposals() {
                     let leaf = added.add_proposal().key_package().leaf_node();
                     check_credential(leaf.credential(), leaf.signature_key().as_slice())?;
+                    summary.added.push(leaf.signature_key().as_slice().to_vec());
                 }
+                // Who is removed must be read before the merge takes them out of the tree.
+                for removed in staged.remove_proposals() {
+                    if let Some(m) = self.group.member_at(removed.remove_proposal().removed()) {
+                        summary.removed.push(m.signature_key);
+                    }
+                }
+                summary.removed_us = staged.self_removed();
                 self.group.merge_staged_commit(provider, *staged).map_err(|e| match e {
                     MergeCommitError::StorageError(e) => E2eError::Storage(format!("{e:?}")),
                     e => mls_err(e),
                 })?;
-                // An update path can replace a member's credential: check everyone again.
-                self.check_credentials()?;
-                Ok(Incoming::Commit { epoch: self.epoch() })
+                summary.epoch = self.epoch();
+                if !summary.removed_us {
+                    // An update path can replace a member's credential: check everyone again.
+                    self.check_credentials()?;
+                }
+                Ok(Incoming::Commit(summary))
             }
             ProcessedMessageContent::OwnPrivateMessage => Ok(Incoming::Own),
             other => Err(E2eError::Mls(format!("unexpected message: {other:?}"))),

@@ -1,10 +1,7 @@
 //! One-time invites: everything a stranger needs to start an end-to-end encrypted chat with
 //! the inviter, signed by the inviter's identity key, with an expiry.
 
-use openmls::prelude::{
-    Ciphersuite, KeyPackage, KeyPackageIn, OpenMlsProvider, ProtocolVersion,
-    tls_codec::{Deserialize as _, Serialize as _},
-};
+use openmls::prelude::{Ciphersuite, KeyPackage, OpenMlsProvider};
 use openmls_traits::{crypto::OpenMlsCrypto, random::OpenMlsRand};
 use prost::Message;
 use tamizdat_wire::{
@@ -14,7 +11,7 @@ use tamizdat_wire::{
 };
 
 use crate::{
-    E2eError, Identity, mls_err,
+    E2eError, Identity, key_packages, mls_err,
     proto::{InviteBody, SignedInvite},
     seal,
 };
@@ -50,10 +47,7 @@ pub fn create<P: OpenMlsProvider>(
     suite: Ciphersuite,
     params: InviteParams<'_>,
 ) -> Result<(String, InviteSecrets), E2eError> {
-    let bundle = KeyPackage::builder()
-        .build(suite, provider, identity.signer(), identity.credential().clone())
-        .map_err(mls_err)?;
-    let key_package = bundle.key_package().tls_serialize_detached().map_err(mls_err)?;
+    let key_package = key_packages::generate(provider, identity, suite, false)?.bytes;
     let (box_private, box_key) = seal::box_keypair(provider, suite)?;
     let invite_id = provider.rand().random_vec(ID_LEN).map_err(mls_err)?;
     let body = InviteBody {
@@ -122,20 +116,8 @@ pub fn verify<P: OpenMlsProvider>(provider: &P, link: &str, now: u64) -> Result<
     if now >= body.expires_at {
         return Err(E2eError::ExpiredInvite);
     }
-    let key_package = KeyPackageIn::tls_deserialize_exact(body.key_package.as_slice())
-        .map_err(|_| bad("undecodable KeyPackage"))?
-        .validate(provider.crypto(), ProtocolVersion::Mls10)
-        .map_err(|e| bad(&format!("invalid KeyPackage: {e:?}")))?;
-    let leaf = key_package.leaf_node();
-    if leaf.signature_key().as_slice() != body.identity_key.as_slice() {
-        return Err(bad("the KeyPackage belongs to another identity"));
-    }
-    let named = openmls::prelude::BasicCredential::try_from(leaf.credential().clone())
-        .map(|c| c.identity() == body.identity_key.as_slice())
-        .unwrap_or(false);
-    if !named {
-        return Err(bad("the KeyPackage's credential names another identity"));
-    }
+    let key_package = key_packages::validate(provider, &body.key_package, &body.identity_key)
+        .map_err(|e| bad(&e.to_string().replace("MLS: ", "")))?;
     if key_package.ciphersuite() != suite {
         return Err(bad("the KeyPackage uses another ciphersuite"));
     }

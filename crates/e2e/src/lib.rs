@@ -4,10 +4,11 @@ pub mod content;
 mod conversation;
 mod identity;
 pub mod invite;
+pub mod key_packages;
 pub mod proto;
 pub mod seal;
 
-pub use conversation::{Conversation, Incoming};
+pub use conversation::{CommitSummary, Conversation, Incoming, Outgoing};
 pub use identity::Identity;
 pub use openmls::prelude::Ciphersuite;
 pub use tamizdat_wire::ErrorKind;
@@ -15,6 +16,13 @@ pub use tamizdat_wire::ErrorKind;
 /// The ciphersuite of new conversations: X25519 + ML-KEM-768 hybrid (X-Wing) KEM, AES-128-GCM,
 /// SHA-256, Ed25519. Post-quantum confidentiality for everything recorded today.
 pub const DEFAULT_SUITE: Ciphersuite = Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519;
+
+/// The classic ciphersuite (X25519, AES-128-GCM, SHA-256, Ed25519): for groups too large for
+/// post-quantum Welcomes to travel well (see docs/BENCHMARKS.md for the numbers).
+pub const CLASSIC_SUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+/// The ciphersuites a client hands KeyPackages out for.
+pub const SUITES: [Ciphersuite; 2] = [DEFAULT_SUITE, CLASSIC_SUITE];
 
 /// Errors of the end-to-end core.
 #[derive(Debug, thiserror::Error)]

@@ -76,7 +76,7 @@ pub struct Content {
     pub message_id: Vec<u8>,
     #[prost(uint64, tag = "2")]
     pub sent_at_ms: u64,
-    #[prost(oneof = "Body", tags = "3, 4")]
+    #[prost(oneof = "Body", tags = "3, 4, 5, 6, 7")]
     pub body: Option<Body>,
 }
 
@@ -86,6 +86,12 @@ pub enum Body {
     Text(Text),
     #[prost(message, tag = "4")]
     Profile(Profile),
+    #[prost(message, tag = "5")]
+    KeyPackages(KeyPackages),
+    #[prost(message, tag = "6")]
+    GroupInvite(GroupInvitePart),
+    #[prost(message, tag = "7")]
+    Leave(Leave),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -99,3 +105,50 @@ pub struct Profile {
     #[prost(string, tag = "1")]
     pub display_name: String,
 }
+
+#[derive(Clone, PartialEq, Message)]
+pub struct KeyPackages {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub one_time: Vec<Vec<u8>>,
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    pub last_resort: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct GroupInvitePart {
+    #[prost(bytes = "vec", tag = "1")]
+    pub invite_id: Vec<u8>,
+    #[prost(uint32, tag = "2")]
+    pub part: u32,
+    #[prost(uint32, tag = "3")]
+    pub parts: u32,
+    #[prost(bytes = "vec", tag = "4")]
+    pub data: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct GroupInvite {
+    #[prost(bytes = "vec", tag = "1")]
+    pub welcome: Vec<u8>,
+    #[prost(message, optional, tag = "2")]
+    pub log: Option<LogRef>,
+    #[prost(string, tag = "3")]
+    pub name: String,
+    #[prost(bytes = "vec", tag = "4")]
+    pub cursor_id: Vec<u8>,
+    #[prost(uint64, tag = "5")]
+    pub cursor_position: u64,
+    #[prost(message, repeated, tag = "6")]
+    pub roster: Vec<MemberName>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct MemberName {
+    #[prost(bytes = "vec", tag = "1")]
+    pub identity_key: Vec<u8>,
+    #[prost(string, tag = "2")]
+    pub name: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Leave {}

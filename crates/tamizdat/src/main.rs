@@ -74,10 +74,64 @@ enum Command {
         #[arg(long = "for", value_parser = parse_duration, requires = "follow")]
         duration: Option<Duration>,
     },
-    /// List a conversation in order.
+    /// List a conversation (a contact's or a group's) in order.
     Messages {
-        /// The contact.
+        /// The contact or group.
         contact: String,
+    },
+    /// Create and manage groups.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+    /// List your groups.
+    Groups,
+    /// Show settings, or change one: `tamizdat config update-after-messages 50`.
+    Config {
+        /// The setting to change.
+        key: Option<String>,
+        /// Its new value.
+        #[arg(requires = "key")]
+        value: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Create a group with only you in it.
+    Create {
+        /// The group's name, shown to everyone you add.
+        name: String,
+        /// Use the classic X25519 ciphersuite instead of the post-quantum hybrid: smaller
+        /// invites for very large groups (see docs/BENCHMARKS.md).
+        #[arg(long)]
+        classic: bool,
+    },
+    /// Add contacts to a group.
+    Add {
+        /// The group.
+        group: String,
+        /// Contacts to add.
+        #[arg(required = true)]
+        contacts: Vec<String>,
+    },
+    /// Remove members from a group.
+    Remove {
+        /// The group.
+        group: String,
+        /// Members to remove (names as `tamizdat group members` shows them).
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Leave a group; its keys are erased from this device.
+    Leave {
+        /// The group.
+        group: String,
+    },
+    /// List a group's members.
+    Members {
+        /// The group.
+        group: String,
     },
 }
 
@@ -367,6 +421,43 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 ))),
             }
         }
+        Command::Group { command } => group(&cli, command).await,
+        Command::Groups => {
+            let client = open(&cli)?;
+            let groups = client.groups()?;
+            if cli.json {
+                print_json(&groups)?;
+            } else if groups.is_empty() {
+                println!("No groups yet. `tamizdat group create NAME` makes one.");
+            } else {
+                for g in groups {
+                    let state = if g.state == "active" { String::new() } else { format!(" ({})", g.state) };
+                    println!("{}  {} members{state}", g.name, g.members);
+                }
+            }
+            Ok(())
+        }
+        Command::Config { key, value } => {
+            let mut client = open(&cli)?;
+            if let (Some(key), Some(value)) = (key, value) {
+                client.set_setting(key, value)?;
+            }
+            let settings = client.settings()?;
+            let shown: Vec<_> = settings.iter().filter(|(k, _, _)| key.as_ref().is_none_or(|key| key == k)).collect();
+            if shown.is_empty() {
+                return Err(Failure(format!("no setting {:?}", key.clone().unwrap_or_default())));
+            }
+            if cli.json {
+                let map: serde_json::Map<String, serde_json::Value> =
+                    shown.iter().map(|(k, v, _)| (k.clone(), serde_json::Value::from(*v))).collect();
+                print_json(&map)?;
+            } else {
+                for (k, v, about) in shown {
+                    println!("{k} = {v}    ({about})");
+                }
+            }
+            Ok(())
+        }
         Command::Messages { contact } => {
             let client = open(&cli)?;
             let messages = client.messages(contact)?;
@@ -382,9 +473,59 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+async fn group(cli: &Cli, command: &GroupCommand) -> Result<(), Failure> {
+    let mut client = open(cli)?;
+    let result = match command {
+        GroupCommand::Create { name, classic } => {
+            let suite = if *classic { tamizdat_e2e::CLASSIC_SUITE } else { tamizdat_e2e::DEFAULT_SUITE };
+            client.group_create(name, suite).await.map(|name| {
+                serde_json::json!({ "group": name, "text": format!("created {name}; add people with `tamizdat group add {name} CONTACT`") })
+            })
+        }
+        GroupCommand::Add { group, contacts } => client.group_add(group, contacts).await.map(|report| {
+            serde_json::json!({ "group": group, "added": contacts, "retried_commits": report.retried_commits, "text": format!("added {} to {group}", contacts.join(", ")) })
+        }),
+        GroupCommand::Remove { group, members } => client.group_remove(group, members).await.map(|report| {
+            serde_json::json!({ "group": group, "removed": members, "retried_commits": report.retried_commits, "text": format!("removed {} from {group}", members.join(", ")) })
+        }),
+        GroupCommand::Leave { group } => client
+            .group_leave(group)
+            .await
+            .map(|()| serde_json::json!({ "group": group, "text": format!("you left {group}") })),
+        GroupCommand::Members { group } => {
+            let members = client.group_members(group);
+            client.close().await;
+            let members = members?;
+            if cli.json {
+                print_json(&members)?;
+            } else {
+                for m in members {
+                    let you = if m.you { " (you)" } else { "" };
+                    println!("{}{you}  ({})", m.name, &m.identity_key[..16]);
+                }
+            }
+            return Ok(());
+        }
+    };
+    client.close().await;
+    let mut done = result?;
+    if cli.json {
+        if let Some(map) = done.as_object_mut() {
+            map.remove("text");
+        }
+        print_json(&done)?;
+    } else if let Some(text) = done.get("text").and_then(|t| t.as_str()) {
+        println!("{text}");
+    }
+    Ok(())
+}
+
 /// Prints what a sync found: JSON lines (one per non-empty report) or text.
 fn print_report(report: &SyncReport, json: bool, say_nothing_new: bool) {
-    let empty = report.new_contacts.is_empty() && report.renamed.is_empty() && report.messages.is_empty();
+    let empty = report.new_contacts.is_empty()
+        && report.new_groups.is_empty()
+        && report.renamed.is_empty()
+        && report.messages.is_empty();
     if json {
         if let (false, Ok(line)) = (empty, serde_json::to_string(report)) {
             println!("{line}");
@@ -392,6 +533,9 @@ fn print_report(report: &SyncReport, json: bool, say_nothing_new: bool) {
     } else {
         for name in &report.new_contacts {
             println!("new contact: {name}");
+        }
+        for name in &report.new_groups {
+            println!("you were added to the group {name}");
         }
         for (old, new) in &report.renamed {
             println!("{old} is now known as {new}");
@@ -408,7 +552,13 @@ fn print_report(report: &SyncReport, json: bool, say_nothing_new: bool) {
 
 fn print_message(m: &MessageView) {
     let state = if m.outgoing && m.state != "sent" { format!(" [{}]", m.state) } else { String::new() };
-    println!("{} {}: {}{state}", format_time(m.sent_at), m.sender, m.text);
+    if m.kind == "event" {
+        println!("{} [{}] {}", format_time(m.sent_at), m.conversation, m.text);
+    } else if m.group {
+        println!("{} [{}] {}: {}{state}", format_time(m.sent_at), m.conversation, m.sender, m.text);
+    } else {
+        println!("{} {}: {}{state}", format_time(m.sent_at), m.sender, m.text);
+    }
 }
 
 /// `YYYY-MM-DD HH:MM` in UTC from Unix milliseconds.

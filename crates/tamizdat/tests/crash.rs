@@ -119,7 +119,7 @@ fn crash_cycles(kind: Kind) {
         rt.block_on(r.sync()).unwrap();
         let received: Vec<String> = r.messages("sender").unwrap().into_iter().map(|m| m.text).collect();
         eprintln!("{to}: {} created, {} acknowledged at once, {} received", created.len(), acked.len(), received.len());
-        assert!(acked.len() > 20, "the senders made progress between crashes");
+        assert!(acked.len() >= 10, "the senders made progress between crashes");
         assert_eq!(received, created, "every message exactly once, in order");
     }
     let log_text = std::fs::read_to_string(&log).unwrap();
