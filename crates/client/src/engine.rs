@@ -413,8 +413,7 @@ impl Client {
                 "INSERT INTO outbox (relay_link, target, kind, dedup_id, payload) VALUES (?1, ?2, 'queue', ?3, ?4)",
                 params![relay_link, body.send_id, random_id(), sealed],
             )?;
-            let payload = conv.encrypt(&provider, &self.identity, &self.profile_content())?;
-            enqueue_log(&tx, &c, payload, None)?;
+            enqueue_content(&tx, &provider, &self.identity, &mut conv, &c, &self.profile_content(), None)?;
             self.offer_key_packages(&tx, &provider, &mut conv, &c, contact_id)?;
             tx.execute("INSERT INTO accepted_invites (invite_id) VALUES (?1)", [&body.invite_id])?;
             tx.commit()?;
@@ -509,13 +508,12 @@ impl Client {
             let tx = self.begin()?;
             let provider = Provider::new(&tx);
             let mut conv = load_conversation(&provider, &c)?;
-            let payload = conv.encrypt(&provider, &self.identity, &body)?;
             tx.execute(
                 "INSERT INTO messages (conversation_id, message_id, outgoing, sender_key, text, sent_at, state) VALUES (?1, ?2, 1, ?3, ?4, ?5, 'sending')",
                 params![c.id, body.message_id, self.profile.identity_key, text, to_i64(body.sent_at_ms)],
             )?;
             let row = tx.last_insert_rowid();
-            enqueue_log(&tx, &c, payload, Some(row))?;
+            enqueue_content(&tx, &provider, &self.identity, &mut conv, &c, &body, Some(row))?;
             tx.execute("UPDATE conversations SET sent_since_update = sent_since_update + 1 WHERE id = ?1", [c.id])?;
             tx.commit()?;
             row
@@ -540,32 +538,90 @@ impl Client {
     /// skipped for the rest of this pass (its entries keep their order and wait), so one
     /// unreachable relay never holds up conversations on the others.
     pub async fn flush_outbox(&mut self) -> Result<usize, ClientError> {
-        type Row = (i64, String, Vec<u8>, Option<Vec<u8>>, String, Vec<u8>, Vec<u8>, Option<i64>);
+        self.flush_outbox_into(&mut SyncReport::default()).await
+    }
+
+    /// [`Client::flush_outbox`], with what reading a log on the way finds going to `report`.
+    pub(crate) async fn flush_outbox_into(&mut self, report: &mut SyncReport) -> Result<usize, ClientError> {
+        /// How often one entry may find its group moved on within one flush.
+        const MAX_REENCRYPTIONS: usize = 4;
+        type Row = (
+            i64,
+            String,
+            Vec<u8>,
+            Option<Vec<u8>>,
+            String,
+            Vec<u8>,
+            Vec<u8>,
+            Option<i64>,
+            Option<i64>,
+            Option<Vec<u8>>,
+        );
         let rows: Vec<Row> = {
             let mut stmt = self.conn.prepare(
-                "SELECT id, relay_link, target, target_secret, kind, dedup_id, payload, message_row FROM outbox ORDER BY id",
+                "SELECT id, relay_link, target, target_secret, kind, dedup_id, payload, message_row, conversation_id, content FROM outbox ORDER BY id",
             )?;
             let rows = stmt.query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                ))
             })?;
             rows.collect::<Result<_, _>>()?
         };
         let mut delivered = 0;
         let mut failed: HashMap<String, ClientError> = HashMap::new();
-        for (id, link, target, secret, kind, dedup_id, payload, message_row) in rows {
+        for (id, link, target, secret, kind, dedup_id, mut payload, message_row, conv_id, body) in rows {
             if failed.contains_key(&link) {
                 continue;
             }
-            let result = if kind == "log" {
-                let key = signing_key(secret.as_deref().unwrap_or_default())?;
-                let op = Op::Append(Append { log_id: target, dedup_id, payload });
-                self.call(&link, op, Some(&key)).await.map(|r| match r {
-                    Reply::Appended(a) => Some(a.seq),
-                    _ => None,
-                })
-            } else {
-                let op = Op::SendToQueue(SendToQueue { send_id: target, dedup_id, payload });
-                self.call(&link, op, None).await.map(|_| None)
+            let mut reencryptions = 0;
+            let mut group_gone = false;
+            let result = loop {
+                let result = if kind == "log" {
+                    let key = signing_key(secret.as_deref().unwrap_or_default())?;
+                    let op = Op::Append(Append {
+                        log_id: target.clone(),
+                        dedup_id: dedup_id.clone(),
+                        payload: payload.clone(),
+                    });
+                    self.call(&link, op, Some(&key)).await.map(|r| match r {
+                        Reply::Appended(a) => Some(a.seq),
+                        _ => None,
+                    })
+                } else {
+                    let op = Op::SendToQueue(SendToQueue {
+                        send_id: target.clone(),
+                        dedup_id: dedup_id.clone(),
+                        payload: payload.clone(),
+                    });
+                    self.call(&link, op, None).await.map(|_| None)
+                };
+                // The group moved to a new epoch before the relay took this: read the commit
+                // and encrypt the same content again.
+                let stale = matches!(result, Err(ClientError::Relay { code: ErrorCode::StaleEpoch, .. }));
+                match (stale, conv_id, &body) {
+                    (true, Some(conv_id), Some(body)) if reencryptions < MAX_REENCRYPTIONS => {
+                        reencryptions += 1;
+                        match self.reencrypt(conv_id, id, body, report).await {
+                            Ok(Some(fresh)) => payload = fresh,
+                            Ok(None) => {
+                                group_gone = true;
+                                break result;
+                            }
+                            Err(e) => break Err(e),
+                        }
+                    }
+                    _ => break result,
+                }
             };
             match result {
                 Ok(seq) => {
@@ -580,7 +636,7 @@ impl Client {
                     tx.commit()?;
                     delivered += 1;
                 }
-                Err(ClientError::Relay { code, message, .. }) if is_permanent(code) => {
+                Err(ClientError::Relay { code, message, .. }) if is_permanent(code) || group_gone => {
                     // This entry itself is refused: retrying cannot help, and it must not block
                     // the rest.
                     tracing::warn!(?code, %message, "outbox entry refused by the relay");
@@ -607,13 +663,35 @@ impl Client {
         }
     }
 
+    /// Encrypts an outbox entry's content again in its conversation's newest epoch. `None` if
+    /// the conversation is closed (we left or were removed): the entry cannot go any more.
+    async fn reencrypt(
+        &mut self,
+        conv_id: i64,
+        outbox_id: i64,
+        body: &[u8],
+        report: &mut SyncReport,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        self.sync_log(conv_id, report).await?;
+        let c = self.conv_by_id(conv_id)?;
+        let tx = self.begin()?;
+        let provider = Provider::new(&tx);
+        let Some(mut conv) = Conversation::load(&provider, &c.group_id)?.filter(|g| c.active && g.is_active()) else {
+            return Ok(None);
+        };
+        let payload = conv.encrypt(&provider, &self.identity, &Content::from_bytes(body)?)?;
+        tx.execute("UPDATE outbox SET payload = ?1 WHERE id = ?2", params![payload, outbox_id])?;
+        tx.commit()?;
+        Ok(Some(payload))
+    }
+
     /// Delivers the outbox, then fetches and processes everything pending: join requests on
     /// our queue, then every conversation's log, then membership changes that are due. A relay
     /// that cannot be reached does not stop the others: the report lists what failed, and only
     /// local failures end the sync.
     pub async fn sync(&mut self) -> Result<SyncReport, ClientError> {
         let mut report = SyncReport::default();
-        let flushed = self.flush_outbox().await;
+        let flushed = self.flush_outbox_into(&mut report).await;
         note(&mut report, flushed)?;
         let queue = self.sync_queue(&mut report).await.map(|()| 0);
         note(&mut report, queue)?;
@@ -638,7 +716,7 @@ impl Client {
             let applied = self.apply_intents(id, &mut report).await.map(|()| 0);
             note(&mut report, applied)?;
         }
-        let flushed = self.flush_outbox().await;
+        let flushed = self.flush_outbox_into(&mut report).await;
         note(&mut report, flushed)?;
         Ok(report)
     }
@@ -729,8 +807,7 @@ impl Client {
             let (name, contact_id) = attach_direct(&tx, peer, &clean_name(&join.display_name), false, conv_id)?;
             tx.execute("UPDATE invites SET used = 1 WHERE invite_id = ?1", [&invite_id])?;
             let c = self.conv_by_id_in(&tx, conv_id)?;
-            let payload = conv.encrypt(&provider, &self.identity, &self.profile_content())?;
-            enqueue_log(&tx, &c, payload, None)?;
+            enqueue_content(&tx, &provider, &self.identity, &mut conv, &c, &self.profile_content(), None)?;
             self.offer_key_packages(&tx, &provider, &mut conv, &c, contact_id)?;
             Ok(Some(name))
         })();
@@ -1203,6 +1280,27 @@ pub(crate) fn enqueue_log(
         params![c.relay_link, c.log_id, c.log_key.to_bytes().to_vec(), dedup, payload, message_row],
     )?;
     remember_own(tx, c.id, &dedup)?;
+    Ok(dedup)
+}
+
+/// Encrypts content for a conversation and puts it in the outbox. The plaintext is kept with
+/// it (in the encrypted store) until delivery, so it can be encrypted again if the group moved
+/// to a new epoch before the relay took it.
+pub(crate) fn enqueue_content(
+    tx: &Connection,
+    provider: &Provider<'_>,
+    identity: &Identity,
+    conv: &mut Conversation,
+    c: &ConvRow,
+    body: &Content,
+    message_row: Option<i64>,
+) -> Result<Vec<u8>, ClientError> {
+    let payload = conv.encrypt(provider, identity, body)?;
+    let dedup = enqueue_log(tx, c, payload, message_row)?;
+    tx.execute(
+        "UPDATE outbox SET conversation_id = ?1, content = ?2 WHERE dedup_id = ?3",
+        params![c.id, body.to_bytes(), dedup],
+    )?;
     Ok(dedup)
 }
 

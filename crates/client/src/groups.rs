@@ -17,7 +17,7 @@ use tamizdat_e2e::{
         Body, GroupInvite, GroupInvitePart, KeyPackages, Leave, MAX_INVITE_PART, MAX_LAST_RESORT_PACKAGES,
         MAX_ONE_TIME_PACKAGES, MemberName,
     },
-    key_packages,
+    key_packages, max_adds_per_commit,
     proto::LogRef,
 };
 use tamizdat_wire::{
@@ -28,9 +28,9 @@ use tamizdat_wire::{
 use crate::{
     Client, ClientError, SyncReport,
     engine::{
-        ContactRow, ConvRow, MessageView, check_own_name, clean_name, contact_where, content, conv_by_id, enqueue_log,
-        insert_conversation, load_conversation, now_ms, random_id, remember_own, signing_key, to_i64, to_u64,
-        unique_name,
+        ContactRow, ConvRow, MessageView, check_own_name, clean_name, contact_where, content, conv_by_id,
+        enqueue_content, insert_conversation, load_conversation, now_ms, random_id, remember_own, signing_key, to_i64,
+        to_u64, unique_name,
     },
     store::Provider,
 };
@@ -39,9 +39,6 @@ use crate::{
 const ONE_TIME_PER_SUITE: usize = 2;
 /// How many one-time KeyPackages of one contact we keep per ciphersuite.
 const KEEP_PER_SUITE: i64 = 8;
-/// Most members added by one commit (a post-quantum KeyPackage is about 1.3 KiB; the relay takes
-/// entries up to 128 KiB).
-const ADD_BATCH: usize = 40;
 /// How often an intent may lose the race for an epoch in one run before we stop for now.
 const MAX_ATTEMPTS: usize = 8;
 /// A member who is not first in line to remove a departed member waits this long for the one
@@ -325,8 +322,7 @@ impl Client {
             let log = LogRef { relay: Some(relay), log_id: created.log_id, log_secret: log_key.to_bytes().to_vec() };
             let conv_id = insert_conversation(&tx, Some(name), &conv, &log, &cursor, 0)?;
             let c = conv_by_id(&tx, conv_id)?;
-            let payload = conv.encrypt(&provider, &self.identity, &self.profile_content())?;
-            enqueue_log(&tx, &c, payload, None)?;
+            enqueue_content(&tx, &provider, &self.identity, &mut conv, &c, &self.profile_content(), None)?;
             insert_event(self, &tx, &c, &self.profile.identity_key.clone(), "you created the group", Some(0))?;
             tx.commit()?;
         }
@@ -375,7 +371,8 @@ impl Client {
             }
             // A commit carries every new member's KeyPackage: batches keep each one well inside
             // a relay entry.
-            for (keys, kps) in keys.chunks(ADD_BATCH).zip(kps.chunks(ADD_BATCH)) {
+            let batch = max_adds_per_commit(conv.suite());
+            for (keys, kps) in keys.chunks(batch).zip(kps.chunks(batch)) {
                 insert_intent(&tx, c.id, "add", keys, kps, 0)?;
             }
             tx.commit()?;
@@ -415,6 +412,12 @@ impl Client {
     /// the group's keys from this device.
     pub async fn group_leave(&mut self, group: &str) -> Result<(), ClientError> {
         let c = self.active_group(group)?;
+        // The goodbye is encrypted in the newest epoch we can reach: once the keys are erased it
+        // cannot be encrypted again. Offline, it goes in the epoch we know.
+        if let Err(e) = self.sync_log(c.id, &mut SyncReport::default()).await {
+            tracing::warn!(error = %e, "leaving without reading the group's newest messages");
+        }
+        let c = self.active_group(group)?;
         {
             let tx = self.begin()?;
             let provider = Provider::new(&tx);
@@ -422,8 +425,7 @@ impl Client {
             if conv.has_pending_commit() {
                 conv.abort_commit(&provider)?;
             }
-            let payload = conv.encrypt(&provider, &self.identity, &content(Body::Leave(Leave {})))?;
-            enqueue_log(&tx, &c, payload, None)?;
+            enqueue_content(&tx, &provider, &self.identity, &mut conv, &c, &content(Body::Leave(Leave {})), None)?;
             conv.delete(&provider)?;
             tx.execute("DELETE FROM intents WHERE conversation_id = ?1", [c.id])?;
             tx.execute("UPDATE conversations SET state = 'left' WHERE id = ?1", [c.id])?;
@@ -636,11 +638,13 @@ impl Client {
     ) -> Result<Vec<MessageView>, ClientError> {
         conv.confirm_commit(provider)?;
         tx.execute("DELETE FROM intents WHERE id = ?1", [intent.id])?;
-        // Every commit of ours carries a fresh path: our keys in this group are new.
-        tx.execute(
-            "UPDATE conversations SET sent_since_update = 0, updated_at = ?1 WHERE id = ?2",
-            params![to_i64(now_ms()), c.id],
-        )?;
+        if intent.kind != "add" {
+            // Removals and updates carry a fresh path: our keys in this group are new.
+            tx.execute(
+                "UPDATE conversations SET sent_since_update = 0, updated_at = ?1 WHERE id = ?2",
+                params![to_i64(now_ms()), c.id],
+            )?;
+        }
         let own = self.profile.identity_key.clone();
         let names = |keys: &[Vec<u8>]| -> Result<String, ClientError> {
             Ok(keys.iter().map(|k| self.member_name(tx, c, k)).collect::<Result<Vec<_>, _>>()?.join(", "))
@@ -744,8 +748,7 @@ impl Client {
                 parts,
                 data: chunk.to_vec(),
             };
-            let payload = direct.encrypt(provider, &self.identity, &content(Body::GroupInvite(part)))?;
-            enqueue_log(tx, &dc, payload, None)?;
+            enqueue_content(tx, provider, &self.identity, &mut direct, &dc, &content(Body::GroupInvite(part)), None)?;
         }
         Ok(())
     }
@@ -831,8 +834,7 @@ impl Client {
                 params![conv_id, m.identity_key, clean_name(&m.name)],
             )?;
         }
-        let payload = conv.encrypt(provider, &self.identity, &self.profile_content())?;
-        enqueue_log(tx, &c, payload, None)?;
+        enqueue_content(tx, provider, &self.identity, &mut conv, &c, &self.profile_content(), None)?;
         // Shown where the adding commit stands in the group's log.
         let event = insert_event(
             self,
@@ -908,8 +910,7 @@ impl Client {
         debug_assert!(
             offer.one_time.len() <= MAX_ONE_TIME_PACKAGES && offer.last_resort.len() <= MAX_LAST_RESORT_PACKAGES
         );
-        let payload = conv.encrypt(provider, &self.identity, &content(Body::KeyPackages(offer)))?;
-        enqueue_log(tx, c, payload, None)?;
+        enqueue_content(tx, provider, &self.identity, conv, c, &content(Body::KeyPackages(offer)), None)?;
         Ok(())
     }
 

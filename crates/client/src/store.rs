@@ -341,6 +341,8 @@ CREATE TABLE intents (
     attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+ALTER TABLE outbox ADD COLUMN conversation_id INTEGER;
+ALTER TABLE outbox ADD COLUMN content BLOB;
 ";
 
 fn migrate(conn: &mut Connection) -> Result<(), ClientError> {
@@ -370,4 +372,47 @@ fn migrate(conn: &mut Connection) -> Result<(), ClientError> {
         conn.execute_batch("PRAGMA foreign_keys = ON").map_err(|e| ClientError::Io(e.to_string()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store made by the first version (one conversation per contact) upgrades without losing
+    /// a contact, a message or a cursor.
+    #[test]
+    fn version_one_stores_upgrade() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn).run_migrations().unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO contacts (id, name, identity_key, group_id, joined_epoch, relay_link, log_id, log_secret, cursor_id, cursor, created_at)
+                 VALUES (7, 'Bob', x'01', x'02', 1, 'tamizdat:relay/x', x'03', x'04', x'05', 42, 1000);
+             INSERT INTO messages (contact_id, message_id, seq, outgoing, text, sent_at, state) VALUES (7, x'06', 3, 0, 'hi', 5, 'received');
+             INSERT INTO own_entries (contact_id, dedup_id) VALUES (7, x'08');",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, 2);
+        let (name, conv): (String, i64) = conn
+            .query_row("SELECT name, conversation_id FROM contacts WHERE id = 7", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert_eq!((name.as_str(), conv), ("Bob", 7));
+        let (kind, contact, cursor): (String, i64, i64) = conn
+            .query_row("SELECT kind, contact_id, cursor FROM conversations WHERE id = 7", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!((kind.as_str(), contact, cursor), ("direct", 7, 42));
+        let text: String =
+            conn.query_row("SELECT text FROM messages WHERE conversation_id = 7", [], |r| r.get(0)).unwrap();
+        assert_eq!(text, "hi");
+        let own: i64 =
+            conn.query_row("SELECT count(*) FROM own_entries WHERE conversation_id = 7", [], |r| r.get(0)).unwrap();
+        assert_eq!(own, 1);
+        // Upgrading again is a no-op.
+        migrate(&mut conn).unwrap();
+    }
 }

@@ -307,6 +307,11 @@ async fn leaving_removes_the_member_everywhere() {
     assert!(carol.send("Trio", "still here?").await.is_err());
     // Alice is first in the group's tree: she commits the removal when she sees it.
     sync(&mut alice).await;
+    // Bob has not seen that commit: he encrypts in the old epoch, the relay refuses it as
+    // stale, and his client reads the commit and encrypts it again.
+    let before = epoch(&bob, "Trio");
+    bob.send("Trio", "written in the old epoch").await.unwrap();
+    assert_eq!(epoch(&bob, "Trio"), before + 1);
     sync(&mut bob).await;
     for p in [&alice, &bob] {
         assert_eq!(members(p, "Trio").len(), 2, "{}", p.name());
@@ -315,7 +320,9 @@ async fn leaving_removes_the_member_everywhere() {
     assert_eq!(epoch(&alice, "Trio"), epoch(&bob, "Trio"));
     alice.send("Trio", "just us").await.unwrap();
     sync(&mut bob).await;
-    assert_eq!(texts(&bob, "Trio"), ["just us"]);
+    assert_eq!(texts(&bob, "Trio"), ["written in the old epoch", "just us"]);
+    sync(&mut alice).await;
+    assert_eq!(texts(&alice, "Trio"), ["written in the old epoch", "just us"]);
     // Carol erased the group's keys: her store decrypts nothing of it.
     let conn = store::open(&dir.path().join("Carol"), PASS).unwrap();
     let group_id: Vec<u8> =

@@ -13,9 +13,10 @@ use openmls::prelude::{
 
 use crate::{E2eError, Identity, content::Content, mls_err};
 
-/// How many past epochs' keys a member keeps, to read messages that were sent just before a
-/// commit it has already applied.
-const MAX_PAST_EPOCHS: usize = 5;
+/// Keys of past epochs kept. None: the relay refuses messages of a past epoch (their sender
+/// encrypts again), so nothing is ever read with an old epoch's keys. OpenMLS stores the past
+/// epochs' member lists with every message sent or read, a cost that grows with the group.
+const MAX_PAST_EPOCHS: usize = 0;
 /// Messages are padded inside MLS to a multiple of this many bytes.
 const PADDING: usize = 32;
 
@@ -107,15 +108,19 @@ impl Conversation {
         Ok((conv, out.commit, welcome))
     }
 
-    /// Adds members by their KeyPackages: a pending commit and its Welcome.
+    /// Adds members by their KeyPackages: a pending commit (without an update path) and its
+    /// Welcome.
     pub fn add<P: OpenMlsProvider>(
         &mut self,
         provider: &P,
         identity: &Identity,
         key_packages: &[KeyPackage],
     ) -> Result<Outgoing, E2eError> {
+        // No update path: an add-only commit needs none (RFC 9420, 12.4), and a path would be
+        // encrypted to every member not yet merged into the tree, which makes the commits that
+        // build a large group grow with its size (1.2 KB per member with the post-quantum suite).
         let (commit, welcome, _info) =
-            self.group.add_members(provider, identity.signer(), key_packages).map_err(mls_err)?;
+            self.group.add_members_without_update(provider, identity.signer(), key_packages).map_err(mls_err)?;
         Ok(Outgoing {
             commit: commit.tls_serialize_detached().map_err(mls_err)?,
             welcome: Some(welcome.tls_serialize_detached().map_err(mls_err)?),

@@ -21,6 +21,13 @@ pub const DEFAULT_SUITE: Ciphersuite = Ciphersuite::MLS_128_MLKEM768X25519_AES12
 /// post-quantum Welcomes to travel well (see docs/BENCHMARKS.md for the numbers).
 pub const CLASSIC_SUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 
+/// Most members one commit adds: an add commit carries each new member's KeyPackage and must
+/// stay well inside one relay entry (128 KiB). A post-quantum KeyPackage is about 2.6 KB (two
+/// X-Wing keys), a classic one about 0.3 KB.
+pub fn max_adds_per_commit(suite: Ciphersuite) -> usize {
+    if suite == CLASSIC_SUITE { 200 } else { 32 }
+}
+
 /// The ciphersuites a client hands KeyPackages out for.
 pub const SUITES: [Ciphersuite; 2] = [DEFAULT_SUITE, CLASSIC_SUITE];
 

@@ -276,7 +276,7 @@ impl Session {
                         Metrics::inc(&metrics::global().stale_commits_total);
                         Err(Refusal {
                             epoch: current,
-                            ..refuse(ErrorCode::StaleEpoch, "another commit already took this epoch")
+                            ..refuse(ErrorCode::StaleEpoch, "the group has moved to a newer epoch")
                         })
                     }
                     Outcome::Refused(why) => Err(refuse(ErrorCode::BadRequest, why)),

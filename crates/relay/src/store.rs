@@ -672,6 +672,10 @@ async fn append(
             ContentType::Commit if header.epoch > epoch => return Ok(Outcome::Refused("a commit for a future epoch")),
             ContentType::Commit => epoch + 1,
             _ if header.epoch > epoch => return Ok(Outcome::Refused("a message from a future epoch")),
+            // Everything after a commit is of the new epoch, so members keep no keys of past
+            // epochs (their storage is the cost: it grows with the group). The sender reads
+            // the commit and encrypts again.
+            _ if header.epoch < epoch => return Ok(Outcome::StaleEpoch { current: epoch }),
             _ => epoch,
         };
         // Compare-and-swap on the sequence counter: the epoch moves with it, so of two commits

@@ -35,13 +35,17 @@ async fn one_commit_per_epoch_and_consecutive_sequence_numbers(db: &TestDb) {
     // A commit from an epoch the log has not reached is no race: it is refused.
     let future = store.write(append(&log, 9, 5, ContentType::Commit)).await.unwrap();
     assert!(matches!(future, Outcome::Refused(_)), "{future:?}");
-    // Application messages of the current and past epochs are relayed; future ones are not.
+    // Application messages of the current epoch are relayed; past and future ones are not.
     assert_eq!(
         store.write(append(&log, 3, 1, ContentType::Application)).await.unwrap(),
         Outcome::Stored { seq: 2, epoch: 1, duplicate: false }
     );
     assert_eq!(
         store.write(append(&log, 4, 0, ContentType::Application)).await.unwrap(),
+        Outcome::StaleEpoch { current: 1 }
+    );
+    assert_eq!(
+        store.write(append(&log, 10, 1, ContentType::Application)).await.unwrap(),
         Outcome::Stored { seq: 3, epoch: 1, duplicate: false }
     );
     assert!(matches!(store.write(append(&log, 5, 9, ContentType::Application)).await.unwrap(), Outcome::Refused(_)));
