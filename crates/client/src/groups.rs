@@ -17,7 +17,7 @@ use tamizdat_e2e::{
         Body, GroupInvite, GroupInvitePart, KeyPackages, Leave, MAX_INVITE_PART, MAX_LAST_RESORT_PACKAGES,
         MAX_ONE_TIME_PACKAGES, MemberName,
     },
-    key_packages, max_adds_per_commit,
+    key_packages, max_adds_per_commit, max_members,
     proto::LogRef,
 };
 use tamizdat_wire::{
@@ -354,6 +354,15 @@ impl Client {
             let provider = Provider::new(&tx);
             let conv = load_conversation(&provider, &c)?;
             let members = conv.members();
+            let max = max_members(conv.suite());
+            if members.len() + contacts.len() > max {
+                return Err(ClientError::BadInput(format!(
+                    "{group} would have {} members; groups of its ciphersuite stop at {max} so that their commits \
+                     fit through the relay. A post-quantum group can be replaced by a larger one made with \
+                     `tamizdat group create NAME --classic` (up to 5000 members)",
+                    members.len() + contacts.len()
+                )));
+            }
             let (mut keys, mut kps) = (Vec::new(), Vec::new());
             for name in contacts {
                 let contact = self.contact(name)?;

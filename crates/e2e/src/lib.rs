@@ -22,10 +22,21 @@ pub const DEFAULT_SUITE: Ciphersuite = Ciphersuite::MLS_128_MLKEM768X25519_AES12
 pub const CLASSIC_SUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 
 /// Most members one commit adds: an add commit carries each new member's KeyPackage and must
-/// stay well inside one relay entry (128 KiB). A post-quantum KeyPackage is about 2.6 KB (two
-/// X-Wing keys), a classic one about 0.3 KB.
+/// stay well inside one relay entry (128 KiB for messages). A post-quantum KeyPackage is about
+/// 2.6 KB (two X-Wing keys), a classic one about 0.3 KB.
 pub fn max_adds_per_commit(suite: Ciphersuite) -> usize {
     if suite == CLASSIC_SUITE { 200 } else { 32 }
+}
+
+/// Most members a group of this ciphersuite may have. A commit with an update path (a
+/// removal, a key refresh) is encrypted to every member whose keys are not yet merged into the
+/// tree; right after a group is built that is nearly everyone: about 1.2 KB per member with the
+/// post-quantum suite and 0.09 KB with the classic one (docs/BENCHMARKS.md). Such a commit must
+/// fit in one relay entry for commits (512 KiB), and a Welcome carries the whole tree (7 MB for
+/// 5,000 post-quantum members, over six minutes at 150 kbit/s). So post-quantum groups stop
+/// at 384 members; larger groups, up to 5,000, use the classic suite.
+pub fn max_members(suite: Ciphersuite) -> usize {
+    if suite == CLASSIC_SUITE { 5000 } else { 384 }
 }
 
 /// The ciphersuites a client hands KeyPackages out for.

@@ -8,8 +8,8 @@ use rand::RngCore;
 use tamizdat_transport::server::{ServerWs, recv_frame, send_frame};
 use tamizdat_wire::{
     frame,
-    limits::{self, ID_LEN, KEY_LEN, MAX_PAYLOAD},
-    mls::peek_header,
+    limits::{self, ID_LEN, KEY_LEN, MAX_COMMIT_PAYLOAD, MAX_PAYLOAD},
+    mls::{ContentType, peek_header},
     proto::{
         Appended, ClientFrame, Command, Done, Entries, Error, ErrorCode, HelloOk, LogCreated, Notify, Op, QueueCreated,
         Reply, ServerFrame,
@@ -156,10 +156,10 @@ fn check_id(id: &[u8]) -> Result<(), Refusal> {
     if id.len() == ID_LEN { Ok(()) } else { Err(refuse(ErrorCode::BadRequest, "an id has the wrong length")) }
 }
 
-fn check_payload(payload: &[u8]) -> Result<(), Refusal> {
+fn check_payload(payload: &[u8], limit: usize) -> Result<(), Refusal> {
     match payload.len() {
         0 => Err(refuse(ErrorCode::BadRequest, "empty payload")),
-        n if n > MAX_PAYLOAD => Err(refuse(ErrorCode::TooLarge, "payload over the limit")),
+        n if n > limit => Err(refuse(ErrorCode::TooLarge, "payload over the limit")),
         _ => Ok(()),
     }
 }
@@ -213,7 +213,7 @@ impl Session {
             Op::SendToQueue(c) => {
                 check_id(&c.send_id)?;
                 check_id(&c.dedup_id)?;
-                check_payload(&c.payload)?;
+                check_payload(&c.payload, MAX_PAYLOAD)?;
                 let w = Write::SendToQueue {
                     send_id: c.send_id,
                     dedup_id: c.dedup_id,
@@ -254,9 +254,12 @@ impl Session {
             }
             Op::Append(c) => {
                 check_id(&c.dedup_id)?;
-                check_payload(&c.payload)?;
+                check_payload(&c.payload, MAX_COMMIT_PAYLOAD)?;
                 let header =
                     peek_header(&c.payload).map_err(|_| refuse(ErrorCode::NotMls, "not an MLS group message"))?;
+                if header.content_type != ContentType::Commit {
+                    check_payload(&c.payload, MAX_PAYLOAD)?;
+                }
                 self.authorize_log(&c.log_id, &authorized).await?;
                 let w = Write::Append {
                     log_id: c.log_id,

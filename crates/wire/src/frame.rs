@@ -8,7 +8,7 @@ use prost::Message;
 use crate::{WireError, limits::MAX_FRAME};
 
 /// The sizes a frame can have on the wire.
-pub const BUCKETS: [usize; 6] = [256, 1024, 4096, 16 * 1024, 64 * 1024, MAX_FRAME];
+pub const BUCKETS: [usize; 7] = [256, 1024, 4096, 16 * 1024, 64 * 1024, 256 * 1024, MAX_FRAME];
 
 const LEN_PREFIX: usize = 4;
 

@@ -9,15 +9,22 @@ pub const MAX_VERSION: u32 = 1;
 /// A 60 KiB text plus MLS and content overhead fits with room to spare.
 pub const MAX_PAYLOAD: usize = 128 * 1024;
 
+/// Largest MLS commit a relay accepts. A commit with an update path is encrypted to every
+/// member not yet merged into the group's tree: right after a large group is built that is
+/// nearly everyone (about 0.09 KB per member with the classic suite, 1.2 KB with the
+/// post-quantum one), so commits get this much more room than other messages.
+pub const MAX_COMMIT_PAYLOAD: usize = 512 * 1024;
+
 /// Largest frame on the wire, padding included: the last padding bucket.
-pub const MAX_FRAME: usize = 256 * 1024;
+pub const MAX_FRAME: usize = 1024 * 1024;
 
 /// Largest number of entries one read returns.
 pub const MAX_READ_ENTRIES: u32 = 256;
 
 /// A reply to a read stops adding entries once its payloads pass this many bytes, so the
 /// padded reply stays within [`MAX_FRAME`].
-pub const READ_REPLY_BUDGET: usize = MAX_FRAME - MAX_PAYLOAD / 2 - 4096;
+/// A single larger entry (a commit) is still returned alone.
+pub const READ_REPLY_BUDGET: usize = 256 * 1024 - MAX_PAYLOAD / 2 - 4096;
 
 /// Length of relay-assigned ids (queue ids, log ids) and client-chosen dedup and cursor ids.
 pub const ID_LEN: usize = 16;
