@@ -758,7 +758,7 @@ impl Client {
             self.profile.queue_cursor = to_u64(cursor);
             return Ok(()); // another process on this store handled it already
         }
-        tx.execute("SAVEPOINT entry", [])?;
+        tx.prepare_cached("SAVEPOINT entry")?.execute([])?;
         let provider = Provider::new(&tx);
         let outcome = (|| -> Result<Option<String>, ClientError> {
             let invites: Vec<(Vec<u8>, Vec<u8>, i64)> = {
@@ -861,24 +861,32 @@ impl Client {
         let tx = self.begin()?;
         let provider = Provider::new(&tx);
         let mut slot: Option<Conversation> = None;
+        let mut c = self.conv_by_id_in(&tx, conv_id)?;
+        let mut last = None;
         for entry in entries {
-            let c = self.conv_by_id_in(&tx, conv_id)?;
             if entry.seq <= c.cursor || !c.active {
                 continue;
             }
-            tx.execute("SAVEPOINT entry", [])?;
+            tx.prepare_cached("SAVEPOINT entry")?.execute([])?;
             let outcome = self.handle_log_entry(&tx, &provider, &mut slot, &c, entry, report);
+            // A commit or an invite may have changed the conversation (closed it, renamed a
+            // contact); the group in memory may be ahead of what a rollback leaves in storage.
+            let changed = outcome.is_err()
+                || slot.is_none()
+                || peek_header(&entry.payload).is_ok_and(|h| h.content_type == ContentType::Commit);
             if outcome.is_err() {
-                // The group in memory may be ahead of what the rollback leaves in storage.
                 slot = None;
             }
             if let Some(views) = settle_entry(&tx, outcome, report)? {
                 report.messages.extend(views);
             }
-            tx.execute(
-                "UPDATE conversations SET cursor = MAX(cursor, ?1) WHERE id = ?2",
-                params![to_i64(entry.seq), c.id],
-            )?;
+            last = Some(entry.seq);
+            if changed {
+                c = self.conv_by_id_in(&tx, conv_id)?;
+            }
+        }
+        if let Some(last) = last {
+            tx.execute("UPDATE conversations SET cursor = MAX(cursor, ?1) WHERE id = ?2", params![to_i64(last), c.id])?;
         }
         drop(slot);
         tx.commit()?;
@@ -895,11 +903,8 @@ impl Client {
         report: &mut SyncReport,
     ) -> Result<Option<Vec<MessageView>>, ClientError> {
         let own: Option<i64> = tx
-            .query_row(
-                "SELECT 1 FROM own_entries WHERE conversation_id = ?1 AND dedup_id = ?2",
-                params![c.id, entry.dedup_id],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT 1 FROM own_entries WHERE conversation_id = ?1 AND dedup_id = ?2")?
+            .query_row(params![c.id, entry.dedup_id], |r| r.get(0))
             .optional()?;
         if own.is_some() {
             // Our own entry: if its acknowledgement was lost, the log is the proof of delivery.
@@ -975,14 +980,27 @@ impl Client {
     ) -> Result<(Vec<MessageView>, bool), ClientError> {
         match content.body {
             Some(Body::Text(t)) => {
-                let inserted = tx.execute(
-                    "INSERT OR IGNORE INTO messages (conversation_id, message_id, seq, outgoing, sender_key, text, sent_at, state) VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, 'received')",
-                    params![c.id, content.message_id, to_i64(seq), sender, t.text, to_i64(content.sent_at_ms)],
-                )?;
+                let inserted = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO messages (conversation_id, message_id, seq, outgoing, sender_key, text, sent_at, state) VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, 'received')",
+                    )?
+                    .execute(params![c.id, content.message_id, to_i64(seq), sender, t.text, to_i64(content.sent_at_ms)])?;
                 if inserted == 0 {
                     return Ok((Vec::new(), false)); // the same message id again: shown once
                 }
-                Ok((vec![self.message_by_row_in(tx, tx.last_insert_rowid())?], false))
+                let view = MessageView {
+                    id: hex::encode(&content.message_id),
+                    kind: "text".into(),
+                    sender: if c.is_group { self.member_name(tx, c, sender)? } else { c.name.clone() },
+                    text: t.text,
+                    outgoing: false,
+                    sent_at: content.sent_at_ms,
+                    seq: Some(seq),
+                    state: "received".into(),
+                    conversation: c.name.clone(),
+                    group: c.is_group,
+                };
+                Ok((vec![view], false))
             }
             Some(Body::Profile(p)) => {
                 let wanted = clean_name(&p.display_name);
@@ -1000,6 +1018,7 @@ impl Client {
                     let name = unique_name(tx, &wanted)?;
                     tx.execute("UPDATE contacts SET name = ?1 WHERE id = ?2", params![name, contact.id])?;
                     report.renamed.push((contact.name.clone(), name));
+                    return Ok((Vec::new(), true)); // the conversation's name changed
                 }
                 Ok((Vec::new(), false))
             }
@@ -1250,12 +1269,12 @@ fn settle_entry<T>(
         Err(e) if is_local_failure(&e) => return Err(e),
         Err(e) => {
             tracing::warn!(error = %e, "skipped an entry");
-            tx.execute("ROLLBACK TO entry", [])?;
+            tx.prepare_cached("ROLLBACK TO entry")?.execute([])?;
             report.skipped += 1;
             None
         }
     };
-    tx.execute("RELEASE entry", [])?;
+    tx.prepare_cached("RELEASE entry")?.execute([])?;
     Ok(value)
 }
 
@@ -1399,13 +1418,12 @@ pub(crate) fn contact_where(
     value: &dyn rusqlite::ToSql,
 ) -> Result<Option<ContactRow>, ClientError> {
     Ok(conn
-        .query_row(
-            &format!(
-                "SELECT id, name, identity_key, conversation_id FROM contacts WHERE {condition} ORDER BY id LIMIT 1"
-            ),
-            [value],
-            |r| Ok(ContactRow { id: r.get(0)?, name: r.get(1)?, identity_key: r.get(2)?, conversation_id: r.get(3)? }),
-        )
+        .prepare_cached(&format!(
+            "SELECT id, name, identity_key, conversation_id FROM contacts WHERE {condition} ORDER BY id LIMIT 1"
+        ))?
+        .query_row([value], |r| {
+            Ok(ContactRow { id: r.get(0)?, name: r.get(1)?, identity_key: r.get(2)?, conversation_id: r.get(3)? })
+        })
         .optional()?)
 }
 

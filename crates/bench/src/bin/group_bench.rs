@@ -47,6 +47,9 @@ struct Args {
     /// Messages for the real-client `sync` measurement (0 skips it).
     #[arg(long, default_value_t = 5000)]
     sync_messages: usize,
+    /// Only the real-client `sync` measurement.
+    #[arg(long)]
+    only_sync: bool,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
@@ -320,7 +323,7 @@ async fn main() -> anyhow::Result<()> {
             "classic" => CLASSIC_SUITE,
             other => bail!("unknown suite {other}; use pq or classic"),
         };
-        for &members in &args.sizes {
+        for &members in args.sizes.iter().filter(|_| !args.only_sync) {
             let row = measure(suite, label, members, &args).await?;
             if args.json {
                 println!("{}", serde_json::to_string(&row)?);
