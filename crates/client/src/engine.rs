@@ -363,22 +363,8 @@ impl Client {
 
         // On the relay first: a log, and a cursor for each member, so nothing is deleted
         // before both have read it. If this fails, nothing changed locally.
-        let log_key = SigningKey::generate(&mut rand::rngs::OsRng);
-        let reply = self
-            .call(
-                &relay_link,
-                Op::CreateLog(CreateLog { log_key: log_key.verifying_key().to_bytes().to_vec() }),
-                Some(&log_key),
-            )
-            .await?;
-        let Reply::LogCreated(created) = reply else {
-            return Err(ClientError::Protocol("expected LogCreated".into()));
-        };
         let (own_cursor, peer_cursor) = (random_id(), random_id());
-        for cursor in [&own_cursor, &peer_cursor] {
-            let ack = AckLog { log_id: created.log_id.clone(), cursor_id: cursor.clone(), up_to: 0 };
-            self.call(&relay_link, Op::AckLog(ack), Some(&log_key)).await?;
-        }
+        let (log_id, log_key) = self.create_log(&relay_link, &[&own_cursor, &peer_cursor]).await?;
 
         // Then locally, in one transaction: the group, the contact and the outbox.
         let name = {
@@ -389,11 +375,8 @@ impl Client {
             let (mut conv, commit, welcome) =
                 Conversation::start(&provider, &self.identity, verified.suite, verified.key_package.clone())?;
             conv.confirm_commit(&provider)?;
-            let log = LogRef {
-                relay: Some(relay.clone()),
-                log_id: created.log_id.clone(),
-                log_secret: log_key.to_bytes().to_vec(),
-            };
+            let log =
+                LogRef { relay: Some(relay.clone()), log_id: log_id.clone(), log_secret: log_key.to_bytes().to_vec() };
             let conv_id = insert_conversation(&tx, None, &conv, &log, &own_cursor, 0)?;
             let placeholder = format!("invite-{}", hex::encode(&body.identity_key[..3]));
             let (name, contact_id) =
@@ -431,6 +414,25 @@ impl Client {
         Ok(name)
     }
 
+    /// Creates a log on a relay, with a cursor at its start for each of `cursors`, so nothing
+    /// is deleted before each of those readers has read it. Returns its id and key.
+    pub(crate) async fn create_log(
+        &mut self,
+        link: &str,
+        cursors: &[&[u8]],
+    ) -> Result<(Vec<u8>, SigningKey), ClientError> {
+        let log_key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let create = Op::CreateLog(CreateLog { log_key: log_key.verifying_key().to_bytes().to_vec() });
+        let Reply::LogCreated(created) = self.call(link, create, Some(&log_key)).await? else {
+            return Err(ClientError::Protocol("expected LogCreated".into()));
+        };
+        for cursor in cursors {
+            let ack = AckLog { log_id: created.log_id.clone(), cursor_id: cursor.to_vec(), up_to: 0 };
+            self.call(link, Op::AckLog(ack), Some(&log_key)).await?;
+        }
+        Ok((created.log_id, log_key))
+    }
+
     /// An immediate transaction: it takes the write lock at once (waiting for another process
     /// if needed), so nothing inside it can fail for a busy database half-way.
     pub(crate) fn begin(&self) -> Result<rusqlite::Transaction<'_>, ClientError> {
@@ -442,7 +444,7 @@ impl Client {
     }
 
     /// The identity key of whoever holds `name` (a contact), an empty key for a group, or `None`.
-    fn name_owner(&self, name: &str) -> Result<Option<Vec<u8>>, ClientError> {
+    pub(crate) fn name_owner(&self, name: &str) -> Result<Option<Vec<u8>>, ClientError> {
         if let Some(c) = self.contact_by_name(name)? {
             return Ok(Some(c.identity_key));
         }

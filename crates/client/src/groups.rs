@@ -22,7 +22,7 @@ use tamizdat_e2e::{
 };
 use tamizdat_wire::{
     limits::ID_LEN,
-    proto::{AckLog, Append, CreateLog, ErrorCode, Op, RelayDescriptor, Reply},
+    proto::{AckLog, Append, ErrorCode, Op, RelayDescriptor, Reply},
 };
 
 use crate::{
@@ -104,9 +104,9 @@ fn parse_hex_list(text: &str) -> Result<Vec<Vec<u8>>, ClientError> {
 
 const INTENT_COLUMNS: &str = "id, kind, keys, key_packages, cursor_ids, commit_bytes, welcome, dedup_id";
 
-fn intent_row(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(i64, String, String, String, String, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>)> {
+type IntentRow = (i64, String, String, String, String, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn intent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IntentRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
 }
 
@@ -288,38 +288,18 @@ impl Client {
     /// Creates a group with only us in it, its log on our relay.
     pub async fn group_create(&mut self, name: &str, suite: Ciphersuite) -> Result<String, ClientError> {
         check_own_name(name)?;
-        let taken: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT 1 FROM contacts WHERE name = ?1 UNION ALL SELECT 1 FROM conversations WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let taken = self.name_owner(name)?;
         if taken.is_some() {
             return Err(ClientError::BadInput(format!("you already have a contact or group named {name:?}")));
         }
         let relay = self.profile.relay.clone();
-        let link = relay.to_link();
-        let log_key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-        let reply = self
-            .call(
-                &link,
-                Op::CreateLog(CreateLog { log_key: log_key.verifying_key().to_bytes().to_vec() }),
-                Some(&log_key),
-            )
-            .await?;
-        let Reply::LogCreated(created) = reply else {
-            return Err(ClientError::Protocol("expected LogCreated".into()));
-        };
         let cursor = random_id();
-        let ack = AckLog { log_id: created.log_id.clone(), cursor_id: cursor.clone(), up_to: 0 };
-        self.call(&link, Op::AckLog(ack), Some(&log_key)).await?;
+        let (log_id, log_key) = self.create_log(&relay.to_link(), &[&cursor]).await?;
         {
             let tx = self.begin()?;
             let provider = Provider::new(&tx);
             let mut conv = Conversation::create(&provider, &self.identity, suite)?;
-            let log = LogRef { relay: Some(relay), log_id: created.log_id, log_secret: log_key.to_bytes().to_vec() };
+            let log = LogRef { relay: Some(relay), log_id, log_secret: log_key.to_bytes().to_vec() };
             let conv_id = insert_conversation(&tx, Some(name), &conv, &log, &cursor, 0)?;
             let c = conv_by_id(&tx, conv_id)?;
             enqueue_content(&tx, &provider, &self.identity, &mut conv, &c, &self.profile_content(), None)?;

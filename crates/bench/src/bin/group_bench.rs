@@ -190,7 +190,7 @@ async fn measure(suite: Ciphersuite, label: &str, members: usize, args: &Args) -
     let kp = key_packages::generate(&others, &newcomer, suite, false)?;
     let kp = key_packages::validate(&others, &kp.bytes, newcomer.public_key())?;
     let started = Instant::now();
-    let out = in_tx(&creator_db, |p| group.add(p, &creator, &[kp.clone()]))?;
+    let out = in_tx(&creator_db, |p| group.add(p, &creator, std::slice::from_ref(&kp)))?;
     log.append(out.commit.clone()).await?;
     in_tx(&creator_db, |p| group.confirm_commit(p))?;
     let add_one_ms = ms(started.elapsed());
