@@ -1066,7 +1066,8 @@ impl Client {
                 Ok(report) => {
                     on_report(&report);
                     let past_deadline = until.is_some_and(|u| tokio::time::Instant::now() >= u);
-                    if !report.new_contacts.is_empty() && !past_deadline {
+                    let joined = !report.new_contacts.is_empty() || !report.new_groups.is_empty();
+                    if joined && !past_deadline {
                         // New conversations: subscribe to them and look again right away.
                         continue;
                     }
