@@ -27,7 +27,7 @@ pub enum ClientError {
     #[error("{0}")]
     BadInput(String),
     /// No contact or conversation by that name.
-    #[error("no contact named {0:?}; `tamizdat contacts` lists them")]
+    #[error("no contact or group named {0:?}; `tamizdat contacts` and `tamizdat groups` list them")]
     UnknownContact(String),
     /// An invite was refused.
     #[error("{0}")]

@@ -68,7 +68,7 @@ fn unknown_contact_unreachable_relay_and_bad_usage() {
     let relay = RelayProc::start(&root.path().join("relay"), None);
     let (alice, _bob) = pair(root.path(), &relay, "Alice", "Bob");
     let err = one_line_failure(&alice.run(&["send", "Nobody", "hi"]));
-    assert!(err.contains("no contact named"), "{err}");
+    assert!(err.contains("no contact or group named"), "{err}");
     let err = one_line_failure(&alice.run(&["messages", "Nobody"]));
     assert!(err.contains("contacts"), "{err}");
 
