@@ -479,7 +479,10 @@ async fn group(cli: &Cli, command: &GroupCommand) -> Result<(), Failure> {
         GroupCommand::Create { name, classic } => {
             let suite = if *classic { tamizdat_e2e::CLASSIC_SUITE } else { tamizdat_e2e::DEFAULT_SUITE };
             client.group_create(name, suite).await.map(|name| {
-                serde_json::json!({ "group": name, "text": format!("created {name}; add people with `tamizdat group add {name} CONTACT`") })
+                // A name with spaces is quoted in the hint, so it can be pasted into a shell.
+                let arg = if name.contains(char::is_whitespace) { format!("{name:?}") } else { name.clone() };
+                let text = format!("created {name}; add people with `tamizdat group add {arg} CONTACT`");
+                serde_json::json!({ "group": name, "text": text })
             })
         }
         GroupCommand::Add { group, contacts } => client.group_add(group, contacts).await.map(|report| {
