@@ -927,7 +927,15 @@ impl Client {
             // One of our membership changes whose acceptance we had not heard of.
             if let Some(intent) = crate::groups::intent_by_dedup(tx, &entry.dedup_id)? {
                 let conv = loaded(slot, provider, c)?;
-                return self.finish_intent(tx, provider, conv, c, &intent, entry.seq).map(Some);
+                // The relay holds this commit: skipping it would leave us behind the group for
+                // good, so a failure here stops the sync instead.
+                return self.finish_intent(tx, provider, conv, c, &intent, entry.seq).map(Some).map_err(|e| {
+                    if is_local_failure(&e) {
+                        e
+                    } else {
+                        ClientError::Corrupt(format!("our own accepted commit could not be applied: {e}"))
+                    }
+                });
             }
             return Ok(None);
         }
@@ -1255,7 +1263,7 @@ pub(crate) fn content(body: Body) -> Content {
 
 /// True for failures of this device (storage, damaged state): they end an operation instead
 /// of being blamed on the entry or the relay.
-fn is_local_failure(e: &ClientError) -> bool {
+pub(crate) fn is_local_failure(e: &ClientError) -> bool {
     matches!(e, ClientError::Io(_) | ClientError::Corrupt(_) | ClientError::E2e(E2eError::Storage(_)))
 }
 

@@ -39,6 +39,14 @@ use crate::{
 const ONE_TIME_PER_SUITE: usize = 2;
 /// How many one-time KeyPackages of one contact we keep per ciphersuite.
 const KEEP_PER_SUITE: i64 = 8;
+/// KeyPackages live 84 days (OpenMLS's default); a contact gets fresh ones once ours are this
+/// old, so someone who made contact months ago can still be added to groups.
+const RENEW_KEY_PACKAGES_AFTER_MS: u64 = 56 * 86_400_000;
+
+fn renewal_cutoff() -> i64 {
+    to_i64(now_ms().saturating_sub(RENEW_KEY_PACKAGES_AFTER_MS))
+}
+
 /// How often an intent may lose the race for an epoch in one run before we stop for now.
 const MAX_ATTEMPTS: usize = 8;
 /// A member who is not first in line to remove a departed member waits this long for the one
@@ -117,7 +125,11 @@ fn intent_where(
 ) -> Result<Option<Intent>, ClientError> {
     let row = conn
         .query_row(
-            &format!("SELECT {INTENT_COLUMNS} FROM intents WHERE {condition} ORDER BY id LIMIT 1"),
+            // An intent whose commit is built goes first: its commit may already be on the relay,
+            // and building another would drop it.
+            &format!(
+                "SELECT {INTENT_COLUMNS} FROM intents WHERE {condition} ORDER BY commit_bytes IS NULL, id LIMIT 1"
+            ),
             values,
             intent_row,
         )
@@ -346,6 +358,9 @@ impl Client {
             let (mut keys, mut kps) = (Vec::new(), Vec::new());
             for name in contacts {
                 let contact = self.contact(name)?;
+                if !conv_by_id(&tx, contact.conversation_id)?.active {
+                    return Err(ClientError::BadInput(format!("your chat with {name} is closed; invite them again")));
+                }
                 if members.contains(&contact.identity_key) || keys.contains(&contact.identity_key) {
                     return Err(ClientError::BadInput(format!("{name} is already in {group}")));
                 }
@@ -585,7 +600,15 @@ impl Client {
                 let mut packages = Vec::new();
                 for (key, bytes) in intent.keys.iter().zip(&intent.key_packages) {
                     if !members.contains(key) {
-                        packages.push(key_packages::validate(&provider, bytes, key)?);
+                        // A package that expired while the change waited: that member is left
+                        // out rather than blocking the group's later changes.
+                        match key_packages::validate(&provider, bytes, key) {
+                            Ok(kp) => packages.push(kp),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "left out of an add: their KeyPackage is no longer valid");
+                                continue;
+                            }
+                        }
                         keys.push(key.clone());
                         kps.push(bytes.clone());
                     }
@@ -665,7 +688,27 @@ impl Client {
                         cursor_position: seq,
                         roster: roster.clone(),
                     };
-                    self.send_invite(tx, provider, key, &invite)?;
+                    // The commit is merged whatever happens here: a failed invite must not undo
+                    // it (the relay has it), only be reported.
+                    tx.execute("SAVEPOINT invite", [])?;
+                    match self.send_invite(tx, provider, key, &invite) {
+                        Ok(()) => tx.execute("RELEASE invite", []).map(|_| ())?,
+                        Err(e) if crate::engine::is_local_failure(&e) => return Err(e),
+                        Err(e) => {
+                            tx.execute("ROLLBACK TO invite", [])?;
+                            tx.execute("RELEASE invite", [])?;
+                            let who = self.member_name(tx, c, key)?;
+                            tracing::warn!(error = %e, "a group invite could not be sent");
+                            events.push(insert_event(
+                                self,
+                                tx,
+                                c,
+                                &own,
+                                &format!("the invite to {who} could not be sent ({e})"),
+                                Some(seq),
+                            )?);
+                        }
+                    }
                 }
             }
             "remove" => {
@@ -808,14 +851,38 @@ impl Client {
         if !conv.members().contains(&adder.identity_key) {
             return Err(ClientError::BadInput("a group invite from someone outside the group".into()));
         }
-        let known: Option<i64> = tx
-            .query_row("SELECT id FROM conversations WHERE group_id = ?1", [conv.group_id()], |r| r.get(0))
+        let known: Option<(i64, String, String)> = tx
+            .query_row("SELECT id, state, name FROM conversations WHERE group_id = ?1", [conv.group_id()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
-        if known.is_some() {
-            return Err(ClientError::BadInput("an invite to a group we are already in".into()));
-        }
-        let name = unique_name(tx, &clean_name(&invite.name))?;
-        let conv_id = insert_conversation(tx, Some(&name), &conv, &log, &invite.cursor_id, invite.cursor_position)?;
+        let (conv_id, name) = match known {
+            Some((_, state, _)) if state == "active" => {
+                return Err(ClientError::BadInput("an invite to a group we are already in".into()));
+            }
+            // Added back after leaving or being removed: the same conversation, read from here on.
+            Some((id, _, name)) => {
+                let relay = log.relay.as_ref().map(RelayDescriptor::to_link).unwrap_or_default();
+                tx.execute(
+                    "UPDATE conversations SET state = 'active', joined_epoch = ?1, relay_link = ?2, log_id = ?3, log_secret = ?4, cursor_id = ?5, cursor = ?6, sent_since_update = 0, updated_at = ?7 WHERE id = ?8",
+                    params![
+                        to_i64(conv.epoch()),
+                        relay,
+                        log.log_id,
+                        log.log_secret,
+                        invite.cursor_id,
+                        to_i64(invite.cursor_position),
+                        to_i64(now_ms()),
+                        id
+                    ],
+                )?;
+                (id, name)
+            }
+            None => {
+                let name = unique_name(tx, &clean_name(&invite.name))?;
+                (insert_conversation(tx, Some(&name), &conv, &log, &invite.cursor_id, invite.cursor_position)?, name)
+            }
+        };
         let c = conv_by_id(tx, conv_id)?;
         for m in invite.roster.iter().filter(|m| m.identity_key.len() <= 64) {
             tx.execute(
@@ -866,8 +933,11 @@ impl Client {
         c: &ConvRow,
         contact_id: i64,
     ) -> Result<(), ClientError> {
-        let offered: i64 =
-            tx.query_row("SELECT count(*) FROM own_key_packages WHERE contact_id = ?1", [contact_id], |r| r.get(0))?;
+        let offered: i64 = tx.query_row(
+            "SELECT count(*) FROM own_key_packages WHERE contact_id = ?1 AND created_at > ?2",
+            params![contact_id, renewal_cutoff()],
+            |r| r.get(0),
+        )?;
         if offered > 0 {
             return Ok(()); // two crossed invites: the first chat already carried them
         }
@@ -890,8 +960,8 @@ impl Client {
             for _ in 0..count {
                 let kp = key_packages::generate(provider, &self.identity, suite, last_resort)?;
                 tx.execute(
-                    "INSERT INTO own_key_packages (hash_ref, contact_id, suite, last_resort) VALUES (?1, ?2, ?3, ?4)",
-                    params![kp.hash_ref, contact_id, u16::from(suite), last_resort],
+                    "INSERT INTO own_key_packages (hash_ref, contact_id, suite, last_resort, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![kp.hash_ref, contact_id, u16::from(suite), last_resort, to_i64(now_ms())],
                 )?;
                 if last_resort { offer.last_resort.push(kp.bytes) } else { offer.one_time.push(kp.bytes) }
             }
@@ -903,13 +973,14 @@ impl Client {
         Ok(())
     }
 
-    /// Offers KeyPackages to contacts made before this version, who have none of ours.
+    /// Offers KeyPackages to contacts who hold none of ours that are fresh (contacts made before
+    /// this version, or whose packages are near their expiry).
     pub(crate) fn ensure_key_packages_offered(&self) -> Result<(), ClientError> {
         let missing: Vec<(i64, i64)> = {
             let mut stmt = self.conn.prepare(
-                "SELECT c.id, c.conversation_id FROM contacts c JOIN conversations v ON v.id = c.conversation_id WHERE v.state = 'active' AND NOT EXISTS (SELECT 1 FROM own_key_packages k WHERE k.contact_id = c.id)",
+                "SELECT c.id, c.conversation_id FROM contacts c JOIN conversations v ON v.id = c.conversation_id WHERE v.state = 'active' AND NOT EXISTS (SELECT 1 FROM own_key_packages k WHERE k.contact_id = c.id AND k.created_at > ?1)",
             )?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+            stmt.query_map([renewal_cutoff()], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
         };
         for (contact_id, conv_id) in missing {
             let tx = self.begin()?;

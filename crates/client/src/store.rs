@@ -310,7 +310,8 @@ CREATE TABLE own_key_packages (
     hash_ref BLOB PRIMARY KEY,
     contact_id INTEGER NOT NULL,
     suite INTEGER NOT NULL,
-    last_resort INTEGER NOT NULL
+    last_resort INTEGER NOT NULL,
+    created_at INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE peer_key_packages (
     id INTEGER PRIMARY KEY,

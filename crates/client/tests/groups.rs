@@ -328,6 +328,16 @@ async fn leaving_removes_the_member_everywhere() {
     let group_id: Vec<u8> =
         conn.query_row("SELECT group_id FROM conversations WHERE name = 'Trio'", [], |r| r.get(0)).unwrap();
     assert!(Conversation::load(&Provider::new(&conn), &group_id).unwrap().is_none());
+    drop(conn);
+
+    // Added back later, Carol is in the same conversation again and reads from there on.
+    alice.group_add("Trio", &["Carol".into()]).await.unwrap();
+    sync(&mut carol).await;
+    assert_eq!(carol.groups().unwrap()[0].state, "active");
+    alice.send("Trio", "welcome back").await.unwrap();
+    sync(&mut carol).await;
+    assert!(texts(&carol, "Trio").ends_with(&["welcome back".to_string()]), "{:?}", texts(&carol, "Trio"));
+    assert_eq!(members(&carol, "Trio").len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

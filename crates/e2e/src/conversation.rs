@@ -221,6 +221,11 @@ impl Conversation {
 
     /// Merges our pending commit after the relay accepted it.
     pub fn confirm_commit<P: OpenMlsProvider>(&mut self, provider: &P) -> Result<(), E2eError> {
+        // OpenMLS accepts a merge without a pending commit as a no-op; for us it means the
+        // commit the relay took is lost, which must not pass unnoticed.
+        if !self.has_pending_commit() {
+            return Err(E2eError::Mls("no pending commit to merge".into()));
+        }
         self.group.merge_pending_commit(provider).map_err(mls_err)
     }
 
