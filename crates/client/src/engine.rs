@@ -21,7 +21,7 @@ use tamizdat_e2e::{
 };
 use tamizdat_wire::{
     limits::{ID_LEN, MAX_READ_ENTRIES},
-    mls::{ContentType, peek_header},
+    mls::{ContentType, MlsHeader, peek_header},
     proto::{
         AckLog, AckQueue, Append, CreateLog, CreateQueue, Entry, ErrorCode, Op, ReadLog, ReadQueue, RelayDescriptor,
         Reply, SendToQueue, Subscribe,
@@ -381,7 +381,7 @@ impl Client {
             let placeholder = format!("invite-{}", hex::encode(&body.identity_key[..3]));
             let (name, contact_id) =
                 attach_direct(&tx, &body.identity_key, alias.unwrap_or(&placeholder), alias.is_some(), conv_id)?;
-            let c = self.conv_by_id_in(&tx, conv_id)?;
+            let c = conv_by_id(&tx, conv_id)?;
             enqueue_log(&tx, &c, commit, None)?;
             let join = JoinRequest {
                 invite_id: body.invite_id.clone(),
@@ -468,25 +468,17 @@ impl Client {
         self.contact_by_name(name)?.ok_or_else(|| ClientError::UnknownContact(name.to_string()))
     }
 
-    pub(crate) fn conv_by_id(&self, id: i64) -> Result<ConvRow, ClientError> {
-        self.conv_by_id_in(&self.conn, id)
-    }
-
-    pub(crate) fn conv_by_id_in(&self, conn: &Connection, id: i64) -> Result<ConvRow, ClientError> {
-        conv_by_id(conn, id)
-    }
-
     /// The conversation `name` means: a contact's 1:1 chat, or a group.
     pub(crate) fn conversation(&self, name: &str) -> Result<ConvRow, ClientError> {
         if let Some(c) = self.contact_by_name(name)? {
-            return self.conv_by_id(c.conversation_id);
+            return conv_by_id(&self.conn, c.conversation_id);
         }
         let group: Option<i64> = self
             .conn
             .query_row("SELECT id FROM conversations WHERE kind = 'group' AND name = ?1", [name], |r| r.get(0))
             .optional()?;
         match group {
-            Some(id) => self.conv_by_id(id),
+            Some(id) => conv_by_id(&self.conn, id),
             None => Err(ClientError::UnknownContact(name.to_string())),
         }
     }
@@ -675,7 +667,7 @@ impl Client {
         report: &mut SyncReport,
     ) -> Result<Option<Vec<u8>>, ClientError> {
         self.sync_log(conv_id, report).await?;
-        let c = self.conv_by_id(conv_id)?;
+        let c = conv_by_id(&self.conn, conv_id)?;
         let tx = self.begin()?;
         let provider = Provider::new(&tx);
         let Some(mut conv) = Conversation::load(&provider, &c.group_id)?.filter(|g| c.active && g.is_active()) else {
@@ -808,7 +800,7 @@ impl Client {
             let conv_id = insert_conversation(&tx, None, &conv, &log, &join.cursor_id, join.cursor_position)?;
             let (name, contact_id) = attach_direct(&tx, peer, &clean_name(&join.display_name), false, conv_id)?;
             tx.execute("UPDATE invites SET used = 1 WHERE invite_id = ?1", [&invite_id])?;
-            let c = self.conv_by_id_in(&tx, conv_id)?;
+            let c = conv_by_id(&tx, conv_id)?;
             enqueue_content(&tx, &provider, &self.identity, &mut conv, &c, &self.profile_content(), None)?;
             self.offer_key_packages(&tx, &provider, &mut conv, &c, contact_id)?;
             Ok(Some(name))
@@ -829,7 +821,7 @@ impl Client {
     /// own savepoint, so a faulty entry is skipped without undoing its neighbours.
     pub(crate) async fn sync_log(&mut self, conv_id: i64, report: &mut SyncReport) -> Result<(), ClientError> {
         loop {
-            let c = self.conv_by_id(conv_id)?;
+            let c = conv_by_id(&self.conn, conv_id)?;
             if !c.active {
                 return Ok(());
             }
@@ -863,19 +855,20 @@ impl Client {
         let tx = self.begin()?;
         let provider = Provider::new(&tx);
         let mut slot: Option<Conversation> = None;
-        let mut c = self.conv_by_id_in(&tx, conv_id)?;
+        let mut c = conv_by_id(&tx, conv_id)?;
         let mut last = None;
         for entry in entries {
             if entry.seq <= c.cursor || !c.active {
                 continue;
             }
             tx.prepare_cached("SAVEPOINT entry")?.execute([])?;
-            let outcome = self.handle_log_entry(&tx, &provider, &mut slot, &c, entry, report);
+            // The header is read once: the entry's handling and the batch both need it.
+            let header = peek_header(&entry.payload);
+            let is_commit = header.as_ref().is_ok_and(|h| h.content_type == ContentType::Commit);
+            let outcome = self.handle_log_entry(&tx, &provider, &mut slot, &c, entry, header, report);
             // A commit or an invite may have changed the conversation (closed it, renamed a
             // contact); the group in memory may be ahead of what a rollback leaves in storage.
-            let changed = outcome.is_err()
-                || slot.is_none()
-                || peek_header(&entry.payload).is_ok_and(|h| h.content_type == ContentType::Commit);
+            let changed = outcome.is_err() || slot.is_none() || is_commit;
             if outcome.is_err() {
                 slot = None;
             }
@@ -884,7 +877,7 @@ impl Client {
             }
             last = Some(entry.seq);
             if changed {
-                c = self.conv_by_id_in(&tx, conv_id)?;
+                c = conv_by_id(&tx, conv_id)?;
             }
         }
         if let Some(last) = last {
@@ -895,6 +888,7 @@ impl Client {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn handle_log_entry(
         &self,
         tx: &Connection,
@@ -902,6 +896,7 @@ impl Client {
         slot: &mut Option<Conversation>,
         c: &ConvRow,
         entry: &Entry,
+        header: Result<MlsHeader, tamizdat_wire::WireError>,
         report: &mut SyncReport,
     ) -> Result<Option<Vec<MessageView>>, ClientError> {
         let own: Option<i64> = tx
@@ -939,7 +934,7 @@ impl Client {
             }
             return Ok(None);
         }
-        let header = peek_header(&entry.payload)?;
+        let header = header?;
         if header.epoch < c.joined_epoch {
             return Ok(None); // from before we joined
         }
@@ -1110,7 +1105,7 @@ impl Client {
             self.profile.queue_key.clone(),
         )];
         for id in self.active_conversations()? {
-            let c = self.conv_by_id(id)?;
+            let c = conv_by_id(&self.conn, id)?;
             wanted.push((c.relay_link, Subscribe { log_id: c.log_id, read_id: Vec::new() }, c.log_key));
         }
         // One relay failing does not stop the subscriptions on the others.
@@ -1190,7 +1185,7 @@ impl Client {
             [row],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?)),
         )?;
-        let c = self.conv_by_id_in(conn, conv_id)?;
+        let c = conv_by_id(conn, conv_id)?;
         let sender = match (&sender_key, outgoing) {
             (_, true) => self.profile.name.clone(),
             (Some(key), false) => self.member_name(conn, &c, key)?,
