@@ -30,6 +30,7 @@ use tamizdat_wire::{
 
 use crate::{
     ClientError,
+    paths::{Net, NetOptions},
     relay::RelayClient,
     store::{self, Provider},
 };
@@ -134,7 +135,7 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     now_ms() / 1000
 }
 
@@ -183,12 +184,24 @@ pub struct Client {
     pub(crate) identity: Identity,
     pub(crate) profile: ProfileRow,
     pub(crate) relays: HashMap<String, RelayClient>,
+    pub(crate) net: Net,
 }
 
 impl Client {
     /// Creates an identity in `home` that uses the relay of `relay_link`. The relay is asked
     /// for a contact queue first, so nothing is created if it cannot be reached.
     pub async fn init(home: &Path, passphrase: &str, name: &str, relay_link: &str) -> Result<Self, ClientError> {
+        Self::init_with(home, passphrase, name, relay_link, NetOptions::default()).await
+    }
+
+    /// [`Self::init`] with network options (a proxy).
+    pub async fn init_with(
+        home: &Path,
+        passphrase: &str,
+        name: &str,
+        relay_link: &str,
+        options: NetOptions,
+    ) -> Result<Self, ClientError> {
         check_own_name(name)?;
         if store::exists(home) {
             return Err(ClientError::AlreadyInitialised(home.display().to_string()));
@@ -196,7 +209,8 @@ impl Client {
         let relay =
             RelayDescriptor::from_link(relay_link).map_err(|e| ClientError::BadInput(format!("relay link: {e}")))?;
         let queue_key = SigningKey::generate(&mut rand::rngs::OsRng);
-        let mut rc = RelayClient::connect(&relay).await?;
+        let net = Net::new(home, options.proxy.clone())?;
+        let mut rc = RelayClient::connect_with(&net.dialer, &relay, &relay.parsed_endpoints()).await?;
         let reply = rc
             .call(
                 Op::CreateQueue(CreateQueue { read_key: queue_key.verifying_key().to_bytes().to_vec() }),
@@ -217,17 +231,33 @@ impl Client {
             "INSERT INTO profile (id, name, identity_key, suite, relay_link, queue_read_id, queue_send_id, queue_secret) VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![name, identity.public_key(), u16::from(DEFAULT_SUITE), relay.to_link(), q.read_id, q.send_id, queue_key.to_bytes().to_vec()],
         )?;
-        let client = Self::from_conn(conn)?;
+        let client = Self::from_conn(conn, net)?;
         store::finish_create(home)?;
         Ok(client)
     }
 
     /// Opens the identity in `home`.
     pub fn open(home: &Path, passphrase: &str) -> Result<Self, ClientError> {
-        Self::from_conn(store::open(home, passphrase)?)
+        Self::open_with(home, passphrase, NetOptions::default())
     }
 
-    fn from_conn(conn: Connection) -> Result<Self, ClientError> {
+    /// [`Self::open`] with network options; a proxy given here wins over the `proxy` setting.
+    pub fn open_with(home: &Path, passphrase: &str, options: NetOptions) -> Result<Self, ClientError> {
+        let conn = store::open(home, passphrase)?;
+        let proxy = match options.proxy {
+            Some(p) => Some(p),
+            None => {
+                let saved: Option<String> =
+                    conn.query_row("SELECT value FROM settings WHERE key = 'proxy'", [], |r| r.get(0)).optional()?;
+                saved.filter(|s| !s.is_empty()).map(|s| s.parse()).transpose()?
+            }
+        };
+        let mut client = Self::from_conn(conn, Net::new(home, proxy)?)?;
+        client.load_network()?;
+        Ok(client)
+    }
+
+    fn from_conn(conn: Connection, net: Net) -> Result<Self, ClientError> {
         let profile = conn
             .query_row(
                 "SELECT name, identity_key, suite, relay_link, queue_read_id, queue_send_id, queue_secret, queue_cursor FROM profile WHERE id = 1",
@@ -262,7 +292,7 @@ impl Client {
             let provider = Provider::new(&conn);
             Identity::load(&provider, &profile.identity_key, suite)?
         };
-        Ok(Self { conn, identity, profile, relays: HashMap::new() })
+        Ok(Self { conn, identity, profile, relays: HashMap::new(), net })
     }
 
     /// Our display name.
@@ -292,9 +322,12 @@ impl Client {
     }
 
     async fn relay(&mut self, link: &str) -> Result<&mut RelayClient, ClientError> {
+        if self.relays.get(link).is_some_and(|rc| self.connection_spent(rc)) {
+            self.relays.remove(link);
+        }
         if !self.relays.contains_key(link) {
             let descriptor = RelayDescriptor::from_link(link)?;
-            let rc = RelayClient::connect(&descriptor).await?;
+            let rc = self.open_relay(&descriptor).await?;
             self.relays.insert(link.to_string(), rc);
         }
         self.relays.get_mut(link).ok_or_else(|| ClientError::Protocol("relay connection vanished".into()))
@@ -308,14 +341,26 @@ impl Client {
     pub(crate) async fn call(&mut self, link: &str, op: Op, key: Option<&SigningKey>) -> Result<Reply, ClientError> {
         const BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(800)];
         let repeatable = !matches!(op, Op::CreateQueue(_) | Op::CreateLog(_));
+        let mut op = op;
         let mut attempt = 0;
         loop {
+            // On a network that freezes busy connections, replies are kept small.
+            match &mut op {
+                Op::ReadLog(r) => r.max_bytes = self.read_bytes(),
+                Op::ReadQueue(r) => r.max_bytes = self.read_bytes(),
+                _ => {}
+            }
             let result = match self.relay(link).await {
                 Ok(rc) => rc.call(op.clone(), key).await,
                 Err(e) => Err(e),
             };
             if matches!(result, Err(ClientError::Transport(_) | ClientError::Protocol(_))) {
                 self.relays.remove(link);
+            }
+            if let Err(e) = &result
+                && crate::paths::is_stall(e)
+            {
+                self.note_freeze()?;
             }
             match result {
                 Err(ClientError::Transport(_)) if repeatable && attempt < BACKOFF.len() => {
@@ -722,6 +767,7 @@ impl Client {
                 read_id: self.profile.queue_read_id.clone(),
                 after: self.profile.queue_cursor,
                 limit: MAX_READ_ENTRIES,
+                max_bytes: 0,
             };
             let key = self.profile.queue_key.clone();
             let Reply::Entries(batch) = self.call(&link, Op::ReadQueue(read), Some(&key)).await? else {
@@ -825,7 +871,7 @@ impl Client {
             if !c.active {
                 return Ok(());
             }
-            let read = ReadLog { log_id: c.log_id.clone(), after: c.cursor, limit: MAX_READ_ENTRIES };
+            let read = ReadLog { log_id: c.log_id.clone(), after: c.cursor, limit: MAX_READ_ENTRIES, max_bytes: 0 };
             let Reply::Entries(batch) = self.call(&c.relay_link, Op::ReadLog(read), Some(&c.log_key)).await? else {
                 return Err(ClientError::Protocol("expected Entries".into()));
             };

@@ -2,11 +2,14 @@
 
 mod engine;
 mod groups;
+mod paths;
 pub mod relay;
 pub mod store;
 
 pub use engine::{Client, ContactView, MessageView, SyncReport};
 pub use groups::{GroupView, MemberView, SETTINGS};
+pub use paths::{EndpointView, FREEZE_BUDGET, NetOptions, doctor_link};
+pub use tamizdat_transport::{diagnose::Report as DoctorReport, proxy::Proxy};
 pub use tamizdat_wire::ErrorKind;
 use tamizdat_wire::proto::ErrorCode;
 

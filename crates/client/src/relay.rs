@@ -7,7 +7,7 @@ use std::{
 
 use ed25519_dalek::{Signer, SigningKey};
 use prost::Message;
-use tamizdat_transport::client::{Connection, connect};
+use tamizdat_transport::{TransportError, client::Connection, dial::Dialer, endpoint::Endpoint};
 use tamizdat_wire::{
     auth_payload, frame,
     limits::{MAX_VERSION, MIN_VERSION},
@@ -18,6 +18,9 @@ use crate::ClientError;
 
 /// How long a request may wait for its reply.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A pending reply with not one byte arriving for this long means the connection froze (some
+/// censors stop a connection's server-to-client bytes after ~16 KB, without a reset).
+const STALL_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// An open, greeted connection to a relay.
 pub struct RelayClient {
@@ -31,9 +34,20 @@ pub struct RelayClient {
 }
 
 impl RelayClient {
-    /// Connects and negotiates the protocol version.
+    /// Connects with a dialer configured from the environment, trying the descriptor's
+    /// endpoints in order, and negotiates the protocol version.
     pub async fn connect(relay: &RelayDescriptor) -> Result<Self, ClientError> {
-        let conn = connect(relay).await?;
+        let dialer = Dialer::from_env(std::env::temp_dir().join("tamizdat-pt"))?;
+        Self::connect_with(&dialer, relay, &relay.parsed_endpoints()).await
+    }
+
+    /// Races `endpoints` (best first) with `dialer` and negotiates the protocol version.
+    pub async fn connect_with(
+        dialer: &Dialer,
+        relay: &RelayDescriptor,
+        endpoints: &[Endpoint],
+    ) -> Result<Self, ClientError> {
+        let conn = dialer.dial(relay, endpoints).await?;
         let mut client =
             Self { conn, nonce: Vec::new(), next_id: 1, notices: VecDeque::new(), subscribed: HashSet::new() };
         match client.call(Op::Hello(Hello { min_version: MIN_VERSION, max_version: MAX_VERSION }), None).await? {
@@ -43,6 +57,16 @@ impl RelayClient {
             }
             _ => Err(ClientError::Protocol("the relay did not answer hello".into())),
         }
+    }
+
+    /// The endpoint this connection went through.
+    pub fn endpoint(&self) -> &str {
+        self.conn.endpoint()
+    }
+
+    /// Bytes received on this connection so far.
+    pub fn received(&self) -> u64 {
+        self.conn.received()
     }
 
     /// Sends one command, signed with `key` if given, and waits for its reply. A relay error
@@ -58,12 +82,7 @@ impl RelayClient {
         self.conn.send(bytes).await?;
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         loop {
-            let reply = tokio::time::timeout_at(deadline, self.conn.recv()).await.map_err(|_| {
-                ClientError::Transport(tamizdat_transport::TransportError::Timeout {
-                    step: "relay reply",
-                    endpoint: self.conn.endpoint().to_string(),
-                })
-            })??;
+            let reply = self.recv_watching(deadline).await?;
             let frame: ServerFrame = frame::decode(&reply)?;
             match frame.reply {
                 Some(Reply::Notify(n)) if frame.request_id == 0 => self.notices.push_back(n),
@@ -84,6 +103,32 @@ impl RelayClient {
                 }
                 Some(reply) => return Ok(reply),
                 None => return Err(ClientError::Protocol("empty reply".into())),
+            }
+        }
+    }
+
+    /// The next frame, before `deadline`. Receiving nothing at all for [`STALL_TIMEOUT`] is a
+    /// stall, reported as such so the caller can reconnect and keep later connections small.
+    async fn recv_watching(&mut self, deadline: tokio::time::Instant) -> Result<Vec<u8>, ClientError> {
+        let mut seen = self.conn.received();
+        loop {
+            let wait = (tokio::time::Instant::now() + STALL_TIMEOUT).min(deadline);
+            // A WebSocket stream keeps partial frames across a cancelled read.
+            match tokio::time::timeout_at(wait, self.conn.recv()).await {
+                Ok(frame) => return Ok(frame?),
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(ClientError::Transport(TransportError::Timeout {
+                        step: "relay reply",
+                        endpoint: self.conn.endpoint().to_string(),
+                    }));
+                }
+                Err(_) if self.conn.received() == seen => {
+                    return Err(ClientError::Transport(TransportError::Stalled {
+                        endpoint: self.conn.endpoint().to_string(),
+                        received: seen,
+                    }));
+                }
+                Err(_) => seen = self.conn.received(),
             }
         }
     }

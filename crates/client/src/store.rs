@@ -346,13 +346,33 @@ ALTER TABLE outbox ADD COLUMN conversation_id INTEGER;
 ALTER TABLE outbox ADD COLUMN content BLOB;
 ";
 
+/// Version 3: ways to reach relays. Endpoints learned for a relay (a bridge link, a PT bridge
+/// line) beyond the ones its links carry; which endpoint worked last on which network; which
+/// networks freeze busy connections.
+const SCHEMA_V3: &str = "
+CREATE TABLE relay_endpoints (
+    relay_pin BLOB NOT NULL,
+    endpoint TEXT NOT NULL,
+    added_at INTEGER NOT NULL,
+    PRIMARY KEY (relay_pin, endpoint)
+);
+CREATE TABLE paths (
+    relay_pin BLOB NOT NULL,
+    network TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    last_ok INTEGER NOT NULL,
+    PRIMARY KEY (relay_pin, network, endpoint)
+);
+CREATE TABLE networks (network TEXT PRIMARY KEY, freeze_seen INTEGER);
+";
+
 fn migrate(conn: &mut Connection) -> Result<(), ClientError> {
     SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut *conn)
         .run_migrations()
         .map_err(|e| ClientError::Io(format!("MLS storage migration: {e}")))?;
     let version: i64 =
         conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| ClientError::Io(e.to_string()))?;
-    for (target, schema) in [(1, SCHEMA_V1), (2, SCHEMA_V2)] {
+    for (target, schema) in [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)] {
         if version >= target {
             continue;
         }
@@ -396,7 +416,7 @@ mod tests {
         .unwrap();
         migrate(&mut conn).unwrap();
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, 3);
         let (name, conv): (String, i64) = conn
             .query_row("SELECT name, conversation_id FROM contacts WHERE id = 7", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .unwrap();

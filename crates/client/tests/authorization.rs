@@ -77,7 +77,7 @@ async fn nothing_works_without_the_right_key() {
         let op = Op::SendToQueue(SendToQueue { send_id: wrong, dedup_id: vec![9; 16], payload: vec![1] });
         assert_eq!(code(c.call(op, None).await), ErrorCode::Unauthorized);
     }
-    let read = |id: &[u8]| Op::ReadQueue(ReadQueue { read_id: id.to_vec(), after: 0, limit: 10 });
+    let read = |id: &[u8]| Op::ReadQueue(ReadQueue { read_id: id.to_vec(), after: 0, limit: 10, max_bytes: 0 });
     assert_eq!(code(c.call(read(&q.read_id), Some(&stranger)).await), ErrorCode::Unauthorized);
     assert_eq!(code(c.call(read(&q.read_id), None).await), ErrorCode::Unauthorized);
     // The send id is no read capability, and unknown ids look the same as wrong keys.
@@ -105,7 +105,7 @@ async fn nothing_works_without_the_right_key() {
     let mut big_message = mls(0, 1);
     big_message.resize(200 * 1024, 0);
     assert_eq!(code(c.call(append(5, big_message), Some(&log_key)).await), ErrorCode::TooLarge);
-    let read_log = Op::ReadLog(ReadLog { log_id: l.log_id.clone(), after: 0, limit: 10 });
+    let read_log = Op::ReadLog(ReadLog { log_id: l.log_id.clone(), after: 0, limit: 10, max_bytes: 0 });
     assert_eq!(code(c.call(read_log.clone(), Some(&stranger)).await), ErrorCode::Unauthorized);
     let ack_log = Op::AckLog(AckLog { log_id: l.log_id.clone(), cursor_id: vec![1; 16], up_to: 10 });
     assert_eq!(code(c.call(ack_log, Some(&stranger)).await), ErrorCode::Unauthorized);
@@ -141,8 +141,10 @@ async fn captured_requests_do_not_replay_on_another_connection() {
         panic!()
     };
     // Build a request signed for some other nonce, as an eavesdropper would have captured it.
-    let command = Command { op: Some(Op::ReadQueue(ReadQueue { read_id: q.read_id.clone(), after: 0, limit: 10 })) }
-        .encode_to_vec();
+    let command = Command {
+        op: Some(Op::ReadQueue(ReadQueue { read_id: q.read_id.clone(), after: 0, limit: 10, max_bytes: 0 })),
+    }
+    .encode_to_vec();
     let signature =
         ed25519_dalek::Signer::sign(&owner, &tamizdat_wire::auth_payload(&[7; 32], 2, &command)).to_bytes().to_vec();
     let mut raw = tamizdat_transport::client::connect(&d).await.unwrap();
@@ -168,8 +170,8 @@ async fn a_malformed_frame_closes_only_its_connection() {
     assert!(raw.recv().await.is_err(), "the relay closed this connection");
     // Requests before hello are refused too.
     let mut early = tamizdat_transport::client::connect(&d).await.unwrap();
-    let cmd =
-        Command { op: Some(Op::ReadQueue(ReadQueue { read_id: vec![0; 16], after: 0, limit: 1 })) }.encode_to_vec();
+    let cmd = Command { op: Some(Op::ReadQueue(ReadQueue { read_id: vec![0; 16], after: 0, limit: 1, max_bytes: 0 })) }
+        .encode_to_vec();
     early.send(frame::encode(&ClientFrame { request_id: 1, command: cmd, signature: vec![] }).unwrap()).await.unwrap();
     let reply: ServerFrame = frame::decode(&early.recv().await.unwrap()).unwrap();
     assert!(matches!(reply.reply, Some(Reply::Error(_))));

@@ -84,7 +84,7 @@ async fn decryptable(home: &Path, group: &str) -> Vec<String> {
     let key = SigningKey::from_bytes(&secret.try_into().unwrap());
     let mut rc = RelayClient::connect(&RelayDescriptor::from_link(&link).unwrap()).await.unwrap();
     let Reply::Entries(batch) =
-        rc.call(Op::ReadLog(ReadLog { log_id, after: 0, limit: 256 }), Some(&key)).await.unwrap()
+        rc.call(Op::ReadLog(ReadLog { log_id, after: 0, limit: 256, max_bytes: 0 }), Some(&key)).await.unwrap()
     else {
         panic!("expected entries")
     };

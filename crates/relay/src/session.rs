@@ -233,7 +233,8 @@ impl Session {
             }
             Op::ReadQueue(c) => {
                 self.authorize_queue(&c.read_id, &authorized).await?;
-                let (entries, more) = self.store.read_queue(&c.read_id, c.after, c.limit).await.map_err(internal)?;
+                let (entries, more) =
+                    self.store.read_queue(&c.read_id, c.after, c.limit, c.max_bytes).await.map_err(internal)?;
                 Ok(Reply::Entries(Entries { entries, more }))
             }
             Op::AckQueue(c) => {
@@ -288,7 +289,8 @@ impl Session {
             }
             Op::ReadLog(c) => {
                 self.authorize_log(&c.log_id, &authorized).await?;
-                let (entries, more) = self.store.read_log(&c.log_id, c.after, c.limit).await.map_err(internal)?;
+                let (entries, more) =
+                    self.store.read_log(&c.log_id, c.after, c.limit, c.max_bytes).await.map_err(internal)?;
                 Ok(Reply::Entries(Entries { entries, more }))
             }
             Op::Subscribe(c) => {

@@ -282,15 +282,27 @@ impl Store {
     }
 
     /// Messages in a queue after `after`, within the reply budget.
-    pub async fn read_queue(&self, read_id: &[u8], after: u64, limit: u32) -> Result<(Vec<Entry>, bool), RelayError> {
+    pub async fn read_queue(
+        &self,
+        read_id: &[u8],
+        after: u64,
+        limit: u32,
+        max_bytes: u32,
+    ) -> Result<(Vec<Entry>, bool), RelayError> {
         let sql = "SELECT seq, dedup_id, payload, received_hour FROM queue_messages WHERE read_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
-        self.read_entries(sql, read_id, after, limit).await
+        self.read_entries(sql, read_id, after, limit, max_bytes).await
     }
 
     /// Entries of a log after `after`, within the reply budget.
-    pub async fn read_log(&self, log_id: &[u8], after: u64, limit: u32) -> Result<(Vec<Entry>, bool), RelayError> {
+    pub async fn read_log(
+        &self,
+        log_id: &[u8],
+        after: u64,
+        limit: u32,
+        max_bytes: u32,
+    ) -> Result<(Vec<Entry>, bool), RelayError> {
         let sql = "SELECT seq, dedup_id, payload, received_hour FROM log_entries WHERE log_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
-        self.read_entries(sql, log_id, after, limit).await
+        self.read_entries(sql, log_id, after, limit, max_bytes).await
     }
 
     async fn read_entries(
@@ -299,8 +311,13 @@ impl Store {
         id: &[u8],
         after: u64,
         limit: u32,
+        max_bytes: u32,
     ) -> Result<(Vec<Entry>, bool), RelayError> {
         let limit = limit.clamp(1, tamizdat_wire::limits::MAX_READ_ENTRIES);
+        let budget = match usize::try_from(max_bytes) {
+            Ok(0) | Err(_) => tamizdat_wire::limits::READ_REPLY_BUDGET,
+            Ok(n) => n.min(tamizdat_wire::limits::READ_REPLY_BUDGET),
+        };
         let rows = sqlx::query(sql)
             .bind(id.to_vec())
             .bind(to_i64(after))
@@ -313,7 +330,7 @@ impl Store {
         let mut bytes = 0usize;
         for row in rows.into_iter().take(limit as usize) {
             let payload: Vec<u8> = row.try_get(2).map_err(db_err)?;
-            if !entries.is_empty() && bytes + payload.len() > tamizdat_wire::limits::READ_REPLY_BUDGET {
+            if !entries.is_empty() && bytes + payload.len() > budget {
                 more = true;
                 break;
             }

@@ -63,7 +63,7 @@ async fn one_commit_per_epoch_and_consecutive_sequence_numbers(db: &TestDb) {
         hour: 1,
     };
     assert!(matches!(store.write(other).await.unwrap(), Outcome::Refused(_)));
-    let (entries, more) = store.read_log(&log, 0, 100).await.unwrap();
+    let (entries, more) = store.read_log(&log, 0, 100, 0).await.unwrap();
     assert!(!more);
     assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!(store.write(append(&[9; 16], 8, 0, ContentType::Commit)).await.unwrap(), Outcome::NotFound);
@@ -102,15 +102,15 @@ async fn entries_go_once_every_cursor_passed_them_or_retention_ends(db: &TestDb)
         store.write(append(&log, i, 0, ContentType::Application)).await.unwrap();
     }
     store.write(Write::AckLog { log_id: log.clone(), cursor_id: a.clone(), up_to: 4 }).await.unwrap();
-    assert_eq!(store.read_log(&log, 0, 100).await.unwrap().0.len(), 4, "b has not read them yet");
+    assert_eq!(store.read_log(&log, 0, 100, 0).await.unwrap().0.len(), 4, "b has not read them yet");
     store.write(Write::AckLog { log_id: log.clone(), cursor_id: b.clone(), up_to: 2 }).await.unwrap();
-    assert_eq!(store.read_log(&log, 0, 100).await.unwrap().0.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+    assert_eq!(store.read_log(&log, 0, 100, 0).await.unwrap().0.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
     // Cursors never move back.
     store.write(Write::AckLog { log_id: log.clone(), cursor_id: b.clone(), up_to: 1 }).await.unwrap();
-    assert_eq!(store.read_log(&log, 0, 100).await.unwrap().0.len(), 2);
+    assert_eq!(store.read_log(&log, 0, 100, 0).await.unwrap().0.len(), 2);
     // Retention: entries that arrived before the cut-off hour go regardless.
     store.write(Write::Expire { before_hour: 2 }).await.unwrap();
-    assert!(store.read_log(&log, 0, 100).await.unwrap().0.is_empty());
+    assert!(store.read_log(&log, 0, 100, 0).await.unwrap().0.is_empty());
 }
 
 async fn queues_dedup_ack_and_quota(db: &TestDb) {
@@ -126,10 +126,13 @@ async fn queues_dedup_ack_and_quota(db: &TestDb) {
     assert_eq!(store.write(send(1)).await.unwrap(), Outcome::Stored { seq: 1, epoch: 0, duplicate: true });
     assert_eq!(store.write(send(2)).await.unwrap(), Outcome::Stored { seq: 2, epoch: 0, duplicate: false });
     // The send id does not read: reads go by read id only.
-    assert!(store.read_queue(&send_id, 0, 10).await.unwrap().0.is_empty());
-    assert_eq!(store.read_queue(&read_id, 0, 10).await.unwrap().0.len(), 2);
+    assert!(store.read_queue(&send_id, 0, 10, 0).await.unwrap().0.is_empty());
+    assert_eq!(store.read_queue(&read_id, 0, 10, 0).await.unwrap().0.len(), 2);
     store.write(Write::AckQueue { read_id: read_id.clone(), up_to: 1 }).await.unwrap();
-    assert_eq!(store.read_queue(&read_id, 0, 10).await.unwrap().0.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(
+        store.read_queue(&read_id, 0, 10, 0).await.unwrap().0.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![2]
+    );
     let unknown = Write::SendToQueue { send_id: vec![3; 16], dedup_id: vec![1; 16], payload: vec![1], hour: 5 };
     assert_eq!(store.write(unknown).await.unwrap(), Outcome::NotFound);
 }
@@ -148,7 +151,7 @@ async fn writes_survive_a_clean_close_and_reopening(db: &TestDb) {
         writer.finished().await;
     }
     let (store, _w) = db.open().await;
-    assert_eq!(store.read_log(&log, 0, 100).await.unwrap().0.len(), 10);
+    assert_eq!(store.read_log(&log, 0, 100, 0).await.unwrap().0.len(), 10);
 }
 
 /// Several relay nodes on one database: commits for one epoch race from different nodes,
@@ -184,7 +187,7 @@ async fn nodes_sharing_a_database_agree(db: &TestDb) {
         }
         assert_eq!(won, 1, "epoch {epoch}");
     }
-    let (entries, _) = nodes[1].0.read_log(&log, 0, 100).await.unwrap();
+    let (entries, _) = nodes[1].0.read_log(&log, 0, 100, 0).await.unwrap();
     assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
 }
 
@@ -225,7 +228,7 @@ async fn nodes_writing_many_logs_at_once_never_fail(db: &TestDb) {
     }
     let mut total = 0;
     for log in &logs {
-        let (entries, _) = nodes[0].0.read_log(log, 0, 256).await.unwrap();
+        let (entries, _) = nodes[0].0.read_log(log, 0, 256, 0).await.unwrap();
         let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "consecutive");
         total += seqs.len();

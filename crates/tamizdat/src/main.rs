@@ -9,7 +9,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use tamizdat_client::{Client, ClientError, ErrorKind, MessageView, SyncReport};
+use tamizdat_client::{Client, ClientError, DoctorReport, ErrorKind, MessageView, NetOptions, Proxy, SyncReport};
 use tamizdat_relay::{DEFAULT_RETENTION, Relay, RelayConfig, identity::RelayIdentity};
 
 /// Tamizdat: end-to-end encrypted messaging that gets through censorship.
@@ -22,16 +22,31 @@ struct Cli {
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// Reach relays through this proxy: socks5://HOST:PORT or http://HOST:PORT (overrides the
+    /// `proxy` setting).
+    #[arg(long, global = true, env = "TAMIZDAT_PROXY", value_parser = parse_proxy)]
+    proxy: Option<Proxy>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run or manage a relay.
+    /// Run or manage a relay; add ways to reach yours.
     Relay {
         #[command(subcommand)]
         command: RelayCommand,
+    },
+    /// Run a bridge: forward connections to a relay from an address the censor does not block.
+    Bridge {
+        #[command(subcommand)]
+        command: BridgeCommand,
+    },
+    /// Check every way to your relay and say what is blocked and what Tamizdat does about it.
+    Doctor {
+        /// Check this relay link instead of your own relay (works without an identity).
+        #[arg(long)]
+        relay: Option<String>,
     },
     /// Create an identity that uses the relay of LINK.
     Init {
@@ -171,13 +186,56 @@ enum RelayCommand {
         /// by default an embedded SQLite file in DATA.
         #[arg(long, env = "TAMIZDAT_RELAY_STORE")]
         store: Option<String>,
+        /// Also listen through a pluggable transport: `obfs4=IP:PORT` starts obfs4proxy (or
+        /// lyrebird) there and adds its bridge line to the link; repeatable.
+        #[arg(long, value_parser = parse_pt)]
+        pt: Vec<(String, SocketAddr)>,
     },
     /// Print the relay's link.
     Link {
         /// Data directory.
         #[arg(long)]
         data: PathBuf,
+        /// Only these endpoints: an endpoint as listed, or a kind (`ip`, `domain`) or a
+        /// transport name (`obfs4`); repeatable.
+        #[arg(long)]
+        only: Vec<String>,
     },
+    /// Learn more ways to your relay from a link (a bridge's, a PT bridge line, a domain).
+    Add {
+        /// A relay link for the same relay (same certificate).
+        link: String,
+    },
+    /// List every known way to your relay, best first.
+    Endpoints,
+}
+
+#[derive(Subcommand)]
+enum BridgeCommand {
+    /// Forward connections on ADDR to the relay of LINK; prints a link that lists this bridge
+    /// first. The bridge sees only encrypted bytes.
+    Serve {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The relay's link.
+        #[arg(long)]
+        relay: String,
+        /// The address clients dial, if not the listening one (behind NAT).
+        #[arg(long)]
+        public: Option<String>,
+    },
+}
+
+fn parse_proxy(s: &str) -> Result<Proxy, String> {
+    s.parse().map_err(|e: tamizdat_transport::TransportError| e.to_string())
+}
+
+fn parse_pt(s: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) =
+        s.split_once('=').ok_or_else(|| format!("{s:?}: want TRANSPORT=IP:PORT, e.g. obfs4=0.0.0.0:8443"))?;
+    let addr = addr.parse().map_err(|_| format!("{addr:?} is not IP:PORT"))?;
+    Ok((name.to_string(), addr))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -222,8 +280,13 @@ impl From<tamizdat_relay::RelayError> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = std::env::var("TAMIZDAT_LOG")
-        .unwrap_or_else(|_| if matches!(cli.command, Command::Relay { .. }) { "info".into() } else { "error".into() });
+    let filter = std::env::var("TAMIZDAT_LOG").unwrap_or_else(|_| {
+        if matches!(cli.command, Command::Relay { command: RelayCommand::Serve { .. } } | Command::Bridge { .. }) {
+            "info".into()
+        } else {
+            "error".into()
+        }
+    });
     // Logs go to stderr; TAMIZDAT_LOG_FORMAT=json gives one JSON object per line for log
     // collectors. Nothing the relay logs names a client, an address or an id.
     let builder = tracing_subscriber::fmt()
@@ -285,7 +348,11 @@ fn open(cli: &Cli) -> Result<Client, Failure> {
     if !tamizdat_client::store::exists(&home) {
         return Err(ClientError::NotInitialised(home.display().to_string()).into());
     }
-    Ok(Client::open(&home, &passphrase(false)?)?)
+    Ok(Client::open_with(&home, &passphrase(false)?, net_options(cli))?)
+}
+
+fn net_options(cli: &Cli) -> NetOptions {
+    NetOptions { proxy: cli.proxy.clone() }
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
@@ -296,14 +363,74 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
+        Command::Relay { command: RelayCommand::Add { link } } => {
+            let mut client = open(&cli)?;
+            let added = client.add_relay_link(link)?;
+            if cli.json {
+                print_json(&serde_json::json!({ "added": added }))?;
+            } else if added.is_empty() {
+                println!("nothing new: every endpoint of that link was already known");
+            } else {
+                println!("added {}; `tamizdat sync` uses whichever way works", added.join(", "));
+            }
+            Ok(())
+        }
+        Command::Relay { command: RelayCommand::Endpoints } => {
+            let client = open(&cli)?;
+            let endpoints = client.relay_endpoints()?;
+            if cli.json {
+                print_json(&endpoints)?;
+            } else {
+                for e in endpoints {
+                    let ok = e.last_ok.map(|t| format!(", worked {}", format_time(t * 1000))).unwrap_or_default();
+                    println!("{}  ({}, {}{ok})", e.endpoint, e.kind, e.source);
+                }
+            }
+            Ok(())
+        }
         Command::Relay { command } => relay(command).await,
+        Command::Bridge { command: BridgeCommand::Serve { listen, relay, public } } => {
+            let descriptor = tamizdat_wire::proto::RelayDescriptor::from_link(relay)
+                .map_err(|e| Failure(format!("relay link: {e}")))?;
+            let listener = tamizdat_transport::bridge::bind(*listen).await.map_err(|e| Failure(e.to_string()))?;
+            let public = public.clone().unwrap_or_else(|| listen.to_string());
+            let link =
+                tamizdat_transport::bridge::bridge_link(&descriptor, &public).map_err(|e| Failure(e.to_string()))?;
+            println!("{link}");
+            let _ = std::io::stdout().flush();
+            eprintln!(
+                "bridge listening on {listen}, forwarding to the relay; give people the link above (Ctrl-C stops)"
+            );
+            let mut dialer = tamizdat_transport::dial::Dialer::from_env(std::env::temp_dir().join("tamizdat-pt"))
+                .map_err(|e| Failure(e.to_string()))?;
+            dialer.proxy = cli.proxy.clone();
+            tokio::select! {
+                r = tamizdat_transport::bridge::serve(listener, descriptor, std::sync::Arc::new(dialer)) => r.map_err(|e| Failure(e.to_string())),
+                _ = shutdown_signal() => Ok(()),
+            }
+        }
+        Command::Doctor { relay } => {
+            let report = match relay {
+                Some(link) => tamizdat_client::doctor_link(link, cli.proxy.clone()).await?,
+                None => open(&cli)?.doctor().await?,
+            };
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                print_doctor(&report);
+            }
+            if report.working.is_empty() {
+                return Err(Failure("no way to the relay works from this network; see the advice above".into()));
+            }
+            Ok(())
+        }
         Command::Init { name, relay } => {
             let home = home(&cli)?;
             if tamizdat_client::store::exists(&home) {
                 return Err(ClientError::AlreadyInitialised(home.display().to_string()).into());
             }
             let pass = passphrase(true)?;
-            let client = Client::init(&home, &pass, name, relay).await?;
+            let client = Client::init_with(&home, &pass, name, relay, net_options(&cli)).await?;
             let key = hex::encode(client.identity_key());
             if cli.json {
                 print_json(&serde_json::json!({ "name": client.name(), "identity_key": key, "home": home }))?;
@@ -437,6 +564,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Config { key, value } if key.as_deref() == Some("proxy") => {
+            let mut client = open(&cli)?;
+            if let Some(value) = value {
+                client.set_proxy(value)?;
+            }
+            let proxy = client.proxy_setting()?;
+            if cli.json {
+                print_json(&serde_json::json!({ "proxy": proxy }))?;
+            } else {
+                println!(
+                    "proxy = {}    (socks5://HOST:PORT or http://HOST:PORT; `none` for direct)",
+                    proxy.as_deref().unwrap_or("none")
+                );
+            }
+            Ok(())
+        }
         Command::Config { key, value } => {
             let mut client = open(&cli)?;
             if let (Some(key), Some(value)) = (key, value) {
@@ -523,6 +666,25 @@ async fn group(cli: &Cli, command: &GroupCommand) -> Result<(), Failure> {
     Ok(())
 }
 
+fn print_doctor(report: &DoctorReport) {
+    for e in &report.endpoints {
+        let verdict =
+            serde_json::to_value(e.verdict).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        println!("{}  via {}: {verdict}", e.endpoint, e.transport);
+        for step in &e.steps {
+            println!(
+                "    {:<10} {:<4} {} ({} ms)",
+                step.step,
+                if step.ok { "ok" } else { "FAIL" },
+                step.detail,
+                step.millis
+            );
+        }
+    }
+    println!();
+    println!("{}", report.advice);
+}
+
 /// Prints what a sync found: JSON lines (one per non-empty report) or text.
 fn print_report(report: &SyncReport, json: bool, say_nothing_new: bool) {
     let empty = report.new_contacts.is_empty()
@@ -589,7 +751,8 @@ async fn relay(command: &RelayCommand) -> Result<(), Failure> {
             println!("{}", identity.link());
             Ok(())
         }
-        RelayCommand::Link { data } => {
+        RelayCommand::Add { .. } | RelayCommand::Endpoints => Err(Failure("handled above".into())),
+        RelayCommand::Link { data, only } => {
             let identity = RelayIdentity::load(data)?.ok_or_else(|| {
                 Failure(format!(
                     "{} holds no relay; create one with `tamizdat relay init --data {}`",
@@ -597,10 +760,10 @@ async fn relay(command: &RelayCommand) -> Result<(), Failure> {
                     data.display()
                 ))
             })?;
-            println!("{}", identity.link());
+            println!("{}", relay_link(identity.descriptor(), &pt_bridge_lines(data), only)?);
             Ok(())
         }
-        RelayCommand::Serve { data, config, listen, admin, public, retention, store } => {
+        RelayCommand::Serve { data, config, listen, admin, public, retention, store, pt } => {
             let file = match config {
                 Some(path) => RelayFile::read(path)?,
                 None => RelayFile::default(),
@@ -620,7 +783,26 @@ async fn relay(command: &RelayCommand) -> Result<(), Failure> {
                 admin: admin.or(file.admin),
             };
             let relay = Relay::bind(config).await?;
-            println!("{}", relay.link());
+            // Pluggable transports listen on their own ports and forward to ours.
+            let mut pt_servers = Vec::new();
+            let mut lines = Vec::new();
+            if !pt.is_empty() {
+                let mut own = relay.local_addr().ok_or_else(|| Failure("the relay has no address".into()))?;
+                if own.ip().is_unspecified() {
+                    own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                for (name, addr) in pt {
+                    let server = tamizdat_transport::pt::serve(name, *addr, *addr, own, &data.join("pt-state"))
+                        .await
+                        .map_err(|e| Failure(e.to_string()))?;
+                    lines.push(server.bridge_line.clone());
+                    pt_servers.push(server);
+                }
+            }
+            save_pt_bridge_lines(data, &lines)?;
+            let descriptor =
+                tamizdat_wire::proto::RelayDescriptor::from_link(&relay.link()).map_err(|e| Failure(e.to_string()))?;
+            println!("{}", relay_link(descriptor, &lines, &[])?);
             let _ = std::io::stdout().flush();
             if let Some(addr) = relay.local_addr() {
                 eprintln!("relay listening on {addr}; give people the link above (Ctrl-C stops)");
@@ -629,6 +811,38 @@ async fn relay(command: &RelayCommand) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// Where `relay serve` records the bridge lines of its pluggable transports for `relay link`.
+const PT_LINES: &str = "pt-bridges.txt";
+
+fn pt_bridge_lines(data: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(data.join(PT_LINES))
+        .map(|s| s.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+fn save_pt_bridge_lines(data: &std::path::Path, lines: &[String]) -> Result<(), Failure> {
+    let path = data.join(PT_LINES);
+    std::fs::write(&path, lines.iter().map(|l| format!("{l}\n")).collect::<String>())
+        .map_err(|e| Failure(format!("cannot write {}: {e}", path.display())))
+}
+
+/// The relay link with its pluggable-transport bridge lines, restricted to `only` if given.
+fn relay_link(
+    mut descriptor: tamizdat_wire::proto::RelayDescriptor,
+    pt_lines: &[String],
+    only: &[String],
+) -> Result<String, Failure> {
+    descriptor.endpoints.extend(pt_lines.iter().cloned());
+    if !only.is_empty() {
+        descriptor.endpoints.retain(|e| {
+            let kind = e.parse::<tamizdat_wire::endpoint::Endpoint>().map(|p| p.kind()).unwrap_or_default();
+            only.iter().any(|o| o == e || o == kind || e.starts_with(&format!("{o} ")))
+        });
+    }
+    descriptor.validate().map_err(|e| Failure(format!("no such endpoint in this relay's link ({e})")))?;
+    Ok(descriptor.to_link())
 }
 
 /// The relay's configuration file (TOML). Flags given on the command line win.

@@ -140,7 +140,12 @@ fn protocol_attackers(d: RelayDescriptor, stop: Arc<AtomicBool>) -> Vec<tokio::t
                         2 => {
                             // A replayed, signed request from another connection.
                             let cmd = Command {
-                                op: Some(Op::ReadQueue(ReadQueue { read_id: vec![9; 16], after: 0, limit: 10 })),
+                                op: Some(Op::ReadQueue(ReadQueue {
+                                    read_id: vec![9; 16],
+                                    after: 0,
+                                    limit: 10,
+                                    max_bytes: 0,
+                                })),
                             };
                             let replay = frame::encode(&ClientFrame {
                                 request_id: 2,
@@ -158,7 +163,12 @@ fn protocol_attackers(d: RelayDescriptor, stop: Arc<AtomicBool>) -> Vec<tokio::t
                         _ => {
                             // A request flood, pipelined without reading replies.
                             let cmd = Command {
-                                op: Some(Op::ReadQueue(ReadQueue { read_id: vec![7; 16], after: 0, limit: 1 })),
+                                op: Some(Op::ReadQueue(ReadQueue {
+                                    read_id: vec![7; 16],
+                                    after: 0,
+                                    limit: 1,
+                                    max_bytes: 0,
+                                })),
                             };
                             let req = frame::encode(&ClientFrame {
                                 request_id: 3,

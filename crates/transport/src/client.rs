@@ -1,23 +1,35 @@
 //! Dialing a relay: TCP, TLS pinned to the link's certificate, WebSocket on the door path.
 
-use std::net::SocketAddr;
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use futures_util::{SinkExt, StreamExt};
-use rustls::pki_types::ServerName;
 use tamizdat_wire::proto::RelayDescriptor;
-use tokio::{net::TcpStream, time::timeout};
-use tokio_rustls::{TlsConnector, client::TlsStream};
+use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
 
-use crate::{BoxIo, HANDSHAKE_TIMEOUT, TransportError, tls::pinned_client_config, ws_config};
+use crate::{BoxIo, TransportError, dial::Dialer};
 
 /// An open protocol connection to a relay: a sequence of binary messages both ways.
 pub struct Connection {
     ws: WebSocketStream<TlsStream<BoxIo>>,
     endpoint: String,
+    received: Arc<AtomicU64>,
 }
 
 impl Connection {
+    pub(crate) fn new(ws: WebSocketStream<TlsStream<BoxIo>>, endpoint: String, received: Arc<AtomicU64>) -> Self {
+        Self { ws, endpoint, received }
+    }
+
+    /// Bytes received on this connection so far, TLS and WebSocket framing included: what a
+    /// censor that freezes busy connections counts.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
     /// The endpoint this connection reached.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
@@ -51,61 +63,9 @@ impl Connection {
     }
 }
 
-/// Connects to the first endpoint of the relay that answers, trying them in order. The
-/// error names every endpoint's failure.
+/// Connects to the relay with a dialer configured from the environment (resolvers, no proxy),
+/// racing the descriptor's endpoints in order. Apps keep one [`Dialer`] instead.
 pub async fn connect(relay: &RelayDescriptor) -> Result<Connection, TransportError> {
-    let mut last = None;
-    for endpoint in &relay.endpoints {
-        match connect_endpoint(relay, endpoint).await {
-            Ok(c) => return Ok(c),
-            Err(e) => {
-                tracing::debug!(endpoint = %endpoint, error = %e, "endpoint failed");
-                last = Some(e);
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| TransportError::BadEndpoint("the relay has no endpoints".into())))
-}
-
-async fn resolve(endpoint: &str) -> Result<SocketAddr, TransportError> {
-    if let Ok(addr) = endpoint.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    let mut addrs = tokio::net::lookup_host(endpoint)
-        .await
-        .map_err(|e| TransportError::Connect { endpoint: endpoint.into(), reason: format!("name lookup: {e}") })?;
-    addrs
-        .next()
-        .ok_or_else(|| TransportError::Connect { endpoint: endpoint.into(), reason: "name has no address".into() })
-}
-
-/// The TLS server name: none (no SNI) for IP literals, the host name otherwise.
-fn server_name(endpoint: &str, addr: SocketAddr) -> Result<ServerName<'static>, TransportError> {
-    if endpoint.parse::<SocketAddr>().is_ok() {
-        return Ok(ServerName::IpAddress(addr.ip().into()));
-    }
-    let host = endpoint.rsplit_once(':').map(|(h, _)| h).unwrap_or(endpoint);
-    ServerName::try_from(host.to_string()).map_err(|_| TransportError::BadEndpoint(endpoint.into()))
-}
-
-/// Connects to one endpoint.
-pub async fn connect_endpoint(relay: &RelayDescriptor, endpoint: &str) -> Result<Connection, TransportError> {
-    let addr = resolve(endpoint).await?;
-    let tcp = timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| TransportError::Timeout { step: "TCP connect", endpoint: endpoint.into() })?
-        .map_err(|e| TransportError::Connect { endpoint: endpoint.into(), reason: e.to_string() })?;
-    let _ = tcp.set_nodelay(true);
-    let io: BoxIo = Box::new(tcp);
-    let connector = TlsConnector::from(pinned_client_config(&relay.cert_sha256)?);
-    let tls = timeout(HANDSHAKE_TIMEOUT, connector.connect(server_name(endpoint, addr)?, io))
-        .await
-        .map_err(|_| TransportError::Timeout { step: "TLS handshake", endpoint: endpoint.into() })?
-        .map_err(|e| TransportError::Tls { endpoint: endpoint.into(), reason: e.to_string() })?;
-    let url = format!("wss://{endpoint}{}", relay.door_path());
-    let (ws, _) = timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config())))
-        .await
-        .map_err(|_| TransportError::Timeout { step: "WebSocket upgrade", endpoint: endpoint.into() })?
-        .map_err(|e| TransportError::Upgrade { endpoint: endpoint.into(), reason: e.to_string() })?;
-    Ok(Connection { ws, endpoint: endpoint.into() })
+    let dialer = Dialer::from_env(std::env::temp_dir().join("tamizdat-pt"))?;
+    dialer.dial(relay, &relay.parsed_endpoints()).await
 }

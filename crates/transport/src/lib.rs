@@ -1,8 +1,17 @@
 #![doc = include_str!("../README.md")]
 
+pub mod bridge;
 pub mod client;
+pub mod diagnose;
+pub mod dial;
+pub mod dns;
+pub mod network;
+pub mod proxy;
+pub mod pt;
 pub mod server;
 pub mod tls;
+
+pub use tamizdat_wire::endpoint;
 
 use std::time::Duration;
 
@@ -57,6 +66,21 @@ pub enum TransportError {
     /// The connection broke after it was established.
     #[error("connection lost: {0}")]
     Closed(String),
+    /// The proxy (or the pluggable transport's local proxy) failed or refused.
+    #[error("proxy: {0}")]
+    Proxy(String),
+    /// A reply stopped arriving: no byte for seconds on an open connection, as when a censor
+    /// freezes connections that carried more than a few kilobytes.
+    #[error("the connection through {endpoint} froze after {received} bytes")]
+    Stalled {
+        /// The endpoint.
+        endpoint: String,
+        /// Bytes received on the connection before it froze.
+        received: u64,
+    },
+    /// Every endpoint failed; each failure is listed.
+    #[error("no way to the relay worked: {0}")]
+    AllFailed(String),
     /// An endpoint string that is not HOST:PORT.
     #[error("bad endpoint {0:?}")]
     BadEndpoint(String),
@@ -69,10 +93,14 @@ impl TransportError {
     /// What a user interface can do about it.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            TransportError::Connect { .. } | TransportError::Timeout { .. } | TransportError::Closed(_) => {
-                ErrorKind::Retry
-            }
-            TransportError::Tls { .. } | TransportError::Upgrade { .. } => ErrorKind::Blocked,
+            TransportError::Connect { .. }
+            | TransportError::Timeout { .. }
+            | TransportError::Closed(_)
+            | TransportError::Stalled { .. } => ErrorKind::Retry,
+            TransportError::Tls { .. }
+            | TransportError::Upgrade { .. }
+            | TransportError::Proxy(_)
+            | TransportError::AllFailed(_) => ErrorKind::Blocked,
             TransportError::BadEndpoint(_) => ErrorKind::BadInput,
             TransportError::Setup(_) => ErrorKind::Fatal,
         }

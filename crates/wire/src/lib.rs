@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod civil;
+pub mod endpoint;
 pub mod frame;
 pub mod limits;
 pub mod link;

@@ -99,8 +99,8 @@ impl RelayDescriptor {
         if self.endpoints.is_empty() || self.endpoints.len() > 16 {
             return Err(WireError::BadLink("a relay needs between 1 and 16 endpoints"));
         }
-        if self.endpoints.iter().any(|e| e.is_empty() || e.len() > 255 || !e.contains(':')) {
-            return Err(WireError::BadLink("an endpoint is not HOST:PORT"));
+        for e in &self.endpoints {
+            e.parse::<crate::endpoint::Endpoint>()?;
         }
         if self.cert_sha256.len() != 32 {
             return Err(WireError::BadLink("the certificate pin is not a SHA-256 digest"));
@@ -109,6 +109,17 @@ impl RelayDescriptor {
             return Err(WireError::BadLink("the relay's door key has the wrong length"));
         }
         Ok(())
+    }
+
+    /// The parsed endpoints, in the descriptor's order (checked by [`Self::validate`]).
+    pub fn parsed_endpoints(&self) -> Vec<crate::endpoint::Endpoint> {
+        self.endpoints.iter().filter_map(|e| e.parse().ok()).collect()
+    }
+
+    /// Whether `other` describes the same relay: the certificate pin and the door are what
+    /// identify a relay; endpoints are only ways to reach it.
+    pub fn same_relay(&self, other: &RelayDescriptor) -> bool {
+        self.cert_sha256 == other.cert_sha256 && self.door == other.door
     }
 
     /// The URL path that opens the protocol on this relay; every other path is the cover site.

@@ -89,6 +89,9 @@ pub struct ReadQueue {
     pub after: u64,
     #[prost(uint32, tag = "3")]
     pub limit: u32,
+    /// Most payload bytes in the reply (0: the relay's own budget); at least one entry comes back.
+    #[prost(uint32, tag = "4")]
+    pub max_bytes: u32,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -123,6 +126,9 @@ pub struct ReadLog {
     pub after: u64,
     #[prost(uint32, tag = "3")]
     pub limit: u32,
+    /// Most payload bytes in the reply (0: the relay's own budget); at least one entry comes back.
+    #[prost(uint32, tag = "4")]
+    pub max_bytes: u32,
 }
 
 #[derive(Clone, PartialEq, Message)]
