@@ -1,0 +1,141 @@
+//! Ways through, in memory: racing past a dead endpoint, a bridge, and a connection that
+//! freezes after 16 KB like the censors' "16 KB freeze".
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tamizdat_client::{Client, relay::RelayClient};
+use tamizdat_relay::{Relay, RelayConfig};
+use tamizdat_transport::{bridge, dial::Dialer};
+use tamizdat_wire::proto::RelayDescriptor;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+const PASS: &str = "correct horse battery staple";
+
+async fn relay(dir: &Path) -> (RelayDescriptor, SocketAddr) {
+    let config = RelayConfig {
+        data: dir.join("relay"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        public: vec![],
+        retention: Duration::from_secs(86_400),
+        store: None,
+        limits: Default::default(),
+        admin: None,
+    };
+    let relay = Relay::bind(config).await.unwrap();
+    let addr = relay.local_addr().unwrap();
+    let d = RelayDescriptor::from_link(&relay.link()).unwrap();
+    tokio::spawn(relay.run(std::future::pending()));
+    (d, addr)
+}
+
+fn with_endpoints(d: &RelayDescriptor, endpoints: &[String]) -> RelayDescriptor {
+    RelayDescriptor { endpoints: endpoints.to_vec(), ..d.clone() }
+}
+
+/// A port that accepts TCP (the kernel completes the handshake) but never answers: what a
+/// censor that drops packets after the SYN looks like.
+async fn silent_port() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    (l, a)
+}
+
+#[tokio::test]
+async fn a_dead_first_endpoint_costs_a_stagger_not_a_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, addr) = relay(dir.path()).await;
+    let (_silent, dead) = silent_port().await;
+    let d = with_endpoints(&d, &[dead.to_string(), addr.to_string()]);
+    let started = Instant::now();
+    let rc = RelayClient::connect(&d).await.unwrap();
+    assert_eq!(rc.endpoint(), addr.to_string());
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_bridge_forwards_to_the_relay_and_its_link_lists_it_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, addr) = relay(dir.path()).await;
+    let d = with_endpoints(&d, &[addr.to_string()]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bridge_addr = listener.local_addr().unwrap();
+    let dialer = Arc::new(Dialer::from_env(dir.path().join("pt")).unwrap());
+    tokio::spawn(bridge::serve(listener, d.clone(), dialer));
+    let link = bridge::bridge_link(&d, &bridge_addr.to_string()).unwrap();
+    let via = RelayDescriptor::from_link(&link).unwrap();
+    assert_eq!(via.endpoints, vec![bridge_addr.to_string(), addr.to_string()]);
+    // Only the bridge: the connection can only go through it.
+    let only_bridge = with_endpoints(&d, &[bridge_addr.to_string()]);
+    let rc = RelayClient::connect(&only_bridge).await.unwrap();
+    assert_eq!(rc.endpoint(), bridge_addr.to_string());
+}
+
+/// Forwards to `upstream`, but passes only the first `limit` bytes from server to client on
+/// each connection; after that the connection stays open and silent.
+async fn freezing_proxy(upstream: SocketAddr, limit: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (client, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let server = TcpStream::connect(upstream).await.unwrap();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+                let mut passed = 0;
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let allowed = n.min(limit - passed);
+                    if allowed > 0 && cw.write_all(&buf[..allowed]).await.is_err() {
+                        break;
+                    }
+                    passed += allowed;
+                    if passed == limit {
+                        // Frozen: hold the connection until the client gives up on it.
+                        let _ = up.await;
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncing_through_a_16_kb_freeze_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, addr) = relay(dir.path()).await;
+    let frozen = freezing_proxy(addr, 16_000).await;
+    let link = with_endpoints(&d, &[frozen.to_string()]).to_link();
+    let mut alice = Client::init(&dir.path().join("alice"), PASS, "Alice", &link).await.unwrap();
+    let mut bob = Client::init(&dir.path().join("bob"), PASS, "Bob", &link).await.unwrap();
+    let invite = alice.invite(3600).unwrap();
+    bob.accept(&invite, None).await.unwrap();
+    alice.sync().await.unwrap();
+    bob.sync().await.unwrap();
+    let count = 100;
+    for i in 0..count {
+        alice.send("Bob", &format!("message {i} with some words to make it longer than a few bytes")).await.unwrap();
+    }
+    let started = Instant::now();
+    let report = bob.sync().await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let got = bob.messages("Alice").unwrap().into_iter().filter(|m| m.kind == "text").count();
+    assert_eq!(got, count, "every message crossed the freeze");
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+}
