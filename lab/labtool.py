@@ -129,8 +129,10 @@ def _serve_conn(conn, tls_ctx):
             conn = tls_ctx.wrap_socket(conn, server_side=True)
         first = conn.recv(65536)
         if first.startswith(b"BULK "):
+            # Small writes, so TLS records are small too: a client cut off after ~16 KB (the
+            # freeze) must still be able to count what it did receive.
             n = int(first.split()[1])
-            block = b"x" * 16384
+            block = b"x" * 1024
             while n > 0:
                 conn.sendall(block[:min(n, len(block))])
                 n -= min(n, len(block))
@@ -226,7 +228,8 @@ def cmd_fetch(args):
             ctx = ssl.create_default_context(cafile=args.ca) if args.ca else ssl._create_unverified_context()
             if not args.ca:
                 ctx.check_hostname = False
-            sock = ctx.wrap_socket(sock, server_hostname=args.sni or None)
+            # Python sends no SNI for an IP address; it is still what the certificate is checked for.
+            sock = ctx.wrap_socket(sock, server_hostname=args.sni or (host if args.ca else None))
             out["tls"] = "ok"
         payload = b""
         if args.send:
@@ -358,13 +361,17 @@ def cmd_results(args):
             "total_seconds": _num(rec.get("total_s")),
             "doctor": [],
         }
-        for key in ("bulk_expected", "bulk_received", "bulk_sync_s", "probe_findings"):
+        for key in ("pairing_s", "bulk_expected", "bulk_received", "bulk_sync_s"):
             if key in rec:
-                item[key] = _num(rec[key]) if key != "probe_findings" else rec[key]
+                item[key[:-2] + "_seconds" if key.endswith("_s") else key] = _num(rec[key])
+        if "probe_findings" in rec:
+            item["probe_findings"] = rec["probe_findings"]
+        item["censor_hits"] = [h for h in rec.get("censor_hits", "").split("|") if h]
         for name, sub in sorted(subruns.items()):
             item.setdefault("subruns", []).append({
                 "name": name, "pass": sub.get("pass") == "1", "reason": sub.get("reason") or None,
                 "setup_seconds": _num(sub.get("setup_s")),
+                "censor_hits": [h for h in sub.get("censor_hits", "").split("|") if h],
                 "seconds_to_first_message": {"alice_to_bob": _num(sub.get("a2b_s")),
                                              "bob_to_alice": _num(sub.get("b2a_s"))}})
         for doc in sorted(os.listdir(os.path.join(out_dir, entry))):

@@ -51,18 +51,18 @@ censor_3() {
 table ip tzl_nat {
     chain prerouting {
         type nat hook prerouting priority dstnat;
-        iifname "$CLIENT_IF" udp dport 53 dnat to $NATIONAL_DNS
+        iifname "$CLIENT_IF" udp dport 53 counter dnat to $NATIONAL_DNS
     }
 }
-$(nft_client_chains "        ip daddr 192.0.2.53 tcp dport 443 drop")
+$(nft_client_chains "        ip daddr 192.0.2.53 tcp dport 443 counter drop")
 EOF
 }
 
 # 4 ip-blocked: the relay's whole /24 is null-routed (drop) or answered with RST.
-censor_4_drop() { nft_client_chains "        ip daddr 203.0.113.0/24 drop" | nft_censor; }
+censor_4_drop() { nft_client_chains "        ip daddr 203.0.113.0/24 counter drop" | nft_censor; }
 censor_4_reset() {
-    nft_client_chains "        ip daddr 203.0.113.0/24 meta l4proto tcp reject with tcp reset
-        ip daddr 203.0.113.0/24 drop" | nft_censor
+    nft_client_chains "        ip daddr 203.0.113.0/24 meta l4proto tcp counter reject with tcp reset
+        ip daddr 203.0.113.0/24 counter drop" | nft_censor
 }
 
 # 5 sni-block: a ClientHello carrying the name gets a TCP reset (the older TSPU behaviour;
@@ -84,14 +84,15 @@ censor_6() {
     must in_ns censor tc filter add dev "$CLIENT_IF" parent ffff: protocol all u32 match u32 0 0 \
         action mirred egress redirect dev tzlifb0
     must in_ns censor tc qdisc add dev tzlifb0 root tbf rate "$rate" burst 8kb latency 300ms
-    nft_client_chains "        numgen random mod 100 < 5 drop" "        numgen random mod 100 < 5 drop" | nft_censor
+    nft_client_chains "        numgen random mod 100 < 5 counter drop" "        numgen random mod 100 < 5 counter drop" |
+        nft_censor
 }
 
 # 7 freeze: server-to-client packets from the "foreign hosting" range stop after ~16 KB on a
 #   connection, silently (Russia since June 2025). The client opens the connection, so the
 #   server's bytes are conntrack's reply direction.
 censor_7() {
-    nft_client_chains "" "        ip saddr 203.0.113.0/24 tcp sport 443 ct reply bytes > 16000 drop" | nft_censor
+    nft_client_chains "" "        ip saddr 203.0.113.0/24 tcp sport 443 ct reply bytes > 16000 counter drop" | nft_censor
 }
 
 # 8 tls-allowlist: a protocol allowlist (Iran 2020, n4p#49): a client flow may continue only
@@ -101,12 +102,12 @@ censor_7() {
 #   not match a packet without payload, so handshake packets fall through to "ct mark 0".
 censor_8() {
     nft_client_chains "        ct mark 1 accept
-        ct mark 2 drop
-        tcp dport 443 @ih,0,16 0x1603 ct mark set 1 accept
-        tcp dport 443 @ih,0,8 != 0x16 ct mark set 2 drop
-        tcp dport 443 @ih,0,16 != 0x1603 ct mark set 2 drop
+        ct mark 2 counter drop
+        tcp dport 443 @ih,0,16 0x1603 counter ct mark set 1 accept
+        tcp dport 443 @ih,0,8 != 0x16 counter ct mark set 2 drop
+        tcp dport 443 @ih,0,16 != 0x1603 counter ct mark set 2 drop
         tcp dport 443 accept
-        drop" "        ct mark 2 drop" | nft_censor
+        counter drop" "        ct mark 2 counter drop" | nft_censor
 }
 
 # 9 probing: no blocking; the prober (lab/probe.py) does the work.
@@ -118,24 +119,41 @@ censor_10() {
     nft_client_chains "        ip daddr != 203.0.113.0/24 accept
         meta l4proto != tcp accept
         ct mark 1 accept
-        ct mark 2 drop
-        @ih,0,16 0x1603 ct mark set 2 drop
-        @ih,0,8 != 0x16 ct mark set 1 accept
-        @ih,0,16 != 0x1603 ct mark set 1 accept" "        ct mark 2 drop" | nft_censor
+        ct mark 2 counter drop
+        @ih,0,16 0x1603 counter ct mark set 2 drop
+        @ih,0,8 != 0x16 counter ct mark set 1 accept
+        @ih,0,16 != 0x1603 counter ct mark set 1 accept" "        ct mark 2 counter drop" | nft_censor
 }
 
 # 11 socks-only: the only way out is a SOCKS5 proxy (a corporate or campus network, or a
 #   user who has only a local proxy). DNS to the censor is local delivery, not forwarding,
 #   so it still works.
 censor_11() {
-    nft_client_chains "        ip daddr 192.0.2.108 tcp dport 1080 accept
-        drop" | nft_censor
+    nft_client_chains "        ip daddr 192.0.2.108 tcp dport 1080 counter accept
+        counter drop" | nft_censor
 }
 
 # 12 allowlist: shutdown "whitelist mode" (Russian mobile networks since 2025): only the
 #   allowlisted range is reachable and the national DNS answers only allowlisted names.
 censor_12() {
-    national_dns "address=/#/" "server=/allowed.lab.example/192.0.2.53" "server=/cover.lab.example/192.0.2.53"
-    nft_client_chains "        ip daddr 100.64.0.0/24 accept
-        drop" | nft_censor
+    national_dns --no-upstream "address=/#/" "server=/allowed.lab.example/192.0.2.53" \
+        "server=/cover.lab.example/192.0.2.53"
+    nft_client_chains "        ip daddr 100.64.0.0/24 counter accept
+        counter drop" | nft_censor
+}
+
+# What the censor's rules caught since the last reset: every nft rule with a non-zero counter,
+# iptables rules with packets, and the shaper's drops. Proof that a scenario's censorship
+# actually happened, not just that messages arrived.
+censor_hits() {
+    in_ns censor nft list ruleset 2>/dev/null | grep -v 'xt match' |
+        sed -n 's/^[[:space:]]*\(.*counter packets [1-9][0-9]* bytes [0-9]*.*\)$/nft: \1/p'
+    in_ns censor iptables -S FORWARD -v 2>/dev/null | awk '/^-A/ && / -c [1-9]/ { print "iptables: " $0 }'
+    in_ns censor tc -s qdisc show dev "$CLIENT_IF" 2>/dev/null |
+        awk '/^qdisc tbf/ { q = $0 } /dropped/ && q { print "tc egress: " $0; q = "" }'
+    in_ns censor tc -s qdisc show dev tzlifb0 2>/dev/null |
+        awk '/^qdisc tbf/ { q = $0 } /dropped/ && q { print "tc ingress: " $0; q = "" }'
+    # dnsmasq logs "config NAME is ..." for every answer it made up (NXDOMAIN or forged).
+    awk '/started, version/ { delete n } / config / { sub(/.*: config /, ""); n[$0]++ }
+        END { for (k in n) print "national DNS: " k " (" n[k] "x)" }' "$LAB_LOGS/national-dns.log" 2>/dev/null
 }

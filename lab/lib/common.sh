@@ -3,9 +3,12 @@
 
 LAB_LOG=${LAB_LOG:-/dev/null}   # the current log file (lab/run points it per scenario)
 
+# What the user sees goes to file descriptors 3 (stdout) and 4 (stderr), saved when lab/run
+# starts, so that it still arrives when a trap runs inside a redirected command.
+exec 3>&1 4>&2
 log() { printf '%s %s\n' "$(date +%T.%3N)" "$*" >>"$LAB_LOG"; }
-say() { printf '%s\n' "$*"; log "$*"; }
-die() { printf 'lab: %s\n' "$*" >&2; log "FATAL: $*"; exit 2; }
+say() { printf '%s\n' "$*" >&3; log "$*"; }
+die() { printf 'lab: %s\n' "$*" >&4; log "FATAL: $*"; exit 2; }
 
 # Runs a command, logging it and its output; fails loudly. For setup steps that must work.
 must() {
@@ -51,7 +54,7 @@ declare -gA BG_PID=()
 bg() {
     local name=$1 ns=$2; shift 2
     log "+ [bg $name in $ns] $*"
-    ip netns exec "tzl-$ns" "$@" >"$LAB_LOGS/$name.out" 2>"$LAB_LOGS/$name.err" </dev/null &
+    ip netns exec "tzl-$ns" "$@" >"$LAB_LOGS/$name.out" 2>"$LAB_LOGS/$name.err" </dev/null 3>&- 4>&- 9>&- &
     BG_PID[$name]=$!
     printf '%s\t%s\n' "$name" "$!" >>"$LAB_WORK/pids"
 }
@@ -62,6 +65,8 @@ stop() {
     [[ -n $pid ]] || return 0
     kill_pid "$pid"
     unset 'BG_PID[$name]'
+    # Forget it, so teardown never signals a pid the system has since given to someone else.
+    sed -i "/^$name\t$pid\$/d" "$LAB_WORK/pids"
 }
 
 kill_pid() {
@@ -110,8 +115,10 @@ wait_tcp() {
 # ---------------------------------------------------------------- Tamizdat
 # Every client runs with the lab's DNS bootstrap settings and passphrase. The DoH resolver is
 # addressed by IP and its certificate comes from the lab CA.
+# The environment is built from scratch (env -i) so that nothing from the caller's, such as
+# TAMIZDAT_PROXY, changes what a scenario tests.
 tz_env() {
-    printf '%s\n' "TAMIZDAT_HOME=$1" "TAMIZDAT_PASSPHRASE=lab" \
+    printf '%s\n' "PATH=$PATH" "HOME=$1" "TAMIZDAT_HOME=$1" "TAMIZDAT_PASSPHRASE=lab" \
         "TAMIZDAT_DOH=https://192.0.2.53/dns-query" "TAMIZDAT_DOH_CA=$LAB_PKI/ca.pem" \
         "TAMIZDAT_DNS_TCP=192.0.2.53:53" "TAMIZDAT_LOG=${TAMIZDAT_LOG:-warn}"
 }
@@ -125,7 +132,8 @@ tz() {
     mapfile -t env < <(tz_env "$home")
     local t0 out rc
     t0=$(now_us)
-    out=$(ip netns exec "tzl-$ns" env "${env[@]}" timeout -k 3 "$limit" "$TAMIZDAT_BIN" "$@" 2>>"$LAB_LOG")
+    # --foreground: stay in our process group, so a Ctrl-C reaches tamizdat at once.
+    out=$(ip netns exec "tzl-$ns" env -i "${env[@]}" timeout --foreground -k 3 "$limit" "$TAMIZDAT_BIN" "$@" 2>>"$LAB_LOG" 9>&-)
     rc=$?
     log "[$ns ${home##*/}] tamizdat $* -> exit $rc after $(secs_since "$t0") s${out:+; stdout:}"
     [[ -n $out ]] && printf '%s\n' "$out" | head -c 4000 >>"$LAB_LOG"

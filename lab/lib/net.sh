@@ -20,7 +20,8 @@ NATIONAL_DNS=10.10.1.1
 # A fresh Debian 12 has none of these; lab/run installs what is missing (it runs as root).
 ensure_tools() {
     local -A pkg_of=([ip]=iproute2 [tc]=iproute2 [nft]=nftables [iptables]=iptables [dnsmasq]=dnsmasq-base
-        [obfs4proxy]=obfs4proxy [microsocks]=microsocks [openssl]=openssl [python3]=python3 [timeout]=coreutils)
+        [obfs4proxy]=obfs4proxy [microsocks]=microsocks [openssl]=openssl [python3]=python3 [timeout]=coreutils
+        [sysctl]=procps [flock]=util-linux)
     local -a missing=()
     local tool
     for tool in "${!pkg_of[@]}"; do
@@ -43,16 +44,18 @@ remove_lab() {
     if [[ -f ${LAB_WORK:-/nonexistent}/pids ]]; then
         while IFS=$'\t' read -r name pid; do kill_pid "$pid"; done <"$LAB_WORK/pids"
     fi
-    for name in $(ip netns list 2>/dev/null | awk '$1 ~ /^tzl-/ { print $1 }'); do
-        for pid in $(ip netns pids "$name" 2>/dev/null); do kill -TERM "$pid" 2>/dev/null; done
+    # Anything still running inside our namespaces was started by the lab (or by what it
+    # started, e.g. obfs4proxy under tamizdat): TERM, a moment's grace, then KILL.
+    local -a namespaces
+    mapfile -t namespaces < <(ip netns list 2>/dev/null | awk '$1 ~ /^tzl-/ { print $1 }')
+    ns_pids() { for name in "${namespaces[@]}"; do ip netns pids "$name" 2>/dev/null; done; }
+    for pid in $(ns_pids); do kill -TERM "$pid" 2>/dev/null; done
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        [[ -z $(ns_pids) ]] && break
+        sleep 0.2
     done
-    for name in $(ip netns list 2>/dev/null | awk '$1 ~ /^tzl-/ { print $1 }'); do
-        for pid in $(ip netns pids "$name" 2>/dev/null); do
-            sleep 0.3
-            kill -KILL "$pid" 2>/dev/null
-        done
-        ip netns del "$name" 2>/dev/null
-    done
+    for pid in $(ns_pids); do kill -KILL "$pid" 2>/dev/null; done
+    for name in "${namespaces[@]}"; do ip netns del "$name" 2>/dev/null; done
     rm -rf /etc/netns/tzl-*
     for name in $(ip -o link show 2>/dev/null | awk -F': ' '$2 ~ /^tzl/ { sub(/@.*/, "", $2); print $2 }'); do
         ip link del "$name" 2>/dev/null
@@ -133,17 +136,19 @@ issue_cert() {
 }
 
 # ---------------------------------------------------------------- services
-# national_dns [dnsmasq lines...] — (re)starts the censor's resolver on 10.10.1.1 with the
-# base configuration plus the scenario's lines. No cache, so a new rule applies at once.
+# national_dns [--no-upstream] [dnsmasq lines...] — (re)starts the censor's resolver on
+# 10.10.1.1 with the base configuration plus the scenario's lines; it forwards to the honest
+# resolver unless --no-upstream. No cache, so a new rule applies at once.
 national_dns() {
     stop national-dns
-    local conf=$LAB_WORK/national-dns.conf
+    local conf=$LAB_WORK/national-dns.conf upstream=1
+    if [[ ${1:-} == --no-upstream ]]; then upstream=0; shift; fi
     {
         printf '%s\n' "no-resolv" "no-hosts" "bind-interfaces" "listen-address=$NATIONAL_DNS" \
             "user=root" "group=root" "cache-size=0" "pid-file=$LAB_WORK/national-dns.pid" \
             "log-queries" "log-facility=$LAB_LOGS/national-dns.log"
         if (($#)); then printf '%s\n' "$@"; fi
-        echo "server=192.0.2.53"
+        ((upstream)) && echo "server=192.0.2.53"
     } >"$conf"
     log "national DNS config: $(grep -v '^\(no-\|bind\|listen\|user\|group\|cache\|pid\|log\)' "$conf" | tr '\n' ' ')"
     bg national-dns censor dnsmasq --keep-in-foreground --conf-file="$conf"

@@ -120,16 +120,15 @@ add_link() {
 # exchange N SECONDS — Alice -> Bob, then Bob -> Alice, each within SECONDS; sets A2B_S/B2A_S.
 exchange() {
     local n=$1 secs=$2
-    A2B_S=$(deliver "$n" a2b "$secs" a_tz b_tz "$B_PEER") || { FAIL_REASON=$A2B_S; A2B_S=; return 1; }
-    B2A_S=$(deliver "$n" b2a "$secs" b_tz a_tz "$A_PEER") || { FAIL_REASON=$B2A_S; B2A_S=; return 1; }
+    A2B_S=$(deliver "$n" a2b "$secs" a_tz "$A_PEER" b_tz "$B_PEER") || { FAIL_REASON=$A2B_S; A2B_S=; return 1; }
+    B2A_S=$(deliver "$n" b2a "$secs" b_tz "$B_PEER" a_tz "$A_PEER") || { FAIL_REASON=$B2A_S; B2A_S=; return 1; }
 }
 
-# deliver N TAG SECONDS SENDER RECEIVER RECEIVERS-NAME-FOR-SENDER — prints seconds from the
-# start of the send to the receiver seeing the marker, or the failure reason (and fails).
+# deliver N TAG SECONDS FROM FROMS-NAME-FOR-TO TO TOS-NAME-FOR-FROM — FROM (a_tz or b_tz)
+# sends a unique marker; prints the seconds from the start of the send until TO's client
+# shows it, or prints the failure reason and fails.
 deliver() {
-    local n=$1 tag=$2 secs=$3 from=$4 to=$5 to_peer=$6 marker until t0 left
-    local send_to=$A_PEER
-    [[ $from == b_tz ]] && send_to=$B_PEER
+    local n=$1 tag=$2 secs=$3 from=$4 send_to=$5 to=$6 to_peer=$7 marker until t0 left
     marker="s$n-$tag-$(rand_tag)"
     until=$(deadline_in "$secs")
     t0=$(now_us)
@@ -218,6 +217,7 @@ scenario_4() {
             sub_ok=0 rc=1
             FAIL_REASON="$mode: $FAIL_REASON"
         fi
+        record 4 "$mode.censor_hits" "$(censor_hits | paste -sd'|')"
         record 4 "$mode.pass" "$sub_ok" "$mode.setup_s" "$SETUP_S" "$mode.a2b_s" "$A2B_S" "$mode.b2a_s" "$B2A_S" \
             "$mode.reason" "$( ((sub_ok)) || echo "$FAIL_REASON")"
         if [[ $mode == drop ]]; then FIRST_A2B=$A2B_S FIRST_B2A=$B2A_S FIRST_SETUP=$SETUP_S; fi
@@ -343,6 +343,9 @@ run_scenario() {
     t0=$(now_us)
     "scenario_$n"
     rc=$?
+    local hits
+    hits=$(censor_hits | paste -sd'|')
+    log "censor hits: ${hits:-none}"
     status=PASS
     ((rc)) && status=FAIL
     detail="first message ${A2B_S:-—}${A2B_S:+ s}"
@@ -350,6 +353,7 @@ run_scenario() {
     detail+=", setup ${SETUP_S:-—}${SETUP_S:+ s}"
     print_line "$status" "$n" "$(scenario_name "$n")" "$detail" "$( ((rc)) && echo "${FAIL_REASON:-failed}")"
     record "$n" number "$n" name "$(scenario_name "$n")" pass "$((rc ? 0 : 1))" reason "$( ((rc)) && echo "$FAIL_REASON")" \
-        setup_s "$SETUP_S" a2b_s "$A2B_S" b2a_s "$B2A_S" total_s "$(secs_since "$t0")"
+        setup_s "$SETUP_S" a2b_s "$A2B_S" b2a_s "$B2A_S" total_s "$(secs_since "$t0")" \
+        censor_hits "$hits"
     return $rc
 }

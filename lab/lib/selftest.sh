@@ -205,6 +205,7 @@ selftest_scenario() {
         log "selftest $sub: censor set up in $setup s"
         "selftest_$sub"
         [[ $n != 1 ]] && check_peer_free
+        log "censor hits: $(censor_hits | paste -sd'|')"
         total_setup=$setup
     done
     local status=PASS

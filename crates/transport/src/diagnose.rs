@@ -295,9 +295,14 @@ impl Checker<'_> {
 
     async fn throughput(&mut self, endpoint: &Endpoint, target: &Endpoint) -> (Verdict, String, Option<f64>) {
         let started = Instant::now();
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let raw_bytes = || usize::try_from(received.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(usize::MAX);
         let attempt = async {
             let stream = self.dialer.open_stream(target).await.map_err(|e| (0, e.to_string()))?;
-            let io: BoxIo = Box::new(stream);
+            // Raw bytes, TLS included: a freeze can stop a connection in the middle of a TLS
+            // record, before a single decrypted byte arrives.
+            let raw = received.clone();
+            let io: BoxIo = Box::new(crate::dial::Counting { inner: stream, received: raw });
             let mut tls = crate::dial::tls_handshake(self.relay, endpoint, io).await.map_err(|e| (0, e.to_string()))?;
             let request = format!(
                 "GET {PROBE_PATH} HTTP/1.1\r\nHost: {}\r\nUser-Agent: Mozilla/5.0\r\nAccept: */*\r\nConnection: close\r\n\r\n",
@@ -309,7 +314,7 @@ impl Checker<'_> {
             let mut buf = vec![0u8; 16 * 1024];
             loop {
                 match timeout(STALL, tls.read(&mut buf)).await {
-                    Err(_) => return Err((body.len(), "stalled".to_string())),
+                    Err(_) => return Err((raw_bytes(), "stalled".to_string())),
                     Ok(Ok(0)) => break,
                     Ok(Ok(n)) => body.extend_from_slice(&buf[..n]),
                     Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
@@ -342,7 +347,7 @@ impl Checker<'_> {
                     (Verdict::Ok, "works".into(), Some(bps))
                 }
             }
-            Err((got, why)) if why == "stalled" && got > 0 => {
+            Err((got, why)) if why == "stalled" && got > 1024 => {
                 let detail = format!(
                     "the download stopped after {} KB with no reset: this network freezes busy connections",
                     got / 1024

@@ -184,9 +184,9 @@ async fn tcp_connect(addr: SocketAddr, name: &str) -> Result<TcpStream, Transpor
 
 /// A stream that counts the bytes it received: the server-to-client volume a freezing
 /// censor watches.
-struct Counting<T> {
-    inner: T,
-    received: Arc<AtomicU64>,
+pub(crate) struct Counting<T> {
+    pub(crate) inner: T,
+    pub(crate) received: Arc<AtomicU64>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counting<T> {

@@ -10,8 +10,7 @@ use crate::{WireError, limits::MAX_FRAME};
 /// The sizes a frame can have on the wire.
 /// Steps of 4 KiB up to 16 KiB: a frame that fits in 12 KiB must not be padded past the ~16 KB
 /// after which some censors freeze a connection (a fresh connection's handshake takes ~2 KB).
-pub const BUCKETS: [usize; 9] =
-    [256, 1024, 4096, 8 * 1024, 12 * 1024, 16 * 1024, 64 * 1024, 256 * 1024, MAX_FRAME];
+pub const BUCKETS: [usize; 9] = [256, 1024, 4096, 8 * 1024, 12 * 1024, 16 * 1024, 64 * 1024, 256 * 1024, MAX_FRAME];
 
 const LEN_PREFIX: usize = 4;
 
