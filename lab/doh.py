@@ -5,11 +5,7 @@ It answers `POST /dns-query` (body: a DNS message, content-type application/dns-
 `GET /dns-query?dns=<base64url>` by forwarding the wire query over UDP (TCP if the answer is
 truncated) to an ordinary resolver, and returning its answer unchanged.
 
-Both HTTP/1.1 and HTTP/2 are offered through ALPN, because common DoH clients (hickory's
-among them) speak only HTTP/2. The HTTP/2 side is deliberately minimal: it does not decode
-request headers (HPACK with Huffman coding is more than a lab needs), so over HTTP/2 every
-request with a body is taken as a POST of a DNS query, and a request without a body gets
-400. Responses are encoded with literal header fields only, so no HPACK state is kept.
+HTTP/1.1 only: that is what Tamizdat's client speaks.
 
     doh.py --listen 192.0.2.53:443 --cert doh.pem --key doh.key --upstream 192.0.2.53:53
 """
@@ -23,6 +19,8 @@ import ssl
 import struct
 import sys
 import urllib.parse
+
+from labtool import _recv_exact
 
 UPSTREAM = ("127.0.0.1", 53)
 
@@ -48,93 +46,6 @@ def resolve(query: bytes) -> bytes:
     return answer
 
 
-def _recv_exact(s, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("closed early")
-        buf += chunk
-    return buf
-
-
-# --------------------------------------------------------------------------- HTTP/2 (minimal)
-
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
-END_STREAM, ACK, END_HEADERS, PADDED = 0x1, 0x1, 0x4, 0x8
-
-
-def h2_frame(ftype, flags, stream, payload=b""):
-    return struct.pack("!I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack("!I", stream) + payload
-
-
-def hpack_literal(index, value: bytes) -> bytes:
-    """A literal header field without indexing, with an indexed name (RFC 7541, 6.2.2)."""
-    out = bytearray()
-    if index < 15:
-        out.append(index)
-    else:
-        out += bytes([0x0F, index - 15])  # index - 15 < 128 for every name used here
-    assert len(value) < 127
-    out.append(len(value))  # H=0: no Huffman
-    return bytes(out + value)
-
-
-def h2_response(stream, status: int, body: bytes, ctype: bytes = b"application/dns-message") -> bytes:
-    # Static table (RFC 7541, appendix A): 8 ":status", 24 "cache-control", 28 "content-length",
-    # 31 "content-type", 54 "server".
-    block = hpack_literal(8, str(status).encode())
-    block += hpack_literal(31, ctype) + hpack_literal(28, str(len(body)).encode())
-    block += hpack_literal(24, b"max-age=0")
-    return h2_frame(HEADERS, END_HEADERS, stream, block) + h2_frame(DATA, END_STREAM, stream, body)
-
-
-def serve_h2(tls):
-    """One HTTP/2 connection: SETTINGS/PING handshaking, then each stream's DATA is a query."""
-    if _recv_exact(tls, len(H2_PREFACE)) != H2_PREFACE:
-        return
-    tls.sendall(h2_frame(SETTINGS, 0, 0))
-    bodies = {}
-    while True:
-        head = _recv_exact(tls, 9)
-        length = int.from_bytes(head[:3], "big")
-        ftype, flags = head[3], head[4]
-        stream = struct.unpack("!I", head[5:9])[0] & 0x7FFFFFFF
-        payload = _recv_exact(tls, length)
-        if ftype == SETTINGS and not flags & ACK:
-            tls.sendall(h2_frame(SETTINGS, ACK, 0))
-        elif ftype == PING and not flags & ACK:
-            tls.sendall(h2_frame(PING, ACK, 0, payload))
-        elif ftype == GOAWAY:
-            return
-        elif ftype == HEADERS:
-            bodies.setdefault(stream, b"")
-            if flags & END_STREAM:  # no body: a GET we cannot read without HPACK decoding
-                bodies.pop(stream, None)
-                tls.sendall(h2_response(stream, 400, b"use POST over HTTP/2\n", b"text/plain"))
-        elif ftype == DATA:
-            if length:  # give the connection's flow-control window back; streams are short
-                tls.sendall(h2_frame(WINDOW_UPDATE, 0, 0, struct.pack("!I", length)))
-            if flags & PADDED and payload:
-                pad = payload[0]
-                payload = payload[1:len(payload) - pad]
-            bodies[stream] = bodies.get(stream, b"") + payload
-            if flags & END_STREAM:
-                query = bodies.pop(stream)
-                try:
-                    tls.sendall(h2_response(stream, 200, resolve(query)))
-                except (TimeoutError, OSError) as e:
-                    if isinstance(e, (BrokenPipeError, ConnectionResetError)):
-                        return
-                    tls.sendall(h2_response(stream, 502, b"upstream failed\n", b"text/plain"))
-        elif ftype == RST_STREAM:
-            bodies.pop(stream, None)
-        # WINDOW_UPDATE, PRIORITY, CONTINUATION and unknown frames need nothing from us.
-
-
-# --------------------------------------------------------------------------- HTTP/1.1
-
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "doh"
@@ -145,13 +56,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             self.connection.do_handshake()
         except (ssl.SSLError, OSError):
-            return
-        if self.connection.selected_alpn_protocol() == "h2":
-            try:
-                serve_h2(self.connection)
-            except (ConnectionError, OSError, ssl.SSLError):
-                pass
-            self.close_connection = True
             return
         super().handle()
 
@@ -228,7 +132,7 @@ def main():
     UPSTREAM = (host, int(port))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
-    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    ctx.set_alpn_protocols(["http/1.1"])
     host, port = args.listen.rsplit(":", 1)
     Server((host, int(port)), ctx).serve_forever()
 

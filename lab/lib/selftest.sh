@@ -57,15 +57,6 @@ selftest_1() {
         'd.get("answers")==["100.64.0.10"]'
     check "DoH: unknown names are NXDOMAIN" "$(dnsq client --via doh --server https://192.0.2.53/dns-query --ca "$LAB_PKI/ca.pem" nothing.example)" \
         'd.get("rcode")=="NXDOMAIN"'
-    if command -v curl >/dev/null && curl -V | grep -q HTTP2; then
-        # HTTP/2 DoH (what hickory-style clients speak), checked with curl when it is there.
-        local q=$LAB_WORK/query.bin
-        python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import labtool; sys.stdout.buffer.write(labtool.dns_query("relay.lab.example"))' "$LAB_DIR" >"$q"
-        local out
-        out=$(in_ns client curl -s --http2 --cacert "$LAB_PKI/ca.pem" -H 'content-type: application/dns-message' \
-            --data-binary @"$q" -w '\n%{http_version} %{http_code}' https://192.0.2.53/dns-query | tail -1)
-        check "DoH over HTTP/2 (curl)" "{\"curl\": \"$out\"}" 'd["curl"]=="2 200"'
-    fi
     check "cover host answers like nginx" "$(fetch client --connect 192.0.2.80:443 --tls --send 'GET / HTTP/1.1\r\nHost: cover\r\nConnection: close\r\n\r\n')" \
         'd["first_text"].startswith("HTTP/1.1 200")'
     check "SOCKS5 proxy reaches the relay" "$(fetch client --socks 192.0.2.108:1080 --connect $R --tls --ca "$LAB_PKI/ca.pem" --send 'BULK 1000' --expect 1000)" \

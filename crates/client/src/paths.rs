@@ -67,44 +67,27 @@ impl Client {
     /// then endpoints added by hand (newest first: they were added because something did not
     /// work), then the link's own; pluggable transports after direct ways within each group.
     pub(crate) fn endpoints_for(&self, relay: &RelayDescriptor) -> Result<Vec<Endpoint>, ClientError> {
-        let mut added: Vec<String> = {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT endpoint FROM relay_endpoints WHERE relay_pin = ?1 ORDER BY added_at DESC")?;
-            let rows = stmt.query_map([&relay.cert_sha256], |r| r.get(0))?;
-            rows.collect::<Result<_, _>>()?
+        let column = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<Vec<String>, ClientError> {
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            let rows = stmt.query_map(params, |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
         };
-        let worked: Vec<String> = {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT endpoint FROM paths WHERE relay_pin = ?1 AND network = ?2 ORDER BY last_ok DESC",
-            )?;
-            let rows = stmt.query_map(rusqlite::params![&relay.cert_sha256, &self.net.network], |r| r.get(0))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        added.extend(relay.endpoints.iter().cloned());
-        let known: Vec<String> = {
-            let mut all = added.clone();
-            all.sort();
-            all.dedup();
-            all
-        };
-        let mut ordered: Vec<Endpoint> = Vec::new();
-        let push = |text: &String, ordered: &mut Vec<Endpoint>| {
-            if let Ok(e) = text.parse::<Endpoint>()
-                && !ordered.contains(&e)
-            {
-                ordered.push(e);
-            }
-        };
-        for w in worked.iter().filter(|w| known.contains(w)) {
-            push(w, &mut ordered);
-        }
-        let rest: Vec<&String> = added.iter().collect();
-        for pt in [false, true] {
-            for e in &rest {
-                if e.parse::<Endpoint>().is_ok_and(|p| matches!(p, Endpoint::Pt(_)) == pt) {
-                    push(e, &mut ordered);
-                }
+        let added = column(
+            "SELECT endpoint FROM relay_endpoints WHERE relay_pin = ?1 ORDER BY added_at DESC",
+            &[&relay.cert_sha256],
+        )?;
+        let worked = column(
+            "SELECT endpoint FROM paths WHERE relay_pin = ?1 AND network = ?2 ORDER BY last_ok DESC",
+            &[&relay.cert_sha256, &self.net.network],
+        )?;
+        let known: Vec<Endpoint> = added.iter().chain(&relay.endpoints).filter_map(|e| e.parse().ok()).collect();
+        let mut ordered: Vec<Endpoint> = Vec::with_capacity(known.len());
+        let worked = worked.iter().filter_map(|w| known.iter().find(|k| k.to_string() == *w));
+        let direct = known.iter().filter(|e| !matches!(e, Endpoint::Pt(_)));
+        let pt = known.iter().filter(|e| matches!(e, Endpoint::Pt(_)));
+        for e in worked.chain(direct).chain(pt) {
+            if !ordered.contains(e) {
+                ordered.push(e.clone());
             }
         }
         Ok(ordered)
@@ -254,7 +237,7 @@ impl Client {
 /// The doctor for a relay link alone, without an identity (`tamizdat doctor --relay LINK`).
 pub async fn doctor_link(link: &str, proxy: Option<Proxy>) -> Result<Report, ClientError> {
     let relay = RelayDescriptor::from_link(link).map_err(|e| ClientError::BadInput(format!("relay link: {e}")))?;
-    let mut dialer = Dialer::from_env(std::env::temp_dir().join("tamizdat-pt"))?;
+    let mut dialer = Dialer::from_env_transient()?;
     dialer.proxy = proxy;
     Ok(doctor(&dialer, &relay, &relay.parsed_endpoints()).await)
 }

@@ -37,7 +37,7 @@ impl RelayClient {
     /// Connects with a dialer configured from the environment, trying the descriptor's
     /// endpoints in order, and negotiates the protocol version.
     pub async fn connect(relay: &RelayDescriptor) -> Result<Self, ClientError> {
-        let dialer = Dialer::from_env(std::env::temp_dir().join("tamizdat-pt"))?;
+        let dialer = Dialer::from_env_transient()?;
         Self::connect_with(&dialer, relay, &relay.parsed_endpoints()).await
     }
 

@@ -1,12 +1,10 @@
 //! Every operation tried without the right key fails, says so, and leaves the data intact.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::time::Duration;
-
 use ed25519_dalek::SigningKey;
 use prost::Message;
 use tamizdat_client::{ClientError, relay::RelayClient};
-use tamizdat_relay::{Relay, RelayConfig};
+use tamizdat_relay::testing::spawn_relay;
 use tamizdat_wire::{
     frame,
     proto::{
@@ -15,24 +13,10 @@ use tamizdat_wire::{
     },
 };
 
-async fn relay() -> (tempfile::TempDir, RelayDescriptor, tokio::sync::oneshot::Sender<()>) {
+async fn relay() -> (tempfile::TempDir, RelayDescriptor) {
     let dir = tempfile::tempdir().unwrap();
-    let config = RelayConfig {
-        data: dir.path().join("relay"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        public: vec![],
-        retention: Duration::from_secs(3600 * 24),
-        store: None,
-        limits: Default::default(),
-        admin: None,
-    };
-    let relay = Relay::bind(config).await.unwrap();
-    let descriptor = RelayDescriptor::from_link(&relay.link()).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(relay.run(async move {
-        let _ = stopped.await;
-    }));
-    (dir, descriptor, stop)
+    let (descriptor, _) = spawn_relay(dir.path()).await;
+    (dir, descriptor)
 }
 
 fn key() -> SigningKey {
@@ -57,7 +41,7 @@ fn mls(epoch: u64, content_type: u8) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_works_without_the_right_key() {
-    let (_dir, d, _stop) = relay().await;
+    let (_dir, d) = relay().await;
     let mut c = RelayClient::connect(&d).await.unwrap();
     let (owner, stranger) = (key(), key());
 
@@ -130,7 +114,7 @@ async fn nothing_works_without_the_right_key() {
 /// the relay's per-connection nonce.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captured_requests_do_not_replay_on_another_connection() {
-    let (_dir, d, _stop) = relay().await;
+    let (_dir, d) = relay().await;
     let owner = key();
     let mut c = RelayClient::connect(&d).await.unwrap();
     let Reply::QueueCreated(q) = c
@@ -162,7 +146,7 @@ async fn captured_requests_do_not_replay_on_another_connection() {
 /// A malformed frame ends that connection only; the relay keeps serving others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_frame_closes_only_its_connection() {
-    let (_dir, d, _stop) = relay().await;
+    let (_dir, d) = relay().await;
     let mut raw = tamizdat_transport::client::connect(&d).await.unwrap();
     raw.send(vec![0xde, 0xad, 0xbe, 0xef]).await.unwrap();
     let reply: ServerFrame = frame::decode(&raw.recv().await.unwrap()).unwrap();

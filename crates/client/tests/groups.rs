@@ -4,7 +4,7 @@
 //! that client's stored state, not by looking at what the client chose to show.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
 use ed25519_dalek::SigningKey;
 use tamizdat_client::{
@@ -13,26 +13,13 @@ use tamizdat_client::{
     store::{self, Provider},
 };
 use tamizdat_e2e::{Conversation, DEFAULT_SUITE, Incoming, content::Body};
-use tamizdat_relay::{Relay, RelayConfig};
+use tamizdat_relay::testing::spawn_relay;
 use tamizdat_wire::proto::{Op, ReadLog, RelayDescriptor, Reply};
 
 const PASS: &str = "correct horse battery staple";
 
 async fn relay(dir: &Path) -> String {
-    let config = RelayConfig {
-        data: dir.join("relay"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        public: vec![],
-        retention: Duration::from_secs(86_400),
-        store: None,
-        limits: Default::default(),
-        admin: None,
-    };
-    let relay = Relay::bind(config).await.unwrap();
-    let mut d = RelayDescriptor::from_link(&relay.link()).unwrap();
-    d.endpoints = vec![relay.local_addr().unwrap().to_string()];
-    tokio::spawn(relay.run(std::future::pending()));
-    d.to_link()
+    spawn_relay(dir).await.0.to_link()
 }
 
 async fn person(dir: &Path, name: &str, link: &str) -> Client {
@@ -45,6 +32,21 @@ async fn connect(a: &mut Client, b: &mut Client) {
     b.accept(&invite, None).await.unwrap();
     a.sync().await.unwrap();
     b.sync().await.unwrap();
+}
+
+/// Three people: the first connected to the other two and having made `group` with both in
+/// it; the second has synced (joined), the third not yet.
+async fn trio(dir: &Path, names: [&str; 3], group: &str) -> [Client; 3] {
+    let link = relay(dir).await;
+    let mut alice = person(dir, names[0], &link).await;
+    let mut bob = person(dir, names[1], &link).await;
+    let mut carol = person(dir, names[2], &link).await;
+    connect(&mut alice, &mut bob).await;
+    connect(&mut alice, &mut carol).await;
+    alice.group_create(group, DEFAULT_SUITE).await.unwrap();
+    alice.group_add(group, &[names[1].into(), names[2].into()]).await.unwrap();
+    sync(&mut bob).await;
+    [alice, bob, carol]
 }
 
 async fn sync(c: &mut Client) -> SyncReport {
@@ -291,15 +293,7 @@ async fn crossed_invites_converge_on_one_chat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaving_removes_the_member_everywhere() {
     let dir = tempfile::tempdir().unwrap();
-    let link = relay(dir.path()).await;
-    let mut alice = person(dir.path(), "Alice", &link).await;
-    let mut bob = person(dir.path(), "Bob", &link).await;
-    let mut carol = person(dir.path(), "Carol", &link).await;
-    connect(&mut alice, &mut bob).await;
-    connect(&mut alice, &mut carol).await;
-    alice.group_create("Trio", DEFAULT_SUITE).await.unwrap();
-    alice.group_add("Trio", &["Bob".into(), "Carol".into()]).await.unwrap();
-    sync(&mut bob).await;
+    let [mut alice, mut bob, mut carol] = trio(dir.path(), ["Alice", "Bob", "Carol"], "Trio").await;
     sync(&mut carol).await;
 
     carol.group_leave("Trio").await.unwrap();
@@ -343,15 +337,7 @@ async fn leaving_removes_the_member_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_refresh_locks_out_a_stolen_copy_of_the_state() {
     let dir = tempfile::tempdir().unwrap();
-    let link = relay(dir.path()).await;
-    let mut alice = person(dir.path(), "Alice", &link).await;
-    let mut bob = person(dir.path(), "Bob", &link).await;
-    let mut carol = person(dir.path(), "Carol", &link).await;
-    connect(&mut alice, &mut bob).await;
-    connect(&mut alice, &mut carol).await;
-    alice.group_create("Pair", DEFAULT_SUITE).await.unwrap();
-    alice.group_add("Pair", &["Bob".into(), "Carol".into()]).await.unwrap();
-    sync(&mut bob).await;
+    let [mut alice, mut bob, mut carol] = trio(dir.path(), ["Alice", "Bob", "Carol"], "Pair").await;
     // Carol joins and then reads nothing: the relay keeps the log for her.
     sync(&mut carol).await;
     bob.set_setting("update-after-messages", "2").unwrap();
@@ -383,15 +369,8 @@ async fn key_refresh_locks_out_a_stolen_copy_of_the_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_holds_no_texts_names_or_member_lists() {
     let dir = tempfile::tempdir().unwrap();
-    let link = relay(dir.path()).await;
-    let mut alice = person(dir.path(), "Alisa Zoryana", &link).await;
-    let mut bob = person(dir.path(), "Bohdan Quokka", &link).await;
-    let mut carol = person(dir.path(), "Cyrilla Pangolin", &link).await;
-    connect(&mut alice, &mut bob).await;
-    connect(&mut alice, &mut carol).await;
-    alice.group_create("Samizdat Readers", DEFAULT_SUITE).await.unwrap();
-    alice.group_add("Samizdat Readers", &["Bohdan Quokka".into(), "Cyrilla Pangolin".into()]).await.unwrap();
-    sync(&mut bob).await;
+    let [alice, mut bob, mut carol] =
+        trio(dir.path(), ["Alisa Zoryana", "Bohdan Quokka", "Cyrilla Pangolin"], "Samizdat Readers").await;
     bob.send("Samizdat Readers", "the manuscript is ready").await.unwrap();
     // Carol has not read it yet: it is still on the relay.
     let mut relay_bytes = Vec::new();

@@ -4,13 +4,13 @@
 
 use std::{
     net::SocketAddr,
-    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use tamizdat_client::{Client, relay::RelayClient};
-use tamizdat_relay::{Relay, RelayConfig};
+use tamizdat_client::{Client, doctor_link, relay::RelayClient};
+use tamizdat_relay::testing::spawn_relay;
+use tamizdat_transport::diagnose::Verdict;
 use tamizdat_transport::{bridge, dial::Dialer};
 use tamizdat_wire::proto::RelayDescriptor;
 use tokio::{
@@ -19,23 +19,6 @@ use tokio::{
 };
 
 const PASS: &str = "correct horse battery staple";
-
-async fn relay(dir: &Path) -> (RelayDescriptor, SocketAddr) {
-    let config = RelayConfig {
-        data: dir.join("relay"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        public: vec![],
-        retention: Duration::from_secs(86_400),
-        store: None,
-        limits: Default::default(),
-        admin: None,
-    };
-    let relay = Relay::bind(config).await.unwrap();
-    let addr = relay.local_addr().unwrap();
-    let d = RelayDescriptor::from_link(&relay.link()).unwrap();
-    tokio::spawn(relay.run(std::future::pending()));
-    (d, addr)
-}
 
 fn with_endpoints(d: &RelayDescriptor, endpoints: &[String]) -> RelayDescriptor {
     RelayDescriptor { endpoints: endpoints.to_vec(), ..d.clone() }
@@ -52,7 +35,7 @@ async fn silent_port() -> (TcpListener, SocketAddr) {
 #[tokio::test]
 async fn a_dead_first_endpoint_costs_a_stagger_not_a_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let (d, addr) = relay(dir.path()).await;
+    let (d, addr) = spawn_relay(dir.path()).await;
     let (_silent, dead) = silent_port().await;
     let d = with_endpoints(&d, &[dead.to_string(), addr.to_string()]);
     let started = Instant::now();
@@ -64,7 +47,7 @@ async fn a_dead_first_endpoint_costs_a_stagger_not_a_timeout() {
 #[tokio::test]
 async fn a_bridge_forwards_to_the_relay_and_its_link_lists_it_first() {
     let dir = tempfile::tempdir().unwrap();
-    let (d, addr) = relay(dir.path()).await;
+    let (d, addr) = spawn_relay(dir.path()).await;
     let d = with_endpoints(&d, &[addr.to_string()]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bridge_addr = listener.local_addr().unwrap();
@@ -119,7 +102,7 @@ async fn freezing_proxy(upstream: SocketAddr, limit: usize) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syncing_through_a_16_kb_freeze_completes() {
     let dir = tempfile::tempdir().unwrap();
-    let (d, addr) = relay(dir.path()).await;
+    let (d, addr) = spawn_relay(dir.path()).await;
     let frozen = freezing_proxy(addr, 16_000).await;
     let link = with_endpoints(&d, &[frozen.to_string()]).to_link();
     let mut alice = Client::init(&dir.path().join("alice"), PASS, "Alice", &link).await.unwrap();
@@ -138,4 +121,46 @@ async fn syncing_through_a_16_kb_freeze_completes() {
     let got = bob.messages("Alice").unwrap().into_iter().filter(|m| m.kind == "text").count();
     assert_eq!(got, count, "every message crossed the freeze");
     assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+}
+
+/// An address where nothing listens: connections are refused, like a censor's reset.
+async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doctor_names_each_kind_of_trouble() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, addr) = spawn_relay(&dir.path().join("a")).await;
+    let (_, impostor) = spawn_relay(&dir.path().join("b")).await;
+    let frozen = freezing_proxy(addr, 16_000).await;
+    let refused = closed_port().await;
+    let endpoints = [addr, frozen, refused, impostor].map(|a| a.to_string());
+    let report = doctor_link(&with_endpoints(&d, &endpoints).to_link(), None).await.unwrap();
+    let verdicts: Vec<Verdict> = report.endpoints.iter().map(|e| e.verdict).collect();
+    assert_eq!(
+        verdicts,
+        [Verdict::Ok, Verdict::Freeze, Verdict::IpBlocking, Verdict::TlsBlocking],
+        "{:#?}",
+        report.endpoints
+    );
+    assert_eq!(report.endpoints[3].detail, "the certificate is not the relay's");
+    assert_eq!(report.working, endpoints[..2].to_vec(), "a frozen path still carries messages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_way_that_worked_is_tried_first_next_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, addr) = spawn_relay(dir.path()).await;
+    let refused = closed_port().await;
+    let link = with_endpoints(&d, &[refused.to_string(), addr.to_string()]).to_link();
+    let mut alice = Client::init(&dir.path().join("alice"), PASS, "Alice", &link).await.unwrap();
+    assert_eq!(alice.relay_endpoints().unwrap()[0].endpoint, refused.to_string(), "nothing remembered yet");
+    let report = alice.sync().await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let known = alice.relay_endpoints().unwrap();
+    assert_eq!(known[0].endpoint, addr.to_string());
+    assert!(known[0].last_ok.is_some());
+    assert_eq!(known[1].last_ok, None);
 }

@@ -85,3 +85,23 @@ impl TestDb {
         }
     }
 }
+
+/// A relay on a loopback port with its embedded store under `dir`, served until the test's
+/// runtime ends. Its descriptor lists only the bound address.
+pub async fn spawn_relay(dir: &std::path::Path) -> (tamizdat_wire::proto::RelayDescriptor, std::net::SocketAddr) {
+    let config = crate::RelayConfig {
+        data: dir.join("relay"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        public: vec![],
+        retention: std::time::Duration::from_secs(86_400),
+        store: None,
+        limits: Default::default(),
+        admin: None,
+    };
+    let relay = crate::Relay::bind(config).await.unwrap();
+    let addr = relay.local_addr().unwrap();
+    let mut descriptor = tamizdat_wire::proto::RelayDescriptor::from_link(&relay.link()).unwrap();
+    descriptor.endpoints = vec![addr.to_string()];
+    tokio::spawn(relay.run(std::future::pending()));
+    (descriptor, addr)
+}

@@ -363,32 +363,7 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
-        Command::Relay { command: RelayCommand::Add { link } } => {
-            let mut client = open(&cli)?;
-            let added = client.add_relay_link(link)?;
-            if cli.json {
-                print_json(&serde_json::json!({ "added": added }))?;
-            } else if added.is_empty() {
-                println!("nothing new: every endpoint of that link was already known");
-            } else {
-                println!("added {}; `tamizdat sync` uses whichever way works", added.join(", "));
-            }
-            Ok(())
-        }
-        Command::Relay { command: RelayCommand::Endpoints } => {
-            let client = open(&cli)?;
-            let endpoints = client.relay_endpoints()?;
-            if cli.json {
-                print_json(&endpoints)?;
-            } else {
-                for e in endpoints {
-                    let ok = e.last_ok.map(|t| format!(", worked {}", format_time(t * 1000))).unwrap_or_default();
-                    println!("{}  ({}, {}{ok})", e.endpoint, e.kind, e.source);
-                }
-            }
-            Ok(())
-        }
-        Command::Relay { command } => relay(command).await,
+        Command::Relay { command } => relay(&cli, command).await,
         Command::Bridge { command: BridgeCommand::Serve { listen, relay, public } } => {
             let descriptor = tamizdat_wire::proto::RelayDescriptor::from_link(relay)
                 .map_err(|e| Failure(format!("relay link: {e}")))?;
@@ -401,8 +376,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             eprintln!(
                 "bridge listening on {listen}, forwarding to the relay; give people the link above (Ctrl-C stops)"
             );
-            let mut dialer = tamizdat_transport::dial::Dialer::from_env(std::env::temp_dir().join("tamizdat-pt"))
-                .map_err(|e| Failure(e.to_string()))?;
+            let mut dialer =
+                tamizdat_transport::dial::Dialer::from_env_transient().map_err(|e| Failure(e.to_string()))?;
             dialer.proxy = cli.proxy.clone();
             tokio::select! {
                 r = tamizdat_transport::bridge::serve(listener, descriptor, std::sync::Arc::new(dialer)) => r.map_err(|e| Failure(e.to_string())),
@@ -744,14 +719,39 @@ fn print_qr(link: &str) {
     }
 }
 
-async fn relay(command: &RelayCommand) -> Result<(), Failure> {
+async fn relay(cli: &Cli, command: &RelayCommand) -> Result<(), Failure> {
     match command {
+        RelayCommand::Add { link } => {
+            let mut client = open(cli)?;
+            let added = client.add_relay_link(link)?;
+            if cli.json {
+                print_json(&serde_json::json!({ "added": added }))?;
+            } else if added.is_empty() {
+                println!("nothing new: every endpoint of that link was already known");
+            } else {
+                println!("added {}; `tamizdat sync` uses whichever way works", added.join(", "));
+            }
+            Ok(())
+        }
+        RelayCommand::Endpoints => {
+            let client = open(cli)?;
+            let endpoints = client.relay_endpoints()?;
+            if cli.json {
+                print_json(&endpoints)?;
+            } else {
+                for e in endpoints {
+                    let ok = e.last_ok.map(|t| format!(", worked {}", format_time(t * 1000))).unwrap_or_default();
+                    println!("{}  ({}, {}{ok})", e.endpoint, e.kind, e.source);
+                }
+            }
+            Ok(())
+        }
+
         RelayCommand::Init { data, public } => {
             let identity = RelayIdentity::load_or_create(data, public, "127.0.0.1:443")?;
             println!("{}", identity.link());
             Ok(())
         }
-        RelayCommand::Add { .. } | RelayCommand::Endpoints => Err(Failure("handled above".into())),
         RelayCommand::Link { data, only } => {
             let identity = RelayIdentity::load(data)?.ok_or_else(|| {
                 Failure(format!(

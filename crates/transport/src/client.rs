@@ -66,6 +66,6 @@ impl Connection {
 /// Connects to the relay with a dialer configured from the environment (resolvers, no proxy),
 /// racing the descriptor's endpoints in order. Apps keep one [`Dialer`] instead.
 pub async fn connect(relay: &RelayDescriptor) -> Result<Connection, TransportError> {
-    let dialer = Dialer::from_env(std::env::temp_dir().join("tamizdat-pt"))?;
+    let dialer = Dialer::from_env_transient()?;
     dialer.dial(relay, &relay.parsed_endpoints()).await
 }

@@ -9,6 +9,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
@@ -19,7 +20,7 @@ use tokio::{
     time::timeout,
 };
 
-use crate::{BoxIo, TransportError, dial::Dialer, dns::Answer};
+use crate::{TransportError, dial::Dialer, dns::Answer};
 
 /// The cover-site asset downloaded to measure throughput; big enough to cross a 16 KB freeze.
 pub const PROBE_PATH: &str = "/images/ferns.jpg";
@@ -197,7 +198,8 @@ impl Checker<'_> {
         };
         // 3. TLS, with the name for domains; if that is cut, again without the name.
         let started = Instant::now();
-        let tls = match crate::dial::tls_handshake(self.relay, endpoint, Box::new(stream)).await {
+        let (io, received) = crate::dial::counted(stream);
+        let tls = match crate::dial::tls_handshake(self.relay, endpoint, io).await {
             Ok(t) => {
                 self.step("tls", true, "handshake done; the certificate is the relay's", started);
                 t
@@ -208,24 +210,18 @@ impl Checker<'_> {
                 if let Endpoint::Domain { .. } = endpoint
                     && self.tls_without_name(&target).await
                 {
-                    return (
-                        Verdict::SniBlocking,
-                        format!("TLS naming the relay is cut ({why}); without the name it works"),
-                        None,
-                    );
+                    let detail = format!("TLS naming the relay is cut ({why}); without the name it works");
+                    return (Verdict::SniBlocking, detail, None);
                 }
-                if why.contains("certificate") {
-                    let detail = "the server there is not the relay (its certificate does not match): the address is wrong or intercepted";
-                    let verdict = if dns_problem.is_some() { Verdict::DnsTampering } else { Verdict::TlsBlocking };
-                    return (verdict, detail.into(), None);
-                }
-                return (Verdict::TlsBlocking, why, None);
+                return match (e, &dns_problem) {
+                    (TransportError::WrongCertificate { .. }, Some(dns)) => (Verdict::DnsTampering, dns.clone(), None),
+                    _ => (Verdict::TlsBlocking, why, None),
+                };
             }
         };
-        drop(tls);
-        // 4. The protocol door.
+        // 4. The protocol door, on the same connection.
         let started = Instant::now();
-        match self.dialer.connect(self.relay, endpoint).await {
+        match crate::dial::open_protocol(self.relay, endpoint, tls, received).await {
             Ok(conn) => {
                 self.step("protocol", true, "the relay opened the protocol", started);
                 conn.close().await;
@@ -295,82 +291,94 @@ impl Checker<'_> {
 
     async fn throughput(&mut self, endpoint: &Endpoint, target: &Endpoint) -> (Verdict, String, Option<f64>) {
         let started = Instant::now();
-        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let raw_bytes = || usize::try_from(received.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(usize::MAX);
-        let attempt = async {
-            let stream = self.dialer.open_stream(target).await.map_err(|e| (0, e.to_string()))?;
-            // Raw bytes, TLS included: a freeze can stop a connection in the middle of a TLS
-            // record, before a single decrypted byte arrives.
-            let raw = received.clone();
-            let io: BoxIo = Box::new(crate::dial::Counting { inner: stream, received: raw });
-            let mut tls = crate::dial::tls_handshake(self.relay, endpoint, io).await.map_err(|e| (0, e.to_string()))?;
-            let request = format!(
-                "GET {PROBE_PATH} HTTP/1.1\r\nHost: {}\r\nUser-Agent: Mozilla/5.0\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-                endpoint.authority()
-            );
-            tls.write_all(request.as_bytes()).await.map_err(|e| (0, e.to_string()))?;
-            let began = Instant::now();
-            let mut body = Vec::new();
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                match timeout(STALL, tls.read(&mut buf)).await {
-                    Err(_) => return Err((raw_bytes(), "stalled".to_string())),
-                    Ok(Ok(0)) => break,
-                    Ok(Ok(n)) => body.extend_from_slice(&buf[..n]),
-                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                    Ok(Err(e)) => return Err((body.len(), e.to_string())),
-                }
-            }
-            Ok((body, began.elapsed()))
-        };
-        match attempt.await {
-            Ok((body, took)) => {
+        let (verdict, detail, rate) = match self.download(endpoint, target).await {
+            Download::Done { body, took } => {
                 let head_ok = body.starts_with(b"HTTP/1.1 200") && contains(&body, b"Server: nginx");
-                self.step(
-                    "cover-site",
-                    head_ok,
-                    if head_ok {
-                        "without the door key the relay is an ordinary web site"
-                    } else {
-                        "the cover site answered oddly"
-                    },
-                    started,
-                );
+                let cover = if head_ok {
+                    "without the door key the relay is an ordinary web site"
+                } else {
+                    "the cover site answered oddly"
+                };
+                self.step("cover-site", head_ok, cover, started);
                 let bps = body.len() as f64 * 8.0 / took.as_secs_f64().max(0.001);
                 let kbps = (bps / 1000.0) as u64;
                 if bps < THROTTLED_BPS {
-                    let detail = format!("downloads run at {kbps} kbit/s");
-                    self.step("throughput", false, detail.clone(), started);
-                    (Verdict::Throttling, detail, Some(bps))
+                    (Verdict::Throttling, format!("downloads run at {kbps} kbit/s"), Some(bps))
                 } else {
-                    self.step("throughput", true, format!("{kbps} kbit/s"), started);
-                    (Verdict::Ok, "works".into(), Some(bps))
+                    (Verdict::Ok, format!("{kbps} kbit/s"), Some(bps))
                 }
             }
-            Err((got, why)) if why == "stalled" && got > 1024 => {
-                let detail = format!(
+            // Bytes came, then none for seconds and no reset: the freeze. (Nothing at all
+            // would be a dead path, not a freeze.)
+            Download::Stalled { raw_bytes } if raw_bytes > 1024 => (
+                Verdict::Freeze,
+                format!(
                     "the download stopped after {} KB with no reset: this network freezes busy connections",
-                    got / 1024
-                );
-                self.step("throughput", false, detail.clone(), started);
-                (Verdict::Freeze, detail, None)
-            }
-            Err((_, why)) => {
-                let detail = format!("the download failed: {why}");
-                self.step("throughput", false, detail.clone(), started);
-                (Verdict::Throttling, detail, None)
+                    raw_bytes / 1024
+                ),
+                None,
+            ),
+            Download::Stalled { .. } => (Verdict::Throttling, "the download got no byte at all".into(), None),
+            Download::Failed(why) => (Verdict::TlsBlocking, format!("the download was cut: {why}"), None),
+        };
+        self.step("throughput", verdict == Verdict::Ok, detail.clone(), started);
+        let detail = if verdict == Verdict::Ok { "works".into() } else { detail };
+        (verdict, detail, rate)
+    }
+
+    /// Downloads [`PROBE_PATH`] on a fresh connection, counting raw bytes: a freeze can stop a
+    /// connection in the middle of a TLS record, before one decrypted byte arrives.
+    async fn download(&self, endpoint: &Endpoint, target: &Endpoint) -> Download {
+        let stream = match self.dialer.open_stream(target).await {
+            Ok(s) => s,
+            Err(e) => return Download::Failed(e.to_string()),
+        };
+        let (io, received) = crate::dial::counted(stream);
+        let mut tls = match crate::dial::tls_handshake(self.relay, endpoint, io).await {
+            Ok(t) => t,
+            Err(e) => return Download::Failed(e.to_string()),
+        };
+        let request = format!(
+            "GET {PROBE_PATH} HTTP/1.1\r\nHost: {}\r\nUser-Agent: Mozilla/5.0\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+            endpoint.authority()
+        );
+        if let Err(e) = tls.write_all(request.as_bytes()).await {
+            return Download::Failed(e.to_string());
+        }
+        let began = Instant::now();
+        let mut body = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match timeout(STALL, tls.read(&mut buf)).await {
+                Err(_) => {
+                    let raw_bytes = usize::try_from(received.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
+                    return Download::Stalled { raw_bytes };
+                }
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => body.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Ok(Err(e)) => return Download::Failed(e.to_string()),
             }
         }
+        Download::Done { body, took: began.elapsed() }
     }
+}
+
+/// How the throughput download ended.
+enum Download {
+    /// The whole response, and how long it took from the request.
+    Done { body: Vec<u8>, took: Duration },
+    /// No byte for [`STALL`], after this many raw bytes on the connection.
+    Stalled { raw_bytes: usize },
+    /// An error (reset, closed).
+    Failed(String),
 }
 
 fn tls_failure(e: &TransportError) -> String {
     match e {
         TransportError::Timeout { .. } => "the TLS handshake got no answer".into(),
-        TransportError::Tls { reason, .. } if reason.contains("reset") => "the TLS handshake was reset".into(),
-        TransportError::Tls { reason, .. } if reason.contains("certificate") => {
-            "the certificate is not the relay's".into()
-        }
+        TransportError::Cut { .. } => "the TLS handshake was reset".into(),
+        TransportError::WrongCertificate { .. } => "the certificate is not the relay's".into(),
         TransportError::Tls { reason, .. } => format!("the TLS handshake failed ({reason})"),
         other => other.to_string(),
     }

@@ -49,6 +49,12 @@ pub struct Dialer {
 }
 
 impl Dialer {
+    /// A dialer for tools without a home directory (the bridge, `doctor --relay`, tests): PT
+    /// state in the system's temporary directory.
+    pub fn from_env_transient() -> Result<Self, TransportError> {
+        Self::from_env(std::env::temp_dir().join("tamizdat-pt"))
+    }
+
     /// A dialer with the resolvers from the environment, no proxy, and PT state in `state_dir`.
     pub fn from_env(state_dir: PathBuf) -> Result<Self, TransportError> {
         Ok(Self {
@@ -137,19 +143,33 @@ impl Dialer {
 
     /// Connects to one endpoint: stream, pinned TLS, WebSocket on the door path.
     pub async fn connect(&self, relay: &RelayDescriptor, endpoint: &Endpoint) -> Result<Connection, TransportError> {
-        let name = endpoint.to_string();
-        let tcp = self.open_stream(endpoint).await?;
-        let received = Arc::new(AtomicU64::new(0));
-        let io: BoxIo = Box::new(Counting { inner: tcp, received: received.clone() });
+        let (io, received) = counted(self.open_stream(endpoint).await?);
         let tls = tls_handshake(relay, endpoint, io).await?;
-        let url = format!("wss://{}{}", endpoint.authority(), relay.door_path());
-        let (ws, _) =
-            timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config())))
-                .await
-                .map_err(|_| TransportError::Timeout { step: "WebSocket upgrade", endpoint: name.clone() })?
-                .map_err(|e| TransportError::Upgrade { endpoint: name.clone(), reason: e.to_string() })?;
-        Ok(Connection::new(ws, name, received))
+        open_protocol(relay, endpoint, tls, received).await
     }
+}
+
+/// Wraps a stream so the bytes it receives are counted (TLS and framing included): what a
+/// censor that freezes busy connections counts.
+pub fn counted(stream: TcpStream) -> (BoxIo, Arc<AtomicU64>) {
+    let received = Arc::new(AtomicU64::new(0));
+    (Box::new(Counting { inner: stream, received: received.clone() }), received)
+}
+
+/// Opens the protocol on an established TLS stream: the WebSocket upgrade on the door path.
+pub async fn open_protocol(
+    relay: &RelayDescriptor,
+    endpoint: &Endpoint,
+    tls: TlsStream<BoxIo>,
+    received: Arc<AtomicU64>,
+) -> Result<Connection, TransportError> {
+    let name = endpoint.to_string();
+    let url = format!("wss://{}{}", endpoint.authority(), relay.door_path());
+    let (ws, _) = timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config())))
+        .await
+        .map_err(|_| TransportError::Timeout { step: "WebSocket upgrade", endpoint: name.clone() })?
+        .map_err(|e| TransportError::Upgrade { endpoint: name.clone(), reason: e.to_string() })?;
+    Ok(Connection::new(ws, name, received))
 }
 
 /// TLS with the relay's pin; the server name is sent only for domain endpoints.
@@ -170,7 +190,20 @@ pub async fn tls_handshake(
     timeout(HANDSHAKE_TIMEOUT, connector.connect(server_name, io))
         .await
         .map_err(|_| TransportError::Timeout { step: "TLS handshake", endpoint: name.clone() })?
-        .map_err(|e| TransportError::Tls { endpoint: name, reason: e.to_string() })
+        .map_err(|e| tls_error(name, e))
+}
+
+/// Tells apart the TLS failures that mean different things: the wrong certificate (not the
+/// relay), a cut connection (DPI), and the rest.
+fn tls_error(endpoint: String, e: std::io::Error) -> TransportError {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(_)) => TransportError::WrongCertificate { endpoint },
+        _ if matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof) => {
+            TransportError::Cut { step: "TLS handshake", endpoint }
+        }
+        _ => TransportError::Tls { endpoint, reason: e.to_string() },
+    }
 }
 
 async fn tcp_connect(addr: SocketAddr, name: &str) -> Result<TcpStream, TransportError> {
@@ -184,9 +217,9 @@ async fn tcp_connect(addr: SocketAddr, name: &str) -> Result<TcpStream, Transpor
 
 /// A stream that counts the bytes it received: the server-to-client volume a freezing
 /// censor watches.
-pub(crate) struct Counting<T> {
-    pub(crate) inner: T,
-    pub(crate) received: Arc<AtomicU64>,
+struct Counting<T> {
+    inner: T,
+    received: Arc<AtomicU64>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counting<T> {

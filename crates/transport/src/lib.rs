@@ -55,6 +55,22 @@ pub enum TransportError {
         /// Why.
         reason: String,
     },
+    /// The server answered, but with another certificate than the link pins: a forged DNS
+    /// answer, an intercepting middlebox, or simply another server at that address.
+    #[error("the server at {endpoint} is not the relay: its certificate does not match the link")]
+    WrongCertificate {
+        /// The endpoint tried.
+        endpoint: String,
+    },
+    /// The connection was reset or closed in the middle of a step: what DPI does to a flow it
+    /// has recognised.
+    #[error("the connection to {endpoint} was cut during the {step}")]
+    Cut {
+        /// TCP connect or TLS handshake.
+        step: &'static str,
+        /// The endpoint tried.
+        endpoint: String,
+    },
     /// The server did not accept the WebSocket upgrade (wrong door, or not a relay).
     #[error("{endpoint} did not open the protocol: {reason}")]
     Upgrade {
@@ -98,6 +114,8 @@ impl TransportError {
             | TransportError::Closed(_)
             | TransportError::Stalled { .. } => ErrorKind::Retry,
             TransportError::Tls { .. }
+            | TransportError::WrongCertificate { .. }
+            | TransportError::Cut { .. }
             | TransportError::Upgrade { .. }
             | TransportError::Proxy(_)
             | TransportError::AllFailed(_) => ErrorKind::Blocked,

@@ -113,33 +113,16 @@ impl PtClients {
         if let Some(r) = running.get(transport) {
             return Ok(r.socks);
         }
-        let binary = find_binary(transport)?;
-        let state = self.state_dir.join(transport);
-        std::fs::create_dir_all(&state).map_err(|e| TransportError::Setup(format!("{}: {e}", state.display())))?;
-        let mut cmd = Command::new(&binary);
-        cmd.env("TOR_PT_MANAGED_TRANSPORT_VER", "1")
-            .env("TOR_PT_STATE_LOCATION", &state)
-            .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1")
-            .env("TOR_PT_CLIENT_TRANSPORTS", transport);
+        let mut env = vec![("TOR_PT_CLIENT_TRANSPORTS", transport.to_string())];
         if let Some(p) = proxy {
-            cmd.env("TOR_PT_PROXY", pt_proxy_url(p));
+            env.push(("TOR_PT_PROXY", pt_proxy_url(p)));
         }
-        let (child, stdout) = spawn(cmd, &binary)?;
-        let lines = read_until(stdout, "CMETHODS DONE", &binary).await?;
-        let socks = lines
-            .iter()
-            .find_map(|l| {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                match w.as_slice() {
-                    ["CMETHOD", name, "socks5", addr, ..] if *name == transport => addr.parse().ok(),
-                    _ => None,
-                }
-            })
-            .ok_or_else(|| {
-                let why =
-                    lines.iter().find(|l| l.contains("ERROR")).cloned().unwrap_or_else(|| "no SOCKS5 method".into());
-                TransportError::Setup(format!("{} did not start {transport}: {why}", binary.display()))
-            })?;
+        let (child, lines, binary) = launch(transport, &self.state_dir, &env, "CMETHODS DONE").await?;
+        let socks = match method_words(&lines, "CMETHOD", transport, &binary)?.as_slice() {
+            [kind, addr, ..] if kind == "socks5" => addr.parse().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| TransportError::Setup(format!("{} offers {transport} without SOCKS5", binary.display())))?;
         running.insert(transport.to_string(), Running { _child: child, socks });
         Ok(socks)
     }
@@ -153,12 +136,53 @@ fn pt_proxy_url(p: &Proxy) -> String {
     }
 }
 
-fn spawn(mut cmd: Command, binary: &Path) -> Result<(Child, ChildStdout), TransportError> {
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true);
+/// Starts `transport`'s binary as a managed proxy: the environment every PT gets, plus the
+/// role's (`role_env`), then reads its report up to `done`. The child is stopped when dropped.
+async fn launch(
+    transport: &str,
+    state_dir: &Path,
+    role_env: &[(&str, String)],
+    done: &str,
+) -> Result<(Child, Vec<String>, PathBuf), TransportError> {
+    let binary = find_binary(transport)?;
+    let state = state_dir.join(transport);
+    std::fs::create_dir_all(&state).map_err(|e| TransportError::Setup(format!("{}: {e}", state.display())))?;
+    let mut cmd = Command::new(&binary);
+    cmd.env("TOR_PT_MANAGED_TRANSPORT_VER", "1")
+        .env("TOR_PT_STATE_LOCATION", &state)
+        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1")
+        .envs(role_env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
     let mut child =
         cmd.spawn().map_err(|e| TransportError::Setup(format!("cannot start {}: {e}", binary.display())))?;
     let stdout = child.stdout.take().ok_or_else(|| TransportError::Setup("PT stdout missing".into()))?;
-    Ok((child, stdout))
+    let lines = read_until(stdout, done, &binary).await?;
+    Ok((child, lines, binary))
+}
+
+/// The words after `KEYWORD transport` on the PT's method line (`CMETHOD obfs4 socks5 ADDR`,
+/// `SMETHOD obfs4 ADDR ARGS:…`), or the PT's own error.
+fn method_words(
+    lines: &[String],
+    keyword: &str,
+    transport: &str,
+    binary: &Path,
+) -> Result<Vec<String>, TransportError> {
+    lines
+        .iter()
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(keyword) && words.next() == Some(transport))
+                .then(|| words.map(str::to_string).collect())
+        })
+        .ok_or_else(|| {
+            let why =
+                lines.iter().find(|l| l.contains("ERROR")).cloned().unwrap_or_else(|| format!("no {keyword} line"));
+            TransportError::Setup(format!("{} did not start {transport}: {why}", binary.display()))
+        })
 }
 
 /// Reads the PT's stdout up to `done` (or an error line), then keeps draining it in the
@@ -208,33 +232,14 @@ pub async fn serve(
     relay: SocketAddr,
     state_dir: &Path,
 ) -> Result<PtServer, TransportError> {
-    let binary = find_binary(transport)?;
-    let state = state_dir.join(transport);
-    std::fs::create_dir_all(&state).map_err(|e| TransportError::Setup(format!("{}: {e}", state.display())))?;
-    let mut cmd = Command::new(&binary);
-    cmd.env("TOR_PT_MANAGED_TRANSPORT_VER", "1")
-        .env("TOR_PT_STATE_LOCATION", &state)
-        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1")
-        .env("TOR_PT_SERVER_TRANSPORTS", transport)
-        .env("TOR_PT_SERVER_BINDADDR", format!("{transport}-{bind}"))
-        .env("TOR_PT_ORPORT", relay.to_string());
-    let (child, stdout) = spawn(cmd, &binary)?;
-    let lines = read_until(stdout, "SMETHODS DONE", &binary).await?;
-    let args = lines
-        .iter()
-        .find_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            match w.as_slice() {
-                ["SMETHOD", name, _addr, rest @ ..] if *name == transport => {
-                    Some(rest.iter().find_map(|opt| opt.strip_prefix("ARGS:")).map(smethod_args).unwrap_or_default())
-                }
-                _ => None,
-            }
-        })
-        .ok_or_else(|| {
-            let why = lines.iter().find(|l| l.contains("ERROR")).cloned().unwrap_or_else(|| "no method".into());
-            TransportError::Setup(format!("{} did not start the {transport} server: {why}", binary.display()))
-        })?;
+    let env = [
+        ("TOR_PT_SERVER_TRANSPORTS", transport.to_string()),
+        ("TOR_PT_SERVER_BINDADDR", format!("{transport}-{bind}")),
+        ("TOR_PT_ORPORT", relay.to_string()),
+    ];
+    let (child, lines, binary) = launch(transport, state_dir, &env, "SMETHODS DONE").await?;
+    let words = method_words(&lines, "SMETHOD", transport, &binary)?;
+    let args = words.iter().find_map(|w| w.strip_prefix("ARGS:")).map(smethod_args).unwrap_or_default();
     let mut bridge_line = format!("{transport} {public}");
     for (k, v) in args {
         bridge_line.push_str(&format!(" {k}={v}"));

@@ -105,7 +105,8 @@ impl ServerCertVerifier for PinnedVerifier {
         if cert_pin(end_entity.as_ref()) == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General("certificate does not match the relay link's pin".into()))
+            // Surfaced as `TransportError::WrongCertificate` by the dialer.
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
         }
     }
 
