@@ -30,7 +30,7 @@ use tamizdat_wire::{
 
 use crate::{
     ClientError,
-    paths::{Net, NetOptions},
+    paths::{Net, NetOptions, saved_proxy},
     relay::RelayClient,
     store::{self, Provider},
 };
@@ -246,11 +246,7 @@ impl Client {
         let conn = store::open(home, passphrase)?;
         let proxy = match options.proxy {
             Some(p) => Some(p),
-            None => {
-                let saved: Option<String> =
-                    conn.query_row("SELECT value FROM settings WHERE key = 'proxy'", [], |r| r.get(0)).optional()?;
-                saved.filter(|s| !s.is_empty()).map(|s| s.parse()).transpose()?
-            }
+            None => saved_proxy(&conn)?.map(|s| s.parse()).transpose()?,
         };
         let mut client = Self::from_conn(conn, Net::new(home, proxy)?)?;
         client.load_network()?;
@@ -767,7 +763,7 @@ impl Client {
                 read_id: self.profile.queue_read_id.clone(),
                 after: self.profile.queue_cursor,
                 limit: MAX_READ_ENTRIES,
-                max_bytes: 0,
+                ..Default::default() // `max_bytes` is set by `call`
             };
             let key = self.profile.queue_key.clone();
             let Reply::Entries(batch) = self.call(&link, Op::ReadQueue(read), Some(&key)).await? else {
@@ -871,7 +867,9 @@ impl Client {
             if !c.active {
                 return Ok(());
             }
-            let read = ReadLog { log_id: c.log_id.clone(), after: c.cursor, limit: MAX_READ_ENTRIES, max_bytes: 0 };
+            // `max_bytes` is set by `call`, which knows whether this network freezes.
+            let read =
+                ReadLog { log_id: c.log_id.clone(), after: c.cursor, limit: MAX_READ_ENTRIES, ..Default::default() };
             let Reply::Entries(batch) = self.call(&c.relay_link, Op::ReadLog(read), Some(&c.log_key)).await? else {
                 return Err(ClientError::Protocol("expected Entries".into()));
             };

@@ -223,8 +223,7 @@ impl Client {
 
     /// The saved proxy, if any.
     pub fn proxy_setting(&self) -> Result<Option<String>, ClientError> {
-        use rusqlite::OptionalExtension;
-        Ok(self.conn.query_row("SELECT value FROM settings WHERE key = 'proxy'", [], |r| r.get(0)).optional()?)
+        saved_proxy(&self.conn)
     }
 
     /// Checks every way to our relay and says what blocks which.
@@ -232,6 +231,14 @@ impl Client {
         let endpoints = self.endpoints_for(&self.profile.relay)?;
         Ok(doctor(&self.net.dialer, &self.profile.relay, &endpoints).await)
     }
+}
+
+/// The proxy saved with `tamizdat config proxy`, if any.
+pub(crate) fn saved_proxy(conn: &rusqlite::Connection) -> Result<Option<String>, ClientError> {
+    use rusqlite::OptionalExtension;
+    let saved: Option<String> =
+        conn.query_row("SELECT value FROM settings WHERE key = 'proxy'", [], |r| r.get(0)).optional()?;
+    Ok(saved.filter(|s| !s.is_empty()))
 }
 
 /// The doctor for a relay link alone, without an identity (`tamizdat doctor --relay LINK`).
