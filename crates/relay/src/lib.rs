@@ -1,11 +1,13 @@
 #![doc = include_str!("../README.md")]
 
 mod cover;
+pub mod hub;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
 mod server;
 mod session;
+mod sqlite_writer;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -1,11 +1,13 @@
 //! One client connection: version negotiation, then request/reply. Every check that can
 //! refuse a request (size, ids, signature) runs before any storage work.
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, future::Future, pin::Pin, time::Duration};
+
+use futures_util::{FutureExt, StreamExt, stream::FuturesOrdered};
 
 use prost::Message;
 use rand::RngCore;
-use tamizdat_transport::server::{ServerWs, recv_frame, send_frame};
+use tamizdat_transport::server::{ServerWs, recv_frame, send_frames};
 use tamizdat_wire::{
     frame,
     limits::{self, ID_LEN, KEY_LEN, MAX_COMMIT_PAYLOAD, MAX_PAYLOAD},
@@ -17,13 +19,12 @@ use tamizdat_wire::{
     verify_auth,
 };
 
-use tokio::sync::broadcast;
-
 use crate::{
     current_hour,
     limits::{Bucket, Limits},
     metrics::{self, Metrics},
-    store::{Notice, Outcome, Store, Write},
+    hub::Listener,
+    store::{Outcome, Store, Write},
 };
 
 /// A connection with no complete request for this long is closed.
@@ -36,8 +37,11 @@ const IDLE_SUBSCRIBED: Duration = Duration::from_secs(900);
 struct Session {
     store: Store,
     nonce: Vec<u8>,
-    subscriptions: HashSet<Vec<u8>>,
-    notices: Option<broadcast::Receiver<Notice>>,
+    greeted: bool,
+    /// Created at the first subscription.
+    listener: Option<Listener>,
+    /// Logs and queues whose key this session has proven.
+    proven: HashSet<Vec<u8>>,
 }
 
 /// A refusal: its code, its message, and whether the connection ends with it.
@@ -52,99 +56,170 @@ fn refuse(code: ErrorCode, message: &'static str) -> Refusal {
     Refusal { code, message, epoch: 0, fatal: false }
 }
 
-/// Runs a session until the client leaves, idles out or breaks the protocol. Requests are
-/// answered in order; between them, notices for subscribed logs and queues are pushed.
+/// A write handed to the store in request order, answered once its batch is durable.
+type Committing = Pin<Box<dyn Future<Output = Result<Reply, Refusal>> + Send>>;
+
+/// What handling one request gave: its reply now, or a write still committing.
+enum Handled {
+    Now(Reply),
+    Later(Committing),
+}
+
+/// Writes one session may have committing at once. A client that pipelines gets its replies
+/// in request order; past this many, the session stops reading until some are answered.
+const MAX_PIPELINE: usize = 64;
+/// Most ids one session remembers as proven; past it, requests are checked every time.
+const MAX_PROVEN: usize = 4096;
+
+/// Runs a session until the client leaves, idles out or breaks the protocol. Replies go out
+/// in request order; writes from one session commit in that order too, several per batch.
+/// Between replies, notices for subscribed logs and queues are pushed.
 pub async fn run(mut ws: ServerWs, store: Store, limits: &Limits) {
     let m = metrics::global();
     let mut bucket = Bucket::new(limits.requests_per_second, limits.requests_burst);
     let mut limited_in_a_row = 0u32;
     let mut nonce = vec![0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let mut session = Session { store, nonce, subscriptions: HashSet::new(), notices: None };
-    let mut greeted = false;
+    let mut session = Session { store, nonce, greeted: false, listener: None, proven: HashSet::new() };
+    let mut committing: FuturesOrdered<Pin<Box<dyn Future<Output = Vec<u8>> + Send>>> = FuturesOrdered::new();
     // The idle clock runs from the last request, whatever notices pass in between.
     let mut last_request = tokio::time::Instant::now();
     loop {
-        let idle = if session.subscriptions.is_empty() { IDLE } else { IDLE_SUBSCRIBED };
+        let idle = if session.listener.is_none() { IDLE } else { IDLE_SUBSCRIBED };
         let bytes = tokio::select! {
-            incoming = tokio::time::timeout_at(last_request + idle, recv_frame(&mut ws)) => match incoming {
+            biased;
+            Some(first) = committing.next(), if !committing.is_empty() => {
+                // Everything else already durable leaves in the same flush.
+                let mut out = vec![first];
+                while let Some(Some(more)) = committing.next().now_or_never() {
+                    out.push(more);
+                }
+                if !send_within(&mut ws, out).await {
+                    return;
+                }
+                continue;
+            }
+            notices = next_notices(&mut session.listener) => {
+                let frames: Vec<Vec<u8>> = notices
+                    .into_iter()
+                    .filter_map(|n| {
+                        Metrics::inc(&m.notices_pushed_total);
+                        frame::encode(&ServerFrame { request_id: 0, reply: Some(Reply::Notify(Notify { id: n.id, seq: n.seq })) }).ok()
+                    })
+                    .collect();
+                if !send_within(&mut ws, frames).await {
+                    return;
+                }
+                continue;
+            }
+            incoming = tokio::time::timeout_at(last_request + idle, recv_frame(&mut ws)), if committing.len() < MAX_PIPELINE => match incoming {
                 Ok(Ok(Some(b))) => {
                     last_request = tokio::time::Instant::now();
                     b
                 }
                 _ => break,
             },
-            notice = next_notice(&mut session.notices) => {
-                let pushed = match notice {
-                    Some(n) if session.subscriptions.contains(&n.id) => vec![n],
-                    Some(n) if !n.id.is_empty() => continue,
-                    // Fell behind the hub, or notices may have been lost: tell the client to
-                    // look at everything it watches.
-                    _ => session.subscriptions.iter().map(|id| Notice { id: id.clone(), seq: 0 }).collect(),
-                };
-                for n in pushed {
-                    Metrics::inc(&m.notices_pushed_total);
-                    let frame = ServerFrame { request_id: 0, reply: Some(Reply::Notify(Notify { id: n.id, seq: n.seq })) };
-                    let Ok(out) = frame::encode(&frame) else { break };
-                    if !send_within(&mut ws, out).await {
-                        return;
-                    }
-                }
-                continue;
-            }
         };
-        let (request_id, reply, fatal) = match frame::decode::<ClientFrame>(&bytes) {
+        let (request_id, handled) = match frame::decode::<ClientFrame>(&bytes) {
             Ok(cf) if !bucket.take(std::time::Instant::now()) => {
                 // Over the request rate: refused before any signature check or storage work;
                 // a client that keeps pushing is disconnected.
                 Metrics::inc(&m.rate_limited_total);
                 limited_in_a_row += 1;
                 let fatal = limited_in_a_row >= MAX_LIMITED_IN_A_ROW;
-                (cf.request_id, error_reply(&Refusal { fatal, ..refuse(ErrorCode::RateLimited, "slow down") }), fatal)
+                (cf.request_id, Err(Refusal { fatal, ..refuse(ErrorCode::RateLimited, "slow down") }))
             }
             Ok(cf) => {
                 limited_in_a_row = 0;
                 Metrics::inc(&m.requests_total);
-                let id = cf.request_id;
-                match session.handle(&cf, &mut greeted).await {
-                    Ok(reply) => (id, reply, false),
-                    Err(r) => {
-                        Metrics::inc(&m.refusals_total);
-                        (id, error_reply(&r), r.fatal)
+                match Command::decode(cf.command.as_slice()) {
+                    Ok(Command { op: Some(op) }) => {
+                        // Anything but a write waits for this session's earlier writes, so a
+                        // read sees them.
+                        if !is_write(&op) && !drain(&mut ws, &mut committing).await {
+                            return;
+                        }
+                        (cf.request_id, session.handle(&cf, op).await)
+                    }
+                    Ok(Command { op: None }) => {
+                        let fatal = !session.greeted;
+                        (cf.request_id, Err(Refusal { fatal, ..refuse(ErrorCode::BadRequest, "empty command") }))
+                    }
+                    Err(_) => {
+                        (cf.request_id, Err(Refusal { fatal: true, ..refuse(ErrorCode::BadRequest, "undecodable command") }))
                     }
                 }
             }
             Err(_) => {
                 Metrics::inc(&m.malformed_frames_total);
-                (0, error_reply(&Refusal { fatal: true, ..refuse(ErrorCode::BadRequest, "malformed frame") }), true)
+                (0, Err(Refusal { fatal: true, ..refuse(ErrorCode::BadRequest, "malformed frame") }))
             }
         };
-        let Ok(out) = frame::encode(&ServerFrame { request_id, reply: Some(reply) }) else { break };
-        if !send_within(&mut ws, out).await || fatal {
-            break;
+        match handled {
+            Ok(Handled::Later(commit)) => {
+                committing.push_back(Box::pin(async move { reply_frame(request_id, commit.await) }));
+            }
+            Ok(Handled::Now(reply)) if committing.is_empty() => {
+                if !send_within(&mut ws, vec![reply_frame(request_id, Ok(reply))]).await {
+                    return;
+                }
+            }
+            Ok(Handled::Now(reply)) => {
+                committing.push_back(Box::pin(std::future::ready(reply_frame(request_id, Ok(reply)))));
+            }
+            Err(r) => {
+                let fatal = r.fatal;
+                let out = reply_frame(request_id, Err(r));
+                if fatal {
+                    // Earlier replies first, then the one that ends the session.
+                    let _ = drain(&mut ws, &mut committing).await && send_within(&mut ws, vec![out]).await;
+                    break;
+                }
+                committing.push_back(Box::pin(std::future::ready(out)));
+            }
         }
     }
     let _ = ws.close(None).await;
 }
 
-/// How long one frame may take to leave: a peer that stops reading loses its connection
+/// Writes are pipelined; everything else is answered after the session's earlier writes.
+fn is_write(op: &Op) -> bool {
+    matches!(op, Op::Append(_) | Op::SendToQueue(_) | Op::AckLog(_) | Op::AckQueue(_))
+}
+
+/// Sends every reply still committing, in order.
+async fn drain(ws: &mut ServerWs, committing: &mut FuturesOrdered<Pin<Box<dyn Future<Output = Vec<u8>> + Send>>>) -> bool {
+    let mut out = Vec::new();
+    while let Some(frame) = committing.next().await {
+        out.push(frame);
+    }
+    out.is_empty() || send_within(ws, out).await
+}
+
+/// The encoded reply frame for a request (a refusal counts in the metrics).
+fn reply_frame(request_id: u64, result: Result<Reply, Refusal>) -> Vec<u8> {
+    let reply = result.unwrap_or_else(|r| {
+        Metrics::inc(&metrics::global().refusals_total);
+        error_reply(&r)
+    });
+    // A reply always fits its frame: entries are bounded by the read budget.
+    frame::encode(&ServerFrame { request_id, reply: Some(reply) }).unwrap_or_default()
+}
+
+/// How long frames may take to leave: a peer that stops reading loses its connection
 /// instead of holding a session, its permits and its buffers.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn send_within(ws: &mut ServerWs, frame: Vec<u8>) -> bool {
-    matches!(tokio::time::timeout(SEND_TIMEOUT, send_frame(ws, frame)).await, Ok(Ok(())))
+/// Queues the frames and flushes once: one TLS write for everything ready.
+async fn send_within(ws: &mut ServerWs, frames: Vec<Vec<u8>>) -> bool {
+    matches!(tokio::time::timeout(SEND_TIMEOUT, send_frames(ws, frames)).await, Ok(Ok(())))
 }
 
-/// The next notice, `None` if this session fell behind; pending forever without a
-/// subscription.
-async fn next_notice(rx: &mut Option<broadcast::Receiver<Notice>>) -> Option<Notice> {
-    let Some(rx) = rx else { return std::future::pending().await };
-    loop {
-        match rx.recv().await {
-            Ok(n) => return Some(n),
-            Err(broadcast::error::RecvError::Lagged(_)) => return None,
-            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
-        }
+/// The next notices to push; pending forever without a subscription.
+async fn next_notices(listener: &mut Option<Listener>) -> Vec<crate::store::Notice> {
+    match listener {
+        Some(l) => l.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -175,11 +250,8 @@ fn internal(_: crate::RelayError) -> Refusal {
 }
 
 impl Session {
-    async fn handle(&mut self, cf: &ClientFrame, greeted: &mut bool) -> Result<Reply, Refusal> {
-        let command = Command::decode(cf.command.as_slice())
-            .map_err(|_| Refusal { fatal: true, ..refuse(ErrorCode::BadRequest, "undecodable command") })?;
-        let op = command.op.ok_or(Refusal { fatal: !*greeted, ..refuse(ErrorCode::BadRequest, "empty command") })?;
-        if !*greeted {
+    async fn handle(&mut self, cf: &ClientFrame, op: Op) -> Result<Handled, Refusal> {
+        if !self.greeted {
             let Op::Hello(hello) = op else {
                 return Err(Refusal { fatal: true, ..refuse(ErrorCode::BadRequest, "hello first") });
             };
@@ -190,25 +262,30 @@ impl Session {
                     ..refuse(ErrorCode::VersionMismatch, "no common protocol version")
                 });
             }
-            *greeted = true;
-            return Ok(Reply::HelloOk(HelloOk {
+            self.greeted = true;
+            return Ok(Handled::Now(Reply::HelloOk(HelloOk {
                 version,
                 session_nonce: self.nonce.clone(),
                 max_frame: limits::MAX_FRAME as u32,
                 max_payload: MAX_PAYLOAD as u32,
-            }));
+            })));
         }
-        let authorized = |key: &[u8]| verify_auth(key, &self.nonce, cf.request_id, &cf.command, &cf.signature);
+        if let Some(id) = op.signed_for() {
+            check_id(id)?;
+            self.authorize(&op, cf).await?;
+        }
+        let signed_by = |key: &[u8]| verify_auth(key, &self.nonce, cf.request_id, &cf.command, &cf.signature);
         match op {
             Op::Hello(_) => Err(refuse(ErrorCode::BadRequest, "hello twice")),
             Op::CreateQueue(c) => {
-                if c.read_key.len() != KEY_LEN || !authorized(&c.read_key) {
+                if c.read_key.len() != KEY_LEN || !signed_by(&c.read_key) {
                     return Err(refuse(ErrorCode::Unauthorized, "prove the read key"));
                 }
                 let (read_id, send_id) = (new_id(), new_id());
                 let w = Write::CreateQueue { read_id: read_id.clone(), send_id: send_id.clone(), read_key: c.read_key };
                 self.store.write(w).await.map_err(internal)?;
-                Ok(Reply::QueueCreated(QueueCreated { read_id, send_id }))
+                self.remember(&read_id);
+                Ok(Handled::Now(Reply::QueueCreated(QueueCreated { read_id, send_id })))
             }
             Op::SendToQueue(c) => {
                 check_id(&c.send_id)?;
@@ -220,30 +297,31 @@ impl Session {
                     payload: c.payload,
                     hour: current_hour(),
                 };
-                match self.store.write(w).await.map_err(internal)? {
-                    Outcome::Stored { duplicate, .. } => {
-                        if !duplicate {
-                            Metrics::inc(&metrics::global().queue_messages_total);
+                let commit = self.store.submit(w).await.map_err(internal)?;
+                Ok(Handled::Later(Box::pin(async move {
+                    match commit.await.map_err(internal)? {
+                        Outcome::Stored { duplicate, .. } => {
+                            if !duplicate {
+                                Metrics::inc(&metrics::global().queue_messages_total);
+                            }
+                            Ok(Reply::Done(Done {}))
                         }
-                        Ok(Reply::Done(Done {}))
+                        Outcome::QueueFull => Err(refuse(ErrorCode::RateLimited, "the queue is full; retry later")),
+                        _ => Err(refuse(ErrorCode::Unauthorized, "no such queue")),
                     }
-                    Outcome::QueueFull => Err(refuse(ErrorCode::RateLimited, "the queue is full; retry later")),
-                    _ => Err(refuse(ErrorCode::Unauthorized, "no such queue")),
-                }
+                })))
             }
             Op::ReadQueue(c) => {
-                self.authorize_queue(&c.read_id, &authorized).await?;
                 let (entries, more) =
                     self.store.read_queue(&c.read_id, c.after, c.limit, c.max_bytes).await.map_err(internal)?;
-                Ok(Reply::Entries(Entries { entries, more }))
+                Ok(Handled::Now(Reply::Entries(Entries { entries, more })))
             }
             Op::AckQueue(c) => {
-                self.authorize_queue(&c.read_id, &authorized).await?;
-                self.store.write(Write::AckQueue { read_id: c.read_id, up_to: c.up_to }).await.map_err(internal)?;
-                Ok(Reply::Done(Done {}))
+                let commit = self.store.submit(Write::AckQueue { read_id: c.read_id, up_to: c.up_to }).await;
+                Ok(Handled::Later(done_when(commit)))
             }
             Op::CreateLog(c) => {
-                if c.log_key.len() != KEY_LEN || !authorized(&c.log_key) {
+                if c.log_key.len() != KEY_LEN || !signed_by(&c.log_key) {
                     return Err(refuse(ErrorCode::Unauthorized, "prove the log key"));
                 }
                 let log_id = new_id();
@@ -251,7 +329,8 @@ impl Session {
                     .write(Write::CreateLog { log_id: log_id.clone(), log_key: c.log_key })
                     .await
                     .map_err(internal)?;
-                Ok(Reply::LogCreated(LogCreated { log_id }))
+                self.remember(&log_id);
+                Ok(Handled::Now(Reply::LogCreated(LogCreated { log_id })))
             }
             Op::Append(c) => {
                 check_id(&c.dedup_id)?;
@@ -261,7 +340,6 @@ impl Session {
                 if header.content_type != ContentType::Commit {
                     check_payload(&c.payload, MAX_PAYLOAD)?;
                 }
-                self.authorize_log(&c.log_id, &authorized).await?;
                 let w = Write::Append {
                     log_id: c.log_id,
                     dedup_id: c.dedup_id,
@@ -269,75 +347,84 @@ impl Session {
                     header,
                     hour: current_hour(),
                 };
-                match self.store.write(w).await.map_err(internal)? {
-                    Outcome::Stored { seq, epoch, duplicate } => {
-                        if !duplicate {
-                            Metrics::inc(&metrics::global().appends_total);
+                let commit = self.store.submit(w).await.map_err(internal)?;
+                Ok(Handled::Later(Box::pin(async move {
+                    match commit.await.map_err(internal)? {
+                        Outcome::Stored { seq, epoch, duplicate } => {
+                            if !duplicate {
+                                Metrics::inc(&metrics::global().appends_total);
+                            }
+                            Ok(Reply::Appended(Appended { seq, epoch, duplicate }))
                         }
-                        Ok(Reply::Appended(Appended { seq, epoch, duplicate }))
+                        Outcome::StaleEpoch { current } => {
+                            Metrics::inc(&metrics::global().stale_commits_total);
+                            Err(Refusal {
+                                epoch: current,
+                                ..refuse(ErrorCode::StaleEpoch, "the group has moved to a newer epoch")
+                            })
+                        }
+                        Outcome::Refused(why) => Err(refuse(ErrorCode::BadRequest, why)),
+                        _ => Err(refuse(ErrorCode::Unauthorized, "no such log")),
                     }
-                    Outcome::StaleEpoch { current } => {
-                        Metrics::inc(&metrics::global().stale_commits_total);
-                        Err(Refusal {
-                            epoch: current,
-                            ..refuse(ErrorCode::StaleEpoch, "the group has moved to a newer epoch")
-                        })
-                    }
-                    Outcome::Refused(why) => Err(refuse(ErrorCode::BadRequest, why)),
-                    _ => Err(refuse(ErrorCode::Unauthorized, "no such log")),
-                }
+                })))
             }
             Op::ReadLog(c) => {
-                self.authorize_log(&c.log_id, &authorized).await?;
                 let (entries, more) =
                     self.store.read_log(&c.log_id, c.after, c.limit, c.max_bytes).await.map_err(internal)?;
-                Ok(Reply::Entries(Entries { entries, more }))
+                Ok(Handled::Now(Reply::Entries(Entries { entries, more })))
             }
             Op::Subscribe(c) => {
-                if self.subscriptions.len() >= limits::MAX_SUBSCRIPTIONS {
+                let listener = self.listener.get_or_insert_with(|| self.store.listener());
+                if listener.ids().len() >= limits::MAX_SUBSCRIPTIONS {
                     return Err(refuse(ErrorCode::RateLimited, "too many subscriptions on one connection"));
                 }
-                let id = match (c.log_id.is_empty(), c.read_id.is_empty()) {
-                    (false, true) => {
-                        self.authorize_log(&c.log_id, &authorized).await?;
-                        c.log_id
-                    }
-                    (true, false) => {
-                        self.authorize_queue(&c.read_id, &authorized).await?;
-                        c.read_id
-                    }
-                    _ => return Err(refuse(ErrorCode::BadRequest, "subscribe to one log or one queue")),
-                };
-                if self.notices.is_none() {
-                    self.notices = Some(self.store.notices());
+                if !c.log_id.is_empty() && !c.read_id.is_empty() {
+                    return Err(refuse(ErrorCode::BadRequest, "subscribe to one log or one queue"));
                 }
-                self.subscriptions.insert(id);
-                Ok(Reply::Done(Done {}))
+                listener.watch(if c.log_id.is_empty() { c.read_id } else { c.log_id });
+                Ok(Handled::Now(Reply::Done(Done {})))
             }
             Op::AckLog(c) => {
                 check_id(&c.cursor_id)?;
-                self.authorize_log(&c.log_id, &authorized).await?;
                 let w = Write::AckLog { log_id: c.log_id, cursor_id: c.cursor_id, up_to: c.up_to };
-                self.store.write(w).await.map_err(internal)?;
-                Ok(Reply::Done(Done {}))
+                Ok(Handled::Later(done_when(self.store.submit(w).await)))
             }
         }
     }
 
-    /// Unknown ids and wrong signatures get the same answer: no oracle for which ids exist.
-    async fn authorize_queue(&self, read_id: &[u8], authorized: &impl Fn(&[u8]) -> bool) -> Result<(), Refusal> {
-        check_id(read_id)?;
-        match self.store.queue_key(read_id).await.map_err(internal)? {
-            Some(key) if authorized(&key) => Ok(()),
-            _ => Err(refuse(ErrorCode::Unauthorized, "not authorized for this queue")),
+    /// Checks the command's signature against the key of the log or queue it is for, unless
+    /// this session proved that key already. Unknown ids and wrong signatures get the same
+    /// answer: no oracle for which ids exist.
+    async fn authorize(&mut self, op: &Op, cf: &ClientFrame) -> Result<(), Refusal> {
+        let Some(id) = op.signed_for() else { return Ok(()) };
+        if self.proven.contains(id) {
+            return Ok(());
+        }
+        let (key, what) = match op {
+            Op::ReadQueue(_) | Op::AckQueue(_) => (self.store.queue_key(id).await, "not authorized for this queue"),
+            Op::Subscribe(c) if c.log_id.is_empty() => (self.store.queue_key(id).await, "not authorized for this queue"),
+            _ => (self.store.log_key(id).await, "not authorized for this log"),
+        };
+        match key.map_err(internal)? {
+            Some(key) if verify_auth(&key, &self.nonce, cf.request_id, &cf.command, &cf.signature) => {
+                self.remember(id);
+                Ok(())
+            }
+            _ => Err(refuse(ErrorCode::Unauthorized, what)),
         }
     }
 
-    async fn authorize_log(&self, log_id: &[u8], authorized: &impl Fn(&[u8]) -> bool) -> Result<(), Refusal> {
-        check_id(log_id)?;
-        match self.store.log_key(log_id).await.map_err(internal)? {
-            Some(key) if authorized(&key) => Ok(()),
-            _ => Err(refuse(ErrorCode::Unauthorized, "not authorized for this log")),
+    fn remember(&mut self, id: &[u8]) {
+        if self.proven.len() < MAX_PROVEN {
+            self.proven.insert(id.to_vec());
         }
     }
+}
+
+/// A write whose reply is just "done".
+fn done_when(commit: Result<crate::store::Commit, crate::RelayError>) -> Committing {
+    Box::pin(async move {
+        commit.map_err(internal)?.await.map_err(internal)?;
+        Ok(Reply::Done(Done {}))
+    })
 }

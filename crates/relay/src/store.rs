@@ -4,19 +4,28 @@
 //! transaction (group commit): one fsync covers many clients, and nobody is answered before
 //! the transaction that holds their write is durable.
 
-use std::time::Duration;
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use sqlx::{AnyConnection, AnyPool, Connection, Row, any::AnyPoolOptions};
 use tamizdat_wire::{
     mls::{ContentType, MlsHeader},
     proto::Entry,
 };
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::RelayError;
+use crate::{
+    RelayError,
+    hub::{Listener, NoticeHub},
+};
 
 /// Most writes committed in one transaction.
-const MAX_BATCH: usize = 256;
+pub(crate) const MAX_BATCH: usize = 1024;
 /// Most messages waiting in one queue; past it, senders are told to slow down.
 pub const QUEUE_QUOTA: i64 = 10_000;
 
@@ -113,9 +122,9 @@ pub enum Outcome {
     Refused(&'static str),
 }
 
-struct Job {
-    write: Write,
-    reply: oneshot::Sender<Result<Outcome, RelayError>>,
+pub(crate) struct Job {
+    pub(crate) write: Write,
+    pub(crate) reply: oneshot::Sender<Result<Outcome, RelayError>>,
 }
 
 /// The group-commit writer; await [`WriterTask::finished`] for a clean shutdown.
@@ -146,7 +155,18 @@ const NOTIFY_CHANNEL: &str = "tamizdat_relay";
 pub struct Store {
     pool: AnyPool,
     writer: mpsc::Sender<Job>,
-    notices: broadcast::Sender<Notice>,
+    hub: Arc<NoticeHub>,
+}
+
+/// A write handed to the writer, in order; resolves once its batch is durable.
+pub struct Commit(oneshot::Receiver<Result<Outcome, RelayError>>);
+
+impl Future for Commit {
+    type Output = Result<Outcome, RelayError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or(Err(RelayError::ShuttingDown)))
+    }
 }
 
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_initial.sql"))];
@@ -192,11 +212,11 @@ fn db_err(e: sqlx::Error) -> RelayError {
     RelayError::Storage(e.to_string())
 }
 
-fn to_i64(v: u64) -> i64 {
+pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn to_u64(v: i64) -> u64 {
+pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
@@ -232,33 +252,45 @@ impl Store {
             });
         }
         let pool = options.connect(&url).await.map_err(db_err)?;
-        let (notices, _) = broadcast::channel(4096);
-        // SQLite: this process is the only writer, so it announces its own commits. PostgreSQL:
-        // every node's commits arrive through NOTIFY, including this node's own.
-        let local = if sqlite {
-            Some(notices.clone())
-        } else {
-            let mut listener = sqlx::postgres::PgListener::connect(&url).await.map_err(db_err)?;
-            listener.listen(NOTIFY_CHANNEL).await.map_err(db_err)?;
-            tokio::spawn(listen_loop(listener, notices.clone()));
-            None
+        let hub = Arc::new(NoticeHub::default());
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        let task = match location {
+            // This process is the only writer: a thread of its own, and it announces its own
+            // commits.
+            StoreLocation::Sqlite(path) => {
+                let _ = writer.close().await;
+                let conn = crate::sqlite_writer::open(path)?;
+                let hub = hub.clone();
+                WriterTask(tokio::task::spawn_blocking(move || crate::sqlite_writer::run(conn, rx, hub)))
+            }
+            // Every node's commits arrive through NOTIFY, including this node's own.
+            StoreLocation::Postgres(_) => {
+                let mut listener = sqlx::postgres::PgListener::connect(&url).await.map_err(db_err)?;
+                listener.listen(NOTIFY_CHANNEL).await.map_err(db_err)?;
+                tokio::spawn(listen_loop(listener, hub.clone()));
+                WriterTask(tokio::spawn(writer_task(writer, rx, url.clone())))
+            }
         };
-        let (tx, rx) = mpsc::channel(4096);
-        let reconnect = (!sqlite).then(|| url.clone());
-        let task = WriterTask(tokio::spawn(writer_task(writer, rx, local, reconnect)));
-        Ok((Self { pool, writer: tx, notices }, task))
+        Ok((Self { pool, writer: tx, hub }, task))
     }
 
-    /// Announcements of newly committed entries, from this node and (PostgreSQL) all others.
-    pub fn notices(&self) -> broadcast::Receiver<Notice> {
-        self.notices.subscribe()
+    /// A listener for newly committed entries under the ids it watches, from this node and
+    /// (PostgreSQL) all others.
+    pub fn listener(&self) -> Listener {
+        self.hub.listener()
     }
 
     /// Applies a write; returns once it is durable.
     pub async fn write(&self, write: Write) -> Result<Outcome, RelayError> {
+        self.submit(write).await?.await
+    }
+
+    /// Hands a write to the writer now (writes submitted one after another are applied in
+    /// that order) and returns what resolves once it is durable.
+    pub async fn submit(&self, write: Write) -> Result<Commit, RelayError> {
         let (reply, wait) = oneshot::channel();
         self.writer.send(Job { write, reply }).await.map_err(|_| RelayError::ShuttingDown)?;
-        wait.await.map_err(|_| RelayError::ShuttingDown)?
+        Ok(Commit(wait))
     }
 
     /// The public key of a queue's reader, by read id.
@@ -374,18 +406,18 @@ async fn migrate(conn: &mut AnyConnection, migrations: &[(i64, &'static str)]) -
 
 /// Relays other nodes' (and our own) NOTIFYs into the local hub. A gap while the listener
 /// reconnects is covered by clients' periodic resync.
-async fn listen_loop(mut listener: sqlx::postgres::PgListener, hub: broadcast::Sender<Notice>) {
+async fn listen_loop(mut listener: sqlx::postgres::PgListener, hub: Arc<NoticeHub>) {
     loop {
         match listener.recv().await {
             Ok(n) => {
                 if let Some(notice) = parse_notice(n.payload()) {
-                    let _ = hub.send(notice);
+                    hub.publish(&[notice]);
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "notification listener failed; retrying");
                 // Notices may have been missed meanwhile: tell every session to look again.
-                let _ = hub.send(Notice { id: Vec::new(), seq: 0 });
+                hub.publish(&[Notice { id: Vec::new(), seq: 0 }]);
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -401,17 +433,11 @@ fn parse_notice(payload: &str) -> Option<Notice> {
     Some(Notice { id: hex::decode(id).ok()?, seq: seq.parse().ok()? })
 }
 
-/// Group commit: take everything waiting, apply it in one transaction, answer after COMMIT.
-/// `local` is where this node announces its commits itself (SQLite); on PostgreSQL the
-/// announcements are NOTIFYs inside the transaction, delivered only if it commits.
-/// `reconnect` (PostgreSQL) is where to connect again when the database connection is lost
-/// (a restart or failover): writes fail until then, clients retry.
-async fn writer_task(
-    mut conn: AnyConnection,
-    mut rx: mpsc::Receiver<Job>,
-    local: Option<broadcast::Sender<Notice>>,
-    reconnect: Option<String>,
-) {
+/// Group commit on PostgreSQL: take everything waiting, apply it in one transaction, answer
+/// after COMMIT. The announcements are NOTIFYs inside the transaction, delivered only if it
+/// commits. When the database connection is lost (a restart or failover) the writer connects
+/// to `url` again: writes fail until then, clients retry.
+async fn writer_task(mut conn: AnyConnection, mut rx: mpsc::Receiver<Job>, url: String) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -420,31 +446,22 @@ async fn writer_task(
                 Err(_) => break,
             }
         }
-        let (results, notices) = apply_batch(&mut conn, &jobs, local.is_none()).await;
+        let results = apply_batch(&mut conn, &jobs).await;
         let m = crate::metrics::global();
         crate::metrics::Metrics::inc(&m.write_batches_total);
         m.write_batch_items_total.fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for (job, result) in jobs.into_iter().zip(results) {
             let _ = job.reply.send(result);
         }
-        if let Some(hub) = &local {
-            for n in notices {
-                let _ = hub.send(n);
-            }
-        }
-        if let Some(url) = &reconnect
-            && conn.ping().await.is_err()
-        {
-            {
-                tracing::warn!("database connection lost; reconnecting");
-                loop {
-                    match AnyConnection::connect(url).await {
-                        Ok(c) => {
-                            conn = c;
-                            break;
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        if conn.ping().await.is_err() {
+            tracing::warn!("database connection lost; reconnecting");
+            loop {
+                match AnyConnection::connect(&url).await {
+                    Ok(c) => {
+                        conn = c;
+                        break;
                     }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
                 }
             }
         }
@@ -452,9 +469,7 @@ async fn writer_task(
     let _ = conn.close().await;
 }
 
-type BatchResult = (Vec<Result<Outcome, RelayError>>, Vec<Notice>);
-
-async fn apply_batch(conn: &mut AnyConnection, jobs: &[Job], postgres: bool) -> BatchResult {
+async fn apply_batch(conn: &mut AnyConnection, jobs: &[Job]) -> Vec<Result<Outcome, RelayError>> {
     // Writes are applied in a global order of the rows they lock (stable, so one log's or
     // queue's writes keep their order): two nodes' batches then cannot deadlock on each other.
     let mut order: Vec<usize> = (0..jobs.len()).collect();
@@ -465,22 +480,18 @@ async fn apply_batch(conn: &mut AnyConnection, jobs: &[Job], postgres: bool) -> 
         let mut notices = Vec::new();
         let result = async {
             let mut tx = conn.begin().await?;
-            if postgres {
-                // The compare-and-swap retry relies on each statement seeing the latest commit.
-                sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut *tx).await?;
-            }
+            // The compare-and-swap retry relies on each statement seeing the latest commit.
+            sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut *tx).await?;
             let mut outcomes: Vec<Option<Outcome>> = jobs.iter().map(|_| None).collect();
             for &i in &order {
                 outcomes[i] = Some(apply(&mut tx, &jobs[i].write, &mut notices).await?);
             }
-            if postgres {
-                for n in &notices {
-                    sqlx::query("SELECT pg_notify($1, $2)")
-                        .bind(NOTIFY_CHANNEL)
-                        .bind(notice_payload(n))
-                        .execute(&mut *tx)
-                        .await?;
-                }
+            for n in &notices {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(NOTIFY_CHANNEL)
+                    .bind(notice_payload(n))
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(outcomes)
@@ -488,11 +499,10 @@ async fn apply_batch(conn: &mut AnyConnection, jobs: &[Job], postgres: bool) -> 
         .await;
         match result {
             Ok(outcomes) => {
-                let results = outcomes
+                return outcomes
                     .into_iter()
                     .map(|o| o.ok_or_else(|| RelayError::Storage("a write was not applied".into())))
                     .collect();
-                return (results, notices);
             }
             // Another node's transaction won a lock race: run the batch again.
             Err(e) if attempt < 4 && is_transient(&e) => {
@@ -500,7 +510,7 @@ async fn apply_batch(conn: &mut AnyConnection, jobs: &[Job], postgres: bool) -> 
             }
             Err(e) => {
                 tracing::error!(error = %e, batch = jobs.len(), "write batch failed; clients will retry");
-                return (jobs.iter().map(|_| Err(RelayError::Storage(e.to_string()))).collect(), Vec::new());
+                return jobs.iter().map(|_| Err(RelayError::Storage(e.to_string()))).collect();
             }
         }
     }
@@ -681,19 +691,9 @@ async fn append(
         {
             return Ok(Outcome::Stored { seq: to_u64(dup.try_get(0)?), epoch, duplicate: true });
         }
-        if group_id.as_deref().is_some_and(|g| g != header.group_id.as_slice()) {
-            return Ok(Outcome::Refused("this log belongs to another group"));
-        }
-        let new_epoch = match header.content_type {
-            ContentType::Commit if header.epoch < epoch => return Ok(Outcome::StaleEpoch { current: epoch }),
-            ContentType::Commit if header.epoch > epoch => return Ok(Outcome::Refused("a commit for a future epoch")),
-            ContentType::Commit => epoch + 1,
-            _ if header.epoch > epoch => return Ok(Outcome::Refused("a message from a future epoch")),
-            // Everything after a commit is of the new epoch, so members keep no keys of past
-            // epochs (their storage is the cost: it grows with the group). The sender reads
-            // the commit and encrypts again.
-            _ if header.epoch < epoch => return Ok(Outcome::StaleEpoch { current: epoch }),
-            _ => epoch,
+        let new_epoch = match next_epoch(group_id.as_deref(), epoch, header) {
+            Ok(e) => e,
+            Err(outcome) => return Ok(outcome),
         };
         // Compare-and-swap on the sequence counter: the epoch moves with it, so of two commits
         // for one epoch (on any node) exactly one gets here first; the other re-reads and finds
@@ -725,4 +725,24 @@ async fn append(
         return Ok(Outcome::Stored { seq: to_u64(seq), epoch: new_epoch, duplicate: false });
     }
     Err(sqlx::Error::Protocol("log sequence contended past the retry limit".into()))
+}
+
+/// The Delivery Service rule for one entry: the log's epoch after it, or why it is refused.
+/// A commit is accepted only for the log's current epoch and moves it forward; nothing from a
+/// future epoch or another group is accepted.
+pub(crate) fn next_epoch(group_id: Option<&[u8]>, epoch: u64, header: &MlsHeader) -> Result<u64, Outcome> {
+    if group_id.is_some_and(|g| g != header.group_id.as_slice()) {
+        return Err(Outcome::Refused("this log belongs to another group"));
+    }
+    match header.content_type {
+        ContentType::Commit if header.epoch < epoch => Err(Outcome::StaleEpoch { current: epoch }),
+        ContentType::Commit if header.epoch > epoch => Err(Outcome::Refused("a commit for a future epoch")),
+        ContentType::Commit => Ok(epoch + 1),
+        _ if header.epoch > epoch => Err(Outcome::Refused("a message from a future epoch")),
+        // Everything after a commit is of the new epoch, so members keep no keys of past
+        // epochs (their storage is the cost: it grows with the group). The sender reads the
+        // commit and encrypts again.
+        _ if header.epoch < epoch => Err(Outcome::StaleEpoch { current: epoch }),
+        _ => Ok(epoch),
+    }
 }

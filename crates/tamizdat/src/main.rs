@@ -280,8 +280,10 @@ impl From<tamizdat_relay::RelayError> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Servers use every core; a client command is one conversation with one relay.
+    let server = matches!(cli.command, Command::Relay { command: RelayCommand::Serve { .. } } | Command::Bridge { .. });
     let filter = std::env::var("TAMIZDAT_LOG").unwrap_or_else(|_| {
-        if matches!(cli.command, Command::Relay { command: RelayCommand::Serve { .. } } | Command::Bridge { .. }) {
+        if server {
             "info".into()
         } else {
             "error".into()
@@ -298,7 +300,12 @@ fn main() -> ExitCode {
     } else {
         builder.with_ansi(std::io::stderr().is_terminal()).init();
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = if server {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start: {e}");

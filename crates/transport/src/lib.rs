@@ -125,10 +125,16 @@ impl TransportError {
     }
 }
 
+/// Bytes the WebSocket layer reads at once.
+const READ_BUFFER: usize = 4096;
+
 /// The WebSocket limits both sides enforce: one frame is one message, at most the largest
-/// padding bucket.
+/// padding bucket. The read buffer is small because every idle connection holds one (the
+/// library's 128 KiB default is also zeroed on every read); larger frames still arrive, in
+/// several reads.
 pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(tamizdat_wire::limits::MAX_FRAME))
         .max_frame_size(Some(tamizdat_wire::limits::MAX_FRAME))
 }

@@ -310,6 +310,15 @@ pub async fn send_frame(ws: &mut ServerWs, frame: Vec<u8>) -> Result<(), Transpo
     ws.send(Message::Binary(frame.into())).await.map_err(|e| TransportError::Closed(e.to_string()))
 }
 
+/// Sends several binary frames with one flush: a burst of replies becomes one write.
+pub async fn send_frames(ws: &mut ServerWs, frames: Vec<Vec<u8>>) -> Result<(), TransportError> {
+    let closed = |e: tokio_tungstenite::tungstenite::Error| TransportError::Closed(e.to_string());
+    for frame in frames {
+        ws.feed(Message::Binary(frame.into())).await.map_err(closed)?;
+    }
+    ws.flush().await.map_err(closed)
+}
+
 /// Receives the next binary frame on a server-side session; `None` when the client left.
 /// Text frames are a protocol violation and end the session.
 pub async fn recv_frame(ws: &mut ServerWs) -> Result<Option<Vec<u8>>, TransportError> {

@@ -73,6 +73,25 @@ pub fn auth_payload(session_nonce: &[u8], request_id: u64, command: &[u8]) -> Ve
     out
 }
 
+impl proto::Op {
+    /// The log or queue whose key must sign this command, if any. Once a session has proven a
+    /// key for an id, later commands for that id on the same session need no signature: the
+    /// TLS session already binds them to whoever proved it.
+    pub fn signed_for(&self) -> Option<&[u8]> {
+        use proto::Op;
+        match self {
+            Op::ReadQueue(c) => Some(&c.read_id),
+            Op::AckQueue(c) => Some(&c.read_id),
+            Op::Append(c) => Some(&c.log_id),
+            Op::ReadLog(c) => Some(&c.log_id),
+            Op::AckLog(c) => Some(&c.log_id),
+            Op::Subscribe(c) if c.log_id.is_empty() => Some(&c.read_id),
+            Op::Subscribe(c) => Some(&c.log_id),
+            Op::Hello(_) | Op::CreateQueue(_) | Op::SendToQueue(_) | Op::CreateLog(_) => None,
+        }
+    }
+}
+
 /// Checks a capability signature. False for malformed keys or signatures.
 pub fn verify_auth(key: &[u8], session_nonce: &[u8], request_id: u64, command: &[u8], signature: &[u8]) -> bool {
     let Ok(key) = <[u8; limits::KEY_LEN]>::try_from(key) else {

@@ -1,0 +1,167 @@
+//! Routes "something new under this id" notices to the sessions subscribed to that id.
+//!
+//! A notice wakes only its subscribers: with a broadcast channel every committed entry woke
+//! every subscribed session, so the cost of one message grew with the number of connections.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use tokio::sync::mpsc;
+
+use crate::store::Notice;
+
+/// Notices one session may have waiting before it is told to look at everything instead.
+const INBOX: usize = 256;
+
+/// The subscription table, shared by the store (which publishes) and every session.
+#[derive(Default)]
+pub struct NoticeHub {
+    routes: Mutex<HashMap<Vec<u8>, Vec<Arc<Inbox>>>>,
+    next_inbox: AtomicU64,
+}
+
+struct Inbox {
+    key: u64,
+    tx: mpsc::Sender<Notice>,
+    /// A notice did not fit: the session resyncs everything it watches.
+    lagged: AtomicBool,
+}
+
+impl NoticeHub {
+    /// A listener with no subscriptions yet.
+    pub fn listener(self: &Arc<Self>) -> Listener {
+        let (tx, rx) = mpsc::channel(INBOX);
+        let key = self.next_inbox.fetch_add(1, Ordering::Relaxed);
+        Listener {
+            hub: self.clone(),
+            inbox: Arc::new(Inbox { key, tx, lagged: AtomicBool::new(false) }),
+            rx,
+            ids: Vec::new(),
+        }
+    }
+
+    /// Delivers notices to their subscribers. An empty id is for everyone: notices may have
+    /// been lost (a database listener reconnected), so every session looks again.
+    pub fn publish(&self, notices: &[Notice]) {
+        let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        for notice in notices {
+            if notice.id.is_empty() {
+                for inbox in routes.values().flatten() {
+                    inbox.lagged.store(true, Ordering::Relaxed);
+                    let _ = inbox.tx.try_send(notice.clone());
+                }
+                continue;
+            }
+            for inbox in routes.get(&notice.id).into_iter().flatten() {
+                if inbox.tx.try_send(notice.clone()).is_err() {
+                    inbox.lagged.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Ids with at least one subscriber (for metrics and tests).
+    pub fn watched(&self) -> usize {
+        self.routes.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+/// One session's subscriptions; they end when it is dropped.
+pub struct Listener {
+    hub: Arc<NoticeHub>,
+    inbox: Arc<Inbox>,
+    rx: mpsc::Receiver<Notice>,
+    ids: Vec<Vec<u8>>,
+}
+
+impl Listener {
+    /// Subscribes to one more id (again is harmless).
+    pub fn watch(&mut self, id: Vec<u8>) {
+        if self.ids.contains(&id) {
+            return;
+        }
+        let mut routes = self.hub.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        routes.entry(id.clone()).or_default().push(self.inbox.clone());
+        self.ids.push(id);
+    }
+
+    /// The ids watched.
+    pub fn ids(&self) -> &[Vec<u8>] {
+        &self.ids
+    }
+
+    /// The next notices to push: one, or, when some were lost, a "look again" (sequence 0)
+    /// for every watched id. Pending forever while nothing is watched.
+    pub async fn next(&mut self) -> Vec<Notice> {
+        let Some(notice) = self.rx.recv().await else { return std::future::pending().await };
+        if self.inbox.lagged.swap(false, Ordering::Relaxed) {
+            while self.rx.try_recv().is_ok() {}
+            return self.ids.iter().map(|id| Notice { id: id.clone(), seq: 0 }).collect();
+        }
+        vec![notice]
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let mut routes = self.hub.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in &self.ids {
+            if let Some(inboxes) = routes.get_mut(id) {
+                inboxes.retain(|i| i.key != self.inbox.key);
+                if inboxes.is_empty() {
+                    routes.remove(id);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notice(id: u8, seq: u64) -> Notice {
+        Notice { id: vec![id; 16], seq }
+    }
+
+    #[tokio::test]
+    async fn a_notice_reaches_only_its_subscribers() {
+        let hub = Arc::new(NoticeHub::default());
+        let (mut a, mut b) = (hub.listener(), hub.listener());
+        a.watch(vec![1; 16]);
+        b.watch(vec![2; 16]);
+        hub.publish(&[notice(1, 7)]);
+        assert_eq!(a.next().await, vec![notice(1, 7)]);
+        assert!(b.rx.try_recv().is_err(), "b watches another id");
+        drop(a);
+        assert_eq!(hub.watched(), 1, "a's route went with it");
+    }
+
+    #[tokio::test]
+    async fn an_overflowing_inbox_turns_into_one_resync() {
+        let hub = Arc::new(NoticeHub::default());
+        let mut a = hub.listener();
+        a.watch(vec![1; 16]);
+        a.watch(vec![3; 16]);
+        let flood: Vec<Notice> = (1..=INBOX as u64 + 10).map(|s| notice(1, s)).collect();
+        hub.publish(&flood);
+        let pushed = a.next().await;
+        assert_eq!(pushed, vec![notice(1, 0), notice(3, 0)]);
+        hub.publish(&[notice(3, 1)]);
+        assert_eq!(a.next().await, vec![notice(3, 1)], "back to single notices");
+    }
+
+    #[tokio::test]
+    async fn an_empty_id_asks_everyone_to_look_again() {
+        let hub = Arc::new(NoticeHub::default());
+        let mut a = hub.listener();
+        a.watch(vec![1; 16]);
+        hub.publish(&[Notice { id: Vec::new(), seq: 0 }]);
+        assert_eq!(a.next().await, vec![notice(1, 0)]);
+    }
+}

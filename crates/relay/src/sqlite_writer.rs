@@ -1,0 +1,188 @@
+//! The embedded store's writer: one thread, one SQLite connection, cached statements.
+//!
+//! With SQLite this process is the only writer, so nothing needs the compare-and-swap the
+//! shared PostgreSQL path uses, and every statement is a direct call instead of a hop to a
+//! driver thread (profiles showed those hops, not SQLite, as the relay's main cost).
+
+use std::{path::Path, sync::Arc};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tamizdat_wire::mls::MlsHeader;
+use tokio::sync::mpsc;
+
+use crate::{
+    RelayError,
+    hub::NoticeHub,
+    store::{Job, MAX_BATCH, Notice, Outcome, QUEUE_QUOTA, Write, next_epoch, to_i64, to_u64},
+};
+
+/// Opens the database file for writing with the durability every acknowledged write relies on.
+pub(crate) fn open(path: &Path) -> Result<Connection, RelayError> {
+    let storage = |e: rusqlite::Error| RelayError::Storage(e.to_string());
+    let conn = Connection::open(path).map_err(storage)?;
+    // WAL with synchronous=FULL: a COMMIT returns after the log is on disk.
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(storage)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(storage)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(storage)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+/// Group commit on a blocking thread: take everything waiting, apply it in one transaction,
+/// answer after COMMIT, then announce what was stored.
+pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<NoticeHub>) {
+    let m = crate::metrics::global();
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut notices = Vec::new();
+        let results = match apply_batch(&mut conn, &jobs, &mut notices) {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, batch = jobs.len(), "write batch failed; clients will retry");
+                notices.clear();
+                jobs.iter().map(|_| Err(RelayError::Storage(e.to_string()))).collect::<Vec<_>>()
+            }
+        };
+        crate::metrics::Metrics::inc(&m.write_batches_total);
+        m.write_batch_items_total.fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for (job, result) in jobs.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+        hub.publish(&notices);
+    }
+    let _ = conn.close();
+}
+
+fn apply_batch(conn: &mut Connection, jobs: &[Job], notices: &mut Vec<Notice>) -> rusqlite::Result<Vec<Outcome>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let outcomes = jobs.iter().map(|job| apply(&tx, &job.write, notices)).collect::<rusqlite::Result<Vec<_>>>()?;
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+fn apply(tx: &Connection, write: &Write, notices: &mut Vec<Notice>) -> rusqlite::Result<Outcome> {
+    match write {
+        Write::CreateQueue { read_id, send_id, read_key } => {
+            tx.prepare_cached("INSERT INTO queues (read_id, send_id, read_key) VALUES (?1, ?2, ?3)")?
+                .execute(params![read_id, send_id, read_key])?;
+            Ok(Outcome::Done)
+        }
+        Write::SendToQueue { send_id, dedup_id, payload, hour } => {
+            send_to_queue(tx, send_id, dedup_id, payload, *hour, notices)
+        }
+        Write::AckQueue { read_id, up_to } => {
+            tx.prepare_cached("DELETE FROM queue_messages WHERE read_id = ?1 AND seq <= ?2")?
+                .execute(params![read_id, to_i64(*up_to)])?;
+            Ok(Outcome::Done)
+        }
+        Write::CreateLog { log_id, log_key } => {
+            tx.prepare_cached("INSERT INTO logs (log_id, log_key) VALUES (?1, ?2)")?.execute(params![log_id, log_key])?;
+            Ok(Outcome::Done)
+        }
+        Write::Append { log_id, dedup_id, payload, header, hour } => {
+            let outcome = append(tx, log_id, dedup_id, payload, header, *hour)?;
+            if let Outcome::Stored { seq, duplicate: false, .. } = outcome {
+                notices.push(Notice { id: log_id.clone(), seq });
+            }
+            Ok(outcome)
+        }
+        Write::AckLog { log_id, cursor_id, up_to } => {
+            tx.prepare_cached(
+                "INSERT INTO log_cursors (log_id, cursor_id, position) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (log_id, cursor_id) DO UPDATE SET position = MAX(position, excluded.position)",
+            )?
+            .execute(params![log_id, cursor_id, to_i64(*up_to)])?;
+            tx.prepare_cached(
+                "DELETE FROM log_entries WHERE log_id = ?1 AND seq <= (SELECT MIN(position) FROM log_cursors WHERE log_id = ?1)",
+            )?
+            .execute(params![log_id])?;
+            Ok(Outcome::Done)
+        }
+        Write::Expire { before_hour } => {
+            tx.prepare_cached("DELETE FROM queue_messages WHERE received_hour < ?1")?.execute(params![before_hour])?;
+            tx.prepare_cached("DELETE FROM log_entries WHERE received_hour < ?1")?.execute(params![before_hour])?;
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+fn send_to_queue(
+    tx: &Connection,
+    send_id: &[u8],
+    dedup_id: &[u8],
+    payload: &[u8],
+    hour: i64,
+    notices: &mut Vec<Notice>,
+) -> rusqlite::Result<Outcome> {
+    let Some((read_id, seq)) = tx
+        .prepare_cached("SELECT read_id, next_seq FROM queues WHERE send_id = ?1")?
+        .query_row(params![send_id], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))
+        .optional()?
+    else {
+        return Ok(Outcome::NotFound);
+    };
+    if let Some(dup) = tx
+        .prepare_cached("SELECT seq FROM queue_messages WHERE read_id = ?1 AND dedup_id = ?2")?
+        .query_row(params![read_id, dedup_id], |r| r.get::<_, i64>(0))
+        .optional()?
+    {
+        return Ok(Outcome::Stored { seq: to_u64(dup), epoch: 0, duplicate: true });
+    }
+    let count: i64 = tx
+        .prepare_cached("SELECT COUNT(*) FROM queue_messages WHERE read_id = ?1")?
+        .query_row(params![read_id], |r| r.get(0))?;
+    if count >= QUEUE_QUOTA {
+        return Ok(Outcome::QueueFull);
+    }
+    tx.prepare_cached("UPDATE queues SET next_seq = ?1 WHERE read_id = ?2")?.execute(params![seq + 1, read_id])?;
+    tx.prepare_cached(
+        "INSERT INTO queue_messages (read_id, seq, dedup_id, payload, received_hour) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![read_id, seq, dedup_id, payload, hour])?;
+    notices.push(Notice { id: read_id, seq: to_u64(seq) });
+    Ok(Outcome::Stored { seq: to_u64(seq), epoch: 0, duplicate: false })
+}
+
+fn append(
+    tx: &Connection,
+    log_id: &[u8],
+    dedup_id: &[u8],
+    payload: &[u8],
+    header: &MlsHeader,
+    hour: i64,
+) -> rusqlite::Result<Outcome> {
+    let Some((group_id, epoch, seq)) = tx
+        .prepare_cached("SELECT group_id, epoch, next_seq FROM logs WHERE log_id = ?1")?
+        .query_row(params![log_id], |r| {
+            Ok((r.get::<_, Option<Vec<u8>>>(0)?, to_u64(r.get::<_, i64>(1)?), r.get::<_, i64>(2)?))
+        })
+        .optional()?
+    else {
+        return Ok(Outcome::NotFound);
+    };
+    if let Some(dup) = tx
+        .prepare_cached("SELECT seq FROM log_entries WHERE log_id = ?1 AND dedup_id = ?2")?
+        .query_row(params![log_id, dedup_id], |r| r.get::<_, i64>(0))
+        .optional()?
+    {
+        return Ok(Outcome::Stored { seq: to_u64(dup), epoch, duplicate: true });
+    }
+    let new_epoch = match next_epoch(group_id.as_deref(), epoch, header) {
+        Ok(e) => e,
+        Err(outcome) => return Ok(outcome),
+    };
+    tx.prepare_cached("UPDATE logs SET next_seq = ?1, epoch = ?2, group_id = ?3 WHERE log_id = ?4")?.execute(
+        params![seq + 1, to_i64(new_epoch), header.group_id, log_id],
+    )?;
+    tx.prepare_cached(
+        "INSERT INTO log_entries (log_id, seq, dedup_id, epoch, payload, received_hour) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![log_id, seq, dedup_id, to_i64(header.epoch), payload, hour])?;
+    Ok(Outcome::Stored { seq: to_u64(seq), epoch: new_epoch, duplicate: false })
+}
