@@ -1,327 +1,317 @@
 #![doc = include_str!("../README.md")]
 
-use std::{
-    collections::HashMap,
-    io::{BufRead, BufReader, Write as _},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+mod conns;
+mod jetstream;
+mod load;
+mod relay_proc;
+mod stats;
 
-use anyhow::{Context, bail};
-use clap::Parser;
-use ed25519_dalek::{Signer, SigningKey};
-use prost::Message;
-use tamizdat_client::relay::RelayClient;
-use tamizdat_wire::{
-    auth_payload, frame,
-    proto::{
-        Append, ClientFrame, Command as WireCommand, CreateLog, Op, RelayDescriptor, Reply, ServerFrame, Subscribe,
-    },
-};
+use std::{io::Write as _, path::PathBuf, time::Instant};
 
-/// Load generator for a Tamizdat relay.
-#[derive(Parser, Clone)]
-struct Args {
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::{load::Spec, relay_proc::RelayProcess, stats::Throughput};
+
+/// Load generator and benchmark suite for a Tamizdat relay, with NATS JetStream as the
+/// reference in the same run.
+#[derive(Parser)]
+struct Cli {
     /// The tamizdat binary that runs the relay (default: next to this one).
-    #[arg(long)]
+    #[arg(long, global = true)]
     tamizdat: Option<PathBuf>,
-    /// Writer connections; as many reader connections are opened, one per writer's log.
+    /// The JetStream server to compare with.
+    #[arg(long, global = true, default_value = "127.0.0.1:4222")]
+    nats: String,
+    /// Worker threads of the load generator (the rest of the machine is the servers').
+    #[arg(long, global = true, default_value_t = 1)]
+    client_threads: usize,
+    /// Also write every result as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The whole suite and its table (the default): about 5 minutes; `--long` for the big
+    /// connection counts.
+    Suite {
+        /// 100,000 idle connections, a 20,000-client storm, longer runs, PostgreSQL.
+        #[arg(long)]
+        long: bool,
+    },
+    /// One throughput run, against the relay or JetStream.
+    Load {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Drive JetStream instead of a relay.
+        #[arg(long)]
+        jetstream: bool,
+        /// Relay store: the embedded SQLite, or postgres://…
+        #[arg(long)]
+        store: Option<String>,
+        /// When the relay counts a write as stored: fsync or os-buffered.
+        #[arg(long, default_value = "fsync")]
+        durability: String,
+    },
+    /// Idle sessions held by one relay, and the relay memory each costs.
+    Idle {
+        /// Sessions to open.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+    },
+    /// Full and resumed TLS handshakes per second.
+    Handshakes {
+        /// Seconds for each kind.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Handshakes in progress at once.
+        #[arg(long, default_value_t = 32)]
+        parallel: usize,
+    },
+    /// Every client reconnecting at once.
+    Storm {
+        /// Clients.
+        #[arg(long, default_value_t = 2_000)]
+        clients: usize,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct LoadArgs {
+    /// Conversations, one writer each.
     #[arg(long, default_value_t = 64)]
-    connections: usize,
-    /// How long to measure.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Payload bytes per message (an MLS-shaped application message of this size).
+    conversations: usize,
+    /// Members per conversation (2 is one-to-one; the others read what the writer sends).
+    #[arg(long, default_value_t = 2)]
+    group_size: usize,
+    /// Payload bytes.
     #[arg(long, default_value_t = 256)]
     payload: usize,
-    /// Requests in flight per writer connection.
-    #[arg(long, default_value_t = 8)]
+    /// Messages in flight per writer.
+    #[arg(long, default_value_t = 32)]
     window: usize,
-    /// Target total messages per second; 0 = as fast as possible.
+    /// Target messages per second over all writers; 0 is as fast as possible.
     #[arg(long, default_value_t = 0)]
     rate: u64,
-    /// Relay store: default the embedded SQLite, or postgres://…
-    #[arg(long)]
-    store: Option<String>,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
 }
 
-struct RelayProcess {
-    child: Child,
-    link: String,
-    admin: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_relay(args: &Args) -> anyhow::Result<RelayProcess> {
-    let bin = match &args.tamizdat {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("tamizdat"),
-    };
-    let dir = tempfile::tempdir()?;
-    // Limits sized for a benchmark: every connection comes from 127.0.0.1.
-    let config = dir.path().join("bench.toml");
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    std::fs::write(
-        &config,
-        format!("admin = \"{admin}\"\n")
-            + "[limits]\nconnections_per_address = 1000000\nnew_connections_per_second = 1000000.0\nnew_connections_burst = 1000000.0\nrequests_per_second = 1000000000.0\nrequests_burst = 1000000000.0\n",
-    )?;
-    let mut cmd = Command::new(&bin);
-    cmd.args(["relay", "serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.path().join("relay"))
-        .arg("--config")
-        .arg(&config)
-        .env("TAMIZDAT_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    if let Some(store) = &args.store {
-        cmd.args(["--store", store]);
-    }
-    let mut child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("relay stdout")?).read_line(&mut line)?;
-    let link = line.trim().to_string();
-    if !link.starts_with("tamizdat:relay/") {
-        bail!("the relay printed {link:?} instead of its link");
-    }
-    Ok(RelayProcess { child, link, admin, _dir: dir })
-}
-
-/// CPU seconds (user + system) and resident KiB of a process.
-fn usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let cpu = (ticks(11) + ticks(12)) / 100.0;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    (cpu, rss)
-}
-
-/// One counter from the relay's admin endpoint.
-fn counters(admin: std::net::SocketAddr) -> HashMap<String, f64> {
-    use std::io::Read;
-    let mut text = String::new();
-    if let Ok(mut s) = std::net::TcpStream::connect(admin) {
-        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        let _ = s.read_to_string(&mut text);
-    }
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once(' '))
-        .filter_map(|(k, v)| Some((k.trim_start_matches("tamizdat_").to_string(), v.trim().parse().ok()?)))
-        .collect()
-}
-
-/// An MLS PrivateMessage-shaped application message of `size` bytes for the relay to peek at.
-fn mls_payload(size: usize, filler: u8) -> Vec<u8> {
-    let mut m = vec![0, 1, 0, 2, 16];
-    m.extend_from_slice(&[7; 16]);
-    m.extend_from_slice(&0u64.to_be_bytes());
-    m.push(1);
-    m.resize(size.max(m.len()), filler);
-    m
-}
-
-struct WriterResult {
-    sent_at: HashMap<u64, Instant>,
-    request_bytes: usize,
-    reply_bytes: usize,
-}
-
-async fn writer(
-    d: RelayDescriptor,
-    key: SigningKey,
-    log_id: Vec<u8>,
-    args: Args,
-    start: Instant,
-    deadline: Instant,
-) -> anyhow::Result<WriterResult> {
-    let rc = RelayClient::connect(&d).await?;
-    let (mut conn, nonce, mut next_id) = rc.into_parts();
-    let mut in_flight: HashMap<u64, Instant> = HashMap::new();
-    let mut sent_at = HashMap::new();
-    let (mut request_bytes, mut reply_bytes) = (0, 0);
-    let interval = (args.rate > 0).then(|| Duration::from_secs_f64(args.connections as f64 / args.rate as f64));
-    let mut next_send = start;
-    let mut counter = 0u64;
-    loop {
-        let now = Instant::now();
-        let open = now < deadline;
-        while open && in_flight.len() < args.window && interval.is_none_or(|_| Instant::now() >= next_send) {
-            counter += 1;
-            let mut dedup = counter.to_be_bytes().to_vec();
-            dedup.extend_from_slice(&rand::random::<u64>().to_be_bytes());
-            let command = WireCommand {
-                op: Some(Op::Append(Append {
-                    log_id: log_id.clone(),
-                    dedup_id: dedup,
-                    payload: mls_payload(args.payload, counter as u8),
-                })),
-            }
-            .encode_to_vec();
-            let signature = key.sign(&auth_payload(&nonce, next_id, &command)).to_bytes().to_vec();
-            let bytes = frame::encode(&ClientFrame { request_id: next_id, command, signature })?;
-            request_bytes = bytes.len();
-            in_flight.insert(next_id, Instant::now());
-            next_id += 1;
-            conn.send(bytes).await?;
-            if let Some(i) = interval {
-                next_send += i;
-            }
-        }
-        if in_flight.is_empty() {
-            if !open {
-                break;
-            }
-            tokio::time::sleep_until(next_send.into()).await;
-            continue;
-        }
-        let reply = conn.recv().await?;
-        reply_bytes = reply.len();
-        let f: ServerFrame = frame::decode(&reply)?;
-        let Some(t0) = in_flight.remove(&f.request_id) else { continue };
-        match f.reply {
-            Some(Reply::Appended(a)) => {
-                sent_at.insert(a.seq, t0);
-            }
-            other => bail!("append refused: {other:?}"),
+impl LoadArgs {
+    fn spec(&self) -> Spec {
+        Spec {
+            conversations: self.conversations,
+            group_size: self.group_size,
+            payload: self.payload,
+            window: self.window,
+            rate: self.rate,
+            seconds: self.seconds,
         }
     }
-    Ok(WriterResult { sent_at, request_bytes, reply_bytes })
 }
 
-async fn reader(mut rc: RelayClient, until: Instant) -> (HashMap<u64, Instant>, usize) {
-    let mut seen = HashMap::new();
-    while let Ok(Ok(n)) = tokio::time::timeout_at(until.into(), rc.next_notice()).await {
-        seen.insert(n.seq, Instant::now());
-    }
-    let notice_bytes = frame::encode(&ServerFrame {
-        request_id: 0,
-        reply: Some(Reply::Notify(tamizdat_wire::proto::Notify { id: vec![0; 16], seq: 1 })),
-    })
-    .map(|b| b.len())
-    .unwrap_or(0);
-    (seen, notice_bytes)
+struct Bench {
+    tamizdat: PathBuf,
+    nats: String,
+    results: serde_json::Map<String, serde_json::Value>,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
+impl Bench {
+    fn relay(&self, store: Option<&str>, durability: &str) -> anyhow::Result<RelayProcess> {
+        RelayProcess::start(&self.tamizdat, store, 1_000_000, durability)
     }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+
+    async fn tamizdat(
+        &mut self,
+        label: &str,
+        spec: &Spec,
+        store: Option<&str>,
+        durability: &str,
+    ) -> anyhow::Result<Throughput> {
+        let relay = self.relay(store, durability)?;
+        let t = load::run(&relay, spec).await.with_context(|| format!("{label}: Tamizdat run"))?;
+        self.record(label, &t);
+        Ok(t)
+    }
+
+    async fn jetstream(&mut self, label: &str, spec: &Spec) -> anyhow::Result<Throughput> {
+        let port = self.nats.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(4222);
+        let pid = jetstream::server_pid(port).context("no nats-server process found for the JetStream address")?;
+        let t = jetstream::run(&self.nats, pid, spec).await.with_context(|| format!("{label}: JetStream run"))?;
+        self.record(label, &t);
+        Ok(t)
+    }
+
+    fn record(&mut self, label: &str, value: &impl serde::Serialize) {
+        eprintln!("  done: {label}");
+        self.results.insert(label.to_string(), serde_json::to_value(value).unwrap_or_default());
+    }
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let relay = start_relay(&args)?;
-    let pid = relay.child.id();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let d = RelayDescriptor::from_link(&relay.link)?;
-    let result = rt.block_on(async {
-        // Logs and subscribed readers first.
-        let mut setups = Vec::new();
-        for _ in 0..args.connections {
-            let key = SigningKey::generate(&mut rand::rngs::OsRng);
-            let mut admin = RelayClient::connect(&d).await?;
-            let Reply::LogCreated(l) = admin
-                .call(Op::CreateLog(CreateLog { log_key: key.verifying_key().to_bytes().to_vec() }), Some(&key))
-                .await?
-            else {
-                bail!("no log");
-            };
-            admin.subscribe(Subscribe { log_id: l.log_id.clone(), read_id: vec![] }, &key).await?;
-            setups.push((key, l.log_id, admin));
-        }
-        let (cpu0, _) = usage(pid);
-        let before = counters(relay.admin);
-        let start = Instant::now();
-        let deadline = start + Duration::from_secs(args.seconds);
-        let mut writers = Vec::new();
-        let mut readers = Vec::new();
-        for (key, log_id, rc) in setups {
-            readers.push(tokio::spawn(reader(rc, deadline + Duration::from_secs(3))));
-            writers.push(tokio::spawn(writer(d.clone(), key, log_id, args.clone(), start, deadline)));
-        }
-        let mut peak_rss = 0;
-        let mut write_results = Vec::new();
-        for w in writers {
-            write_results.push(w.await??);
-            peak_rss = peak_rss.max(usage(pid).1);
-        }
-        let elapsed = start.elapsed();
-        let (cpu1, rss) = usage(pid);
-        let mut latencies = Vec::new();
-        let mut delivered = 0usize;
-        let mut notice_bytes = 0;
-        for (w, r) in write_results.iter().zip(readers) {
-            let (seen, nb) = r.await?;
-            notice_bytes = nb;
-            for (seq, t0) in &w.sent_at {
-                if let Some(t1) = seen.get(seq) {
-                    delivered += 1;
-                    latencies.push(t1.saturating_duration_since(*t0));
-                }
+    let cli = Cli::parse();
+    relay_proc::raise_fd_limit(std::process::id());
+    let tamizdat = match &cli.tamizdat {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("tamizdat"),
+    };
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(cli.client_threads.max(1)).enable_all().build()?;
+    let mut bench = Bench { tamizdat, nats: cli.nats.clone(), results: serde_json::Map::new() };
+    let started = Instant::now();
+    let command = cli.command.unwrap_or(Cmd::Suite { long: false });
+    let table = rt.block_on(async {
+        match command {
+            Cmd::Suite { long } => suite(&mut bench, long).await,
+            Cmd::Load { load, jetstream, store, durability } => {
+                let spec = load.spec();
+                let t = if jetstream {
+                    bench.jetstream("load", &spec).await?
+                } else {
+                    bench.tamizdat("load", &spec, store.as_deref(), &durability).await?
+                };
+                Ok(throughput_table(&[("load", &t)]))
+            }
+            Cmd::Idle { connections } => {
+                let relay = bench.relay(None, "fsync")?;
+                let idle = conns::idle(&relay, connections).await?;
+                bench.record("idle", &idle);
+                Ok(format!("{idle:#?}\n"))
+            }
+            Cmd::Handshakes { seconds, parallel } => {
+                let relay = bench.relay(None, "fsync")?;
+                let h = conns::handshakes(&relay, seconds, parallel).await?;
+                bench.record("handshakes", &h);
+                Ok(format!("{h:#?}\n"))
+            }
+            Cmd::Storm { clients } => {
+                let relay = bench.relay(None, "fsync")?;
+                let s = conns::storm(&relay, clients).await?;
+                bench.record("storm", &s);
+                Ok(format!("{s:#?}\n"))
             }
         }
-        latencies.sort();
-        let after = counters(relay.admin);
-        let delta = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
-        let batches = delta("write_batches_total");
-        let acked: usize = write_results.iter().map(|w| w.sent_at.len()).sum();
-        let wire = write_results.first().map(|w| w.request_bytes + w.reply_bytes).unwrap_or(0) + notice_bytes;
-        Ok(serde_json::json!({
-            "connections": args.connections,
-            "window": args.window,
-            "payload_bytes": args.payload,
-            "target_rate": args.rate,
-            "store": args.store.as_deref().map(|s| if s.starts_with("postgres") { "postgres" } else { "sqlite" }).unwrap_or("sqlite"),
-            "seconds": elapsed.as_secs_f64(),
-            "acknowledged": acked,
-            "delivered": delivered,
-            "delivered_per_second": delivered as f64 / elapsed.as_secs_f64(),
-            "latency_ms_p50": percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-            "latency_ms_p99": percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-            "latency_ms_p999": percentile(&latencies, 0.999).as_secs_f64() * 1e3,
-            "relay_cpu_percent": (cpu1 - cpu0) / elapsed.as_secs_f64() * 100.0,
-            "relay_rss_mib": rss.max(peak_rss) as f64 / 1024.0,
-            "websocket_bytes_per_message": wire,
-            "relay_commit_batches_per_second": batches / elapsed.as_secs_f64(),
-            "relay_writes_per_batch": if batches > 0.0 { delta("write_batch_items_total") / batches } else { 0.0 },
-        }))
     })?;
-    if args.json {
-        println!("{result}");
-    } else {
-        let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "relay load: {} connections, window {}, {} B payloads, {}",
-            args.connections,
-            args.window,
-            args.payload,
-            if args.rate == 0 { "as fast as possible".to_string() } else { format!("{} msg/s target", args.rate) }
-        )?;
-        for (k, v) in result.as_object().into_iter().flatten() {
-            writeln!(out, "  {k:<28} {v}")?;
-        }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{table}")?;
+    writeln!(out, "({:.0} s in all)", started.elapsed().as_secs_f64())?;
+    if let Some(path) = cli.json {
+        bench.results.insert("seconds_in_all".into(), json!(started.elapsed().as_secs_f64()));
+        std::fs::write(&path, serde_json::to_string_pretty(&bench.results)?)?;
     }
     Ok(())
+}
+
+/// The suite: throughput and latency against JetStream, then the connection figures.
+async fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
+    let seconds = if long { 30.0 } else { 10.0 };
+    let one_to_one = Spec { conversations: 64, group_size: 2, payload: 256, window: 32, rate: 0, seconds };
+    let paced = Spec { rate: 20_000, ..one_to_one.clone() };
+    let groups = Spec { conversations: 16, group_size: 8, ..one_to_one.clone() };
+    let mut rows = Vec::new();
+    let t_fsync = bench.tamizdat("tamizdat 1:1 max, fsync", &one_to_one, None, "fsync").await?;
+    let t_os = bench.tamizdat("tamizdat 1:1 max, os-buffered", &one_to_one, None, "os-buffered").await?;
+    let j = bench.jetstream("jetstream 1:1 max", &one_to_one).await?;
+    let t_paced = bench.tamizdat("tamizdat 1:1 at 20k/s, fsync", &paced, None, "fsync").await?;
+    let j_paced = bench.jetstream("jetstream 1:1 at 20k/s", &paced).await?;
+    let t_groups = bench.tamizdat("tamizdat groups of 8, fsync", &groups, None, "fsync").await?;
+    let j_groups = bench.jetstream("jetstream groups of 8", &groups).await?;
+    rows.push(("tamizdat 1:1 max, fsync", t_fsync.clone()));
+    rows.push(("tamizdat 1:1 max, os-buffered", t_os.clone()));
+    rows.push(("jetstream 1:1 max (acked before fsync)", j.clone()));
+    rows.push(("tamizdat 1:1 at 20k/s, fsync", t_paced.clone()));
+    rows.push(("jetstream 1:1 at 20k/s", j_paced.clone()));
+    rows.push(("tamizdat groups of 8, fsync", t_groups.clone()));
+    rows.push(("jetstream groups of 8", j_groups.clone()));
+    if long {
+        let pg = "postgres://postgres@127.0.0.1:5432/test";
+        rows.push((
+            "tamizdat 1:1 max, PostgreSQL",
+            bench.tamizdat("tamizdat 1:1 max, PostgreSQL", &one_to_one, Some(pg), "fsync").await?,
+        ));
+    }
+    let table_rows: Vec<(&str, &Throughput)> = rows.iter().map(|(l, t)| (*l, t)).collect();
+    let mut out = throughput_table(&table_rows);
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    out += &format!(
+        "\nTamizdat / JetStream at the same durability (os-buffered vs JetStream's default): throughput {:.2}x, p99 {:.2}x\n",
+        ratio(t_os.delivered_per_second, j.delivered_per_second),
+        ratio(t_os.latency_ms_p99, j.latency_ms_p99),
+    );
+    out += &format!(
+        "Tamizdat fsync on every commit / JetStream without: throughput {:.2}x, p99 {:.2}x\n",
+        ratio(t_fsync.delivered_per_second, j.delivered_per_second),
+        ratio(t_fsync.latency_ms_p99, j.latency_ms_p99),
+    );
+    out += &format!(
+        "At 20,000 msg/s: p99 {:.2} ms (Tamizdat) vs {:.2} ms (JetStream); groups of 8: {:.2}x the deliveries\n",
+        t_paced.latency_ms_p99,
+        j_paced.latency_ms_p99,
+        ratio(t_groups.delivered_per_second, j_groups.delivered_per_second),
+    );
+    let idle_n = if long { 100_000 } else { 10_000 };
+    let storm_n = if long { 20_000 } else { 2_000 };
+    let relay = bench.relay(None, "fsync")?;
+    let idle = conns::idle(&relay, idle_n).await?;
+    drop(relay);
+    bench.record("idle", &idle);
+    let relay = bench.relay(None, "fsync")?;
+    let hs = conns::handshakes(&relay, if long { 10.0 } else { 5.0 }, 32).await?;
+    drop(relay);
+    bench.record("handshakes", &hs);
+    let relay = bench.relay(None, "fsync")?;
+    let storm = conns::storm(&relay, storm_n).await?;
+    drop(relay);
+    bench.record("storm", &storm);
+    out += &format!(
+        "\n| connections | result |\n|---|---|\n\
+         | idle sessions held | {} of {} in {:.1} s; relay {:.0} → {:.0} MiB, {:.1} KiB each |\n\
+         | TLS handshakes, full | {:.0}/s at {:.0}% relay CPU |\n\
+         | TLS handshakes, resumed | {:.0}/s at {:.0}% relay CPU |\n\
+         | reconnect storm | {} of {} back in {:.1} s; p50 {:.0} ms, p99 {:.0} ms |\n",
+        idle.held,
+        idle.wanted,
+        idle.open_seconds,
+        idle.rss_before_mib,
+        idle.rss_after_mib,
+        idle.kib_per_connection,
+        hs.full_per_second,
+        hs.full_relay_cpu_percent,
+        hs.resumed_per_second,
+        hs.resumed_relay_cpu_percent,
+        storm.reconnected,
+        storm.clients,
+        storm.all_back_seconds,
+        storm.reconnect_ms_p50,
+        storm.reconnect_ms_p99,
+    );
+    Ok(out)
+}
+
+/// A Markdown table of throughput runs.
+fn throughput_table(rows: &[(&str, &Throughput)]) -> String {
+    let mut out = String::from(
+        "| run | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server RSS MiB | wire B/msg | writes/commit |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (label, t) in rows {
+        out += &format!(
+            "| {label} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} |\n",
+            t.sent_per_second,
+            t.delivered_per_second,
+            t.latency_ms_p50,
+            t.latency_ms_p99,
+            t.latency_ms_p999,
+            t.server_cpu_percent,
+            t.server_rss_mib,
+            t.wire_bytes_per_message,
+            t.writes_per_commit.map(|w| format!("{w:.0}")).unwrap_or_else(|| "–".into()),
+        );
+    }
+    out
 }

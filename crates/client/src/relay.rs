@@ -31,6 +31,9 @@ pub struct RelayClient {
     notices: VecDeque<Notify>,
     /// Ids this connection is subscribed to.
     subscribed: HashSet<Vec<u8>>,
+    /// Logs and queues whose key this connection has proven: the relay needs no signature for
+    /// them again on this session.
+    proven: HashSet<Vec<u8>>,
 }
 
 impl RelayClient {
@@ -48,8 +51,14 @@ impl RelayClient {
         endpoints: &[Endpoint],
     ) -> Result<Self, ClientError> {
         let conn = dialer.dial(relay, endpoints).await?;
-        let mut client =
-            Self { conn, nonce: Vec::new(), next_id: 1, notices: VecDeque::new(), subscribed: HashSet::new() };
+        let mut client = Self {
+            conn,
+            nonce: Vec::new(),
+            next_id: 1,
+            notices: VecDeque::new(),
+            subscribed: HashSet::new(),
+            proven: HashSet::new(),
+        };
         match client.call(Op::Hello(Hello { min_version: MIN_VERSION, max_version: MAX_VERSION }), None).await? {
             Reply::HelloOk(ok) => {
                 client.nonce = ok.session_nonce;
@@ -74,6 +83,9 @@ impl RelayClient {
     pub async fn call(&mut self, op: Op, key: Option<&SigningKey>) -> Result<Reply, ClientError> {
         let request_id = self.next_id;
         self.next_id += 1;
+        let target = op.signed_for().map(<[u8]>::to_vec);
+        let key = key.filter(|_| target.as_ref().is_none_or(|id| !self.proven.contains(id)));
+        let signs_for = target.filter(|_| key.is_some());
         let command = Command { op: Some(op) }.encode_to_vec();
         let signature = key
             .map(|k| k.sign(&auth_payload(&self.nonce, request_id, &command)).to_bytes().to_vec())
@@ -101,7 +113,10 @@ impl RelayClient {
                         current_epoch: e.current_epoch,
                     });
                 }
-                Some(reply) => return Ok(reply),
+                Some(reply) => {
+                    self.proven.extend(signs_for);
+                    return Ok(reply);
+                }
                 None => return Err(ClientError::Protocol("empty reply".into())),
             }
         }

@@ -36,6 +36,7 @@ async fn nodes(
             retention: Duration::from_secs(86_400),
             store: Some(db.location.clone()),
             limits: Default::default(),
+            durability: Default::default(),
             admin: None,
         };
         let relay = Relay::bind(config).await.unwrap();

@@ -23,6 +23,9 @@ pub struct Limits {
     pub requests_per_second: f64,
     /// Burst allowance for requests on one connection.
     pub requests_burst: f64,
+    /// Connections the relay holds at once, from everyone; past it, new ones wait in the
+    /// kernel's backlog. An idle connection costs the relay about 10 KiB (docs/BENCHMARKS.md).
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -33,6 +36,7 @@ impl Default for Limits {
             new_connections_burst: 100.0,
             requests_per_second: 500.0,
             requests_burst: 2000.0,
+            max_connections: 20_000,
         }
     }
 }

@@ -16,8 +16,6 @@ use crate::{
 
 /// Default retention of undelivered entries.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(21 * 24 * 3600);
-/// Most simultaneous connections; past it, new ones wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 20_000;
 /// How long shutdown waits for sessions to finish what they are doing.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -35,6 +33,8 @@ pub struct RelayConfig {
     pub retention: Duration,
     /// Where data lives; `None` is the embedded SQLite file in the data directory.
     pub store: Option<StoreLocation>,
+    /// When a write counts as stored.
+    pub durability: crate::store::Durability,
     /// Abuse limits.
     pub limits: Limits,
     /// Where to serve Prometheus metrics (`GET /metrics`); keep it private.
@@ -76,7 +76,7 @@ impl Relay {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
         let location =
             self.config.store.clone().unwrap_or_else(|| StoreLocation::Sqlite(self.config.data.join("relay.db")));
-        let (store, writer) = Store::open(&location).await?;
+        let (store, writer) = Store::open_with(&location, self.config.durability).await?;
         tracing::info!(store = %location.describe(), "store open");
         let door = Arc::new(FrontDoor::new(
             self.identity.cert.server_config()?,
@@ -92,7 +92,7 @@ impl Relay {
         let addresses = AddressLimiter::new(self.config.limits.clone());
         let limits = Arc::new(self.config.limits.clone());
         let m = metrics::global();
-        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let permits = Arc::new(Semaphore::new(self.config.limits.max_connections.max(1)));
         let mut sessions = JoinSet::new();
         tracing::info!("relay serving");
         tokio::pin!(shutdown);

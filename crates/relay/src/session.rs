@@ -21,9 +21,9 @@ use tamizdat_wire::{
 
 use crate::{
     current_hour,
+    hub::Listener,
     limits::{Bucket, Limits},
     metrics::{self, Metrics},
-    hub::Listener,
     store::{Outcome, Store, Write},
 };
 
@@ -145,9 +145,10 @@ pub async fn run(mut ws: ServerWs, store: Store, limits: &Limits) {
                         let fatal = !session.greeted;
                         (cf.request_id, Err(Refusal { fatal, ..refuse(ErrorCode::BadRequest, "empty command") }))
                     }
-                    Err(_) => {
-                        (cf.request_id, Err(Refusal { fatal: true, ..refuse(ErrorCode::BadRequest, "undecodable command") }))
-                    }
+                    Err(_) => (
+                        cf.request_id,
+                        Err(Refusal { fatal: true, ..refuse(ErrorCode::BadRequest, "undecodable command") }),
+                    ),
                 }
             }
             Err(_) => {
@@ -188,7 +189,10 @@ fn is_write(op: &Op) -> bool {
 }
 
 /// Sends every reply still committing, in order.
-async fn drain(ws: &mut ServerWs, committing: &mut FuturesOrdered<Pin<Box<dyn Future<Output = Vec<u8>> + Send>>>) -> bool {
+async fn drain(
+    ws: &mut ServerWs,
+    committing: &mut FuturesOrdered<Pin<Box<dyn Future<Output = Vec<u8>> + Send>>>,
+) -> bool {
     let mut out = Vec::new();
     while let Some(frame) = committing.next().await {
         out.push(frame);
@@ -402,7 +406,9 @@ impl Session {
         }
         let (key, what) = match op {
             Op::ReadQueue(_) | Op::AckQueue(_) => (self.store.queue_key(id).await, "not authorized for this queue"),
-            Op::Subscribe(c) if c.log_id.is_empty() => (self.store.queue_key(id).await, "not authorized for this queue"),
+            Op::Subscribe(c) if c.log_id.is_empty() => {
+                (self.store.queue_key(id).await, "not authorized for this queue")
+            }
             _ => (self.store.log_key(id).await, "not authorized for this log"),
         };
         match key.map_err(internal)? {

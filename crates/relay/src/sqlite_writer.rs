@@ -13,16 +13,21 @@ use tokio::sync::mpsc;
 use crate::{
     RelayError,
     hub::NoticeHub,
-    store::{Job, MAX_BATCH, Notice, Outcome, QUEUE_QUOTA, Write, next_epoch, to_i64, to_u64},
+    store::{Durability, Job, MAX_BATCH, Notice, Outcome, QUEUE_QUOTA, Write, next_epoch, to_i64, to_u64},
 };
 
 /// Opens the database file for writing with the durability every acknowledged write relies on.
-pub(crate) fn open(path: &Path) -> Result<Connection, RelayError> {
+pub(crate) fn open(path: &Path, durability: Durability) -> Result<Connection, RelayError> {
     let storage = |e: rusqlite::Error| RelayError::Storage(e.to_string());
     let conn = Connection::open(path).map_err(storage)?;
-    // WAL with synchronous=FULL: a COMMIT returns after the log is on disk.
+    // WAL with synchronous=FULL: a COMMIT returns after the log is on disk. NORMAL: after it
+    // reached the operating system.
     conn.pragma_update(None, "journal_mode", "WAL").map_err(storage)?;
-    conn.pragma_update(None, "synchronous", "FULL").map_err(storage)?;
+    let sync = match durability {
+        Durability::Fsync => "FULL",
+        Durability::OsBuffered => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync).map_err(storage)?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(storage)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
@@ -82,7 +87,8 @@ fn apply(tx: &Connection, write: &Write, notices: &mut Vec<Notice>) -> rusqlite:
             Ok(Outcome::Done)
         }
         Write::CreateLog { log_id, log_key } => {
-            tx.prepare_cached("INSERT INTO logs (log_id, log_key) VALUES (?1, ?2)")?.execute(params![log_id, log_key])?;
+            tx.prepare_cached("INSERT INTO logs (log_id, log_key) VALUES (?1, ?2)")?
+                .execute(params![log_id, log_key])?;
             Ok(Outcome::Done)
         }
         Write::Append { log_id, dedup_id, payload, header, hour } => {
@@ -177,9 +183,8 @@ fn append(
         Ok(e) => e,
         Err(outcome) => return Ok(outcome),
     };
-    tx.prepare_cached("UPDATE logs SET next_seq = ?1, epoch = ?2, group_id = ?3 WHERE log_id = ?4")?.execute(
-        params![seq + 1, to_i64(new_epoch), header.group_id, log_id],
-    )?;
+    tx.prepare_cached("UPDATE logs SET next_seq = ?1, epoch = ?2, group_id = ?3 WHERE log_id = ?4")?
+        .execute(params![seq + 1, to_i64(new_epoch), header.group_id, log_id])?;
     tx.prepare_cached(
         "INSERT INTO log_entries (log_id, seq, dedup_id, epoch, payload, received_hour) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?

@@ -176,6 +176,19 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/po
 /// first (PostgreSQL with several nodes; never happens on SQLite's single writer).
 const CAS_RETRIES: usize = 16;
 
+/// When a write counts as stored, and so when its client is answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// After the transaction holding it is on disk (fsync): survives a power cut. The default.
+    #[default]
+    Fsync,
+    /// After it reached the operating system: survives the relay crashing, not the machine
+    /// (SQLite `synchronous=NORMAL`, PostgreSQL `synchronous_commit=off`). What NATS
+    /// JetStream's default gives, for like-for-like comparisons.
+    OsBuffered,
+}
+
 /// Where the relay keeps its data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreLocation {
@@ -224,6 +237,11 @@ impl Store {
     /// Opens (and migrates) the store. The [`WriterTask`] finishes once every clone of the
     /// store is dropped and every write handed to it is committed.
     pub async fn open(location: &StoreLocation) -> Result<(Self, WriterTask), RelayError> {
+        Self::open_with(location, Durability::Fsync).await
+    }
+
+    /// [`Store::open`] with a choice of when writes count as stored.
+    pub async fn open_with(location: &StoreLocation, durability: Durability) -> Result<(Self, WriterTask), RelayError> {
         sqlx::any::install_default_drivers();
         let (url, sqlite) = match location {
             StoreLocation::Sqlite(path) => (format!("sqlite://{}?mode=rwc", path.display()), true),
@@ -259,7 +277,7 @@ impl Store {
             // commits.
             StoreLocation::Sqlite(path) => {
                 let _ = writer.close().await;
-                let conn = crate::sqlite_writer::open(path)?;
+                let conn = crate::sqlite_writer::open(path, durability)?;
                 let hub = hub.clone();
                 WriterTask(tokio::task::spawn_blocking(move || crate::sqlite_writer::run(conn, rx, hub)))
             }
@@ -268,6 +286,9 @@ impl Store {
                 let mut listener = sqlx::postgres::PgListener::connect(&url).await.map_err(db_err)?;
                 listener.listen(NOTIFY_CHANNEL).await.map_err(db_err)?;
                 tokio::spawn(listen_loop(listener, hub.clone()));
+                if durability == Durability::OsBuffered {
+                    sqlx::raw_sql("SET synchronous_commit = off").execute(&mut writer).await.map_err(db_err)?;
+                }
                 WriterTask(tokio::spawn(writer_task(writer, rx, url.clone())))
             }
         };

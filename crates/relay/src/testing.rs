@@ -96,6 +96,7 @@ pub async fn spawn_relay(dir: &std::path::Path) -> (tamizdat_wire::proto::RelayD
         retention: std::time::Duration::from_secs(86_400),
         store: None,
         limits: Default::default(),
+        durability: Default::default(),
         admin: None,
     };
     let relay = crate::Relay::bind(config).await.unwrap();

@@ -282,13 +282,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Servers use every core; a client command is one conversation with one relay.
     let server = matches!(cli.command, Command::Relay { command: RelayCommand::Serve { .. } } | Command::Bridge { .. });
-    let filter = std::env::var("TAMIZDAT_LOG").unwrap_or_else(|_| {
-        if server {
-            "info".into()
-        } else {
-            "error".into()
-        }
-    });
+    let filter = std::env::var("TAMIZDAT_LOG").unwrap_or_else(|_| if server { "info".into() } else { "error".into() });
     // Logs go to stderr; TAMIZDAT_LOG_FORMAT=json gives one JSON object per line for log
     // collectors. Nothing the relay logs names a client, an address or an id.
     let builder = tracing_subscriber::fmt()
@@ -787,6 +781,7 @@ async fn relay(cli: &Cli, command: &RelayCommand) -> Result<(), Failure> {
                 retention,
                 store: store.as_deref().or(file.store.as_deref()).map(tamizdat_relay::store::StoreLocation::parse),
                 limits: file.limits.clone(),
+                durability: file.durability,
                 admin: admin.or(file.admin),
             };
             let relay = Relay::bind(config).await?;
@@ -861,6 +856,7 @@ struct RelayFile {
     store: Option<String>,
     retention: Option<String>,
     admin: Option<SocketAddr>,
+    durability: tamizdat_relay::store::Durability,
     limits: tamizdat_relay::Limits,
 }
 

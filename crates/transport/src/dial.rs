@@ -186,7 +186,18 @@ pub async fn tls_handshake(
         Endpoint::Ip(a) => ServerName::IpAddress(a.ip().into()),
         Endpoint::Pt(b) => ServerName::IpAddress(b.addr.ip().into()),
     };
-    let connector = TlsConnector::from(pinned_client_config(&relay.cert_sha256)?);
+    tls_handshake_with(pinned_client_config(&relay.cert_sha256)?, server_name, name, io).await
+}
+
+/// TLS with a given client configuration (one shared configuration lets a client resume
+/// sessions).
+pub async fn tls_handshake_with(
+    config: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+    name: String,
+    io: BoxIo,
+) -> Result<TlsStream<BoxIo>, TransportError> {
+    let connector = TlsConnector::from(config);
     timeout(HANDSHAKE_TIMEOUT, connector.connect(server_name, io))
         .await
         .map_err(|_| TransportError::Timeout { step: "TLS handshake", endpoint: name.clone() })?

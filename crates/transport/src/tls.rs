@@ -68,6 +68,10 @@ impl RelayCert {
             .with_single_cert(vec![CertificateDer::from(self.cert_der.clone())], key)
             .map_err(|e| TransportError::Setup(e.to_string()))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Returning clients resume with a ticket instead of a full handshake, and the relay
+        // keeps no per-client state for it (the ticket keys rotate).
+        config.ticketer =
+            rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| TransportError::Setup(e.to_string()))?;
         Ok(Arc::new(config))
     }
 }

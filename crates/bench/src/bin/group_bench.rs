@@ -112,6 +112,7 @@ async fn start_relay(dir: &Path) -> anyhow::Result<String> {
         retention: Duration::from_secs(86_400),
         store: None,
         limits: tamizdat_relay::Limits { requests_per_second: 1e6, requests_burst: 1e6, ..Default::default() },
+        durability: Default::default(),
         admin: None,
     };
     let relay = Relay::bind(config).await?;

@@ -1,0 +1,259 @@
+//! Connection-level measurements: idle connections held and what each costs the relay, TLS
+//! handshakes per second (full and resumed), and a reconnect storm.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use futures_util::{StreamExt, stream};
+use prost::Message;
+use rustls::{ClientConfig, client::Resumption, pki_types::ServerName};
+use serde::Serialize;
+use tamizdat_transport::{
+    client::Connection,
+    dial::{counted, open_protocol, tls_handshake_with},
+    endpoint::Endpoint,
+    tls::pinned_client_config,
+};
+use tamizdat_wire::{
+    frame,
+    limits::{MAX_VERSION, MIN_VERSION},
+    proto::{ClientFrame, Command, Hello, Op, RelayDescriptor, Reply, ServerFrame},
+};
+
+use crate::relay_proc::{RelayProcess, percentile};
+
+/// Ports one source address can use towards one relay address (the kernel's ephemeral
+/// range, with room to spare).
+const PER_SOURCE: usize = 20_000;
+
+/// A relay's plain IP endpoint and its descriptor.
+pub fn target(relay: &RelayProcess) -> anyhow::Result<(RelayDescriptor, SocketAddr)> {
+    let d = RelayDescriptor::from_link(&relay.link)?;
+    let addr = d
+        .parsed_endpoints()
+        .into_iter()
+        .find_map(|e| match e {
+            Endpoint::Ip(a) => Some(a),
+            _ => None,
+        })
+        .context("the relay link has no IP endpoint")?;
+    Ok((d, addr))
+}
+
+/// The `i`-th loopback source address (127.0.0.2 onwards), so that connection counts are not
+/// capped by one address's ports.
+fn source(i: usize, per_source: usize) -> Ipv4Addr {
+    let n = (i / per_source) as u32 + 2;
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 0)) + n)
+}
+
+async fn tcp_from(src: Ipv4Addr, to: SocketAddr) -> anyhow::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((src, 0)))?;
+    Ok(socket.connect(to).await?)
+}
+
+/// TCP from `src`, TLS with `config`, the WebSocket upgrade and the protocol hello: a session
+/// the relay holds.
+async fn open_session(
+    d: &RelayDescriptor,
+    to: SocketAddr,
+    src: Ipv4Addr,
+    config: Arc<ClientConfig>,
+) -> anyhow::Result<Connection> {
+    let endpoint = Endpoint::Ip(to);
+    let (io, received) = counted(tcp_from(src, to).await?);
+    let tls = tls_handshake_with(config, ServerName::IpAddress(to.ip().into()), to.to_string(), io).await?;
+    let mut conn = open_protocol(d, &endpoint, tls, received).await?;
+    let hello = Command { op: Some(Op::Hello(Hello { min_version: MIN_VERSION, max_version: MAX_VERSION })) };
+    conn.send(frame::encode(&ClientFrame { request_id: 1, command: hello.encode_to_vec(), signature: vec![] })?)
+        .await?;
+    let reply: ServerFrame = frame::decode(&conn.recv().await?)?;
+    if !matches!(reply.reply, Some(Reply::HelloOk(_))) {
+        bail!("no hello from the relay");
+    }
+    Ok(conn)
+}
+
+fn client_config(d: &RelayDescriptor, resume: bool) -> anyhow::Result<Arc<ClientConfig>> {
+    let mut config = (*pinned_client_config(&d.cert_sha256)?).clone();
+    config.resumption = if resume { Resumption::in_memory_sessions(4096) } else { Resumption::disabled() };
+    Ok(Arc::new(config))
+}
+
+/// Idle sessions held by one relay.
+#[derive(Debug, Serialize)]
+pub struct Idle {
+    /// Sessions asked for.
+    pub wanted: usize,
+    /// Sessions open and greeted at the end.
+    pub held: usize,
+    /// Seconds to open them all.
+    pub open_seconds: f64,
+    /// Relay resident memory before (MiB).
+    pub rss_before_mib: f64,
+    /// And with every session held.
+    pub rss_after_mib: f64,
+    /// Relay memory per held session (KiB).
+    pub kib_per_connection: f64,
+}
+
+/// Opens `n` sessions (256 at a time) and holds them while the relay's memory is read.
+pub async fn idle(relay: &RelayProcess, n: usize) -> anyhow::Result<Idle> {
+    let (d, to) = target(relay)?;
+    let config = client_config(&d, true)?;
+    let rss_before = relay.usage().rss_kib;
+    let start = Instant::now();
+    let opened: Vec<anyhow::Result<Connection>> = stream::iter(0..n)
+        .map(|i| open_session(&d, to, source(i, PER_SOURCE), config.clone()))
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    let open_seconds = start.elapsed().as_secs_f64();
+    let (held, failed): (Vec<_>, Vec<_>) = opened.into_iter().partition(|r| r.is_ok());
+    if let Some(Err(e)) = failed.into_iter().next() {
+        eprintln!("  note: {} of {n} sessions failed to open; the first: {e:#}", n - held.len());
+    }
+    // Let allocations settle (handshake buffers freed) before reading.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = relay.usage().rss_kib;
+    let result = Idle {
+        wanted: n,
+        held: held.len(),
+        open_seconds,
+        rss_before_mib: rss_before as f64 / 1024.0,
+        rss_after_mib: rss_after as f64 / 1024.0,
+        kib_per_connection: rss_after.saturating_sub(rss_before) as f64 / held.len().max(1) as f64,
+    };
+    drop(held);
+    Ok(result)
+}
+
+/// TLS handshakes per second.
+#[derive(Debug, Serialize)]
+pub struct Handshakes {
+    /// Full handshakes (no resumption) per second.
+    pub full_per_second: f64,
+    /// Relay CPU during them (percent of one core).
+    pub full_relay_cpu_percent: f64,
+    /// Resumed handshakes (TLS 1.3 tickets) per second.
+    pub resumed_per_second: f64,
+    /// Relay CPU during them.
+    pub resumed_relay_cpu_percent: f64,
+}
+
+/// TCP + TLS handshakes, `parallel` at a time, for `seconds` each way.
+pub async fn handshakes(relay: &RelayProcess, seconds: f64, parallel: usize) -> anyhow::Result<Handshakes> {
+    let (d, to) = target(relay)?;
+    let mut rates = Vec::new();
+    for resume in [false, true] {
+        let config = client_config(&d, resume)?;
+        let before = relay.usage();
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs_f64(seconds);
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for p in 0..parallel {
+            let (config, done) = (config.clone(), done.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut k = 0usize;
+                while Instant::now() < deadline {
+                    // Spread over source addresses: closed connections wait in TIME_WAIT.
+                    let src = source(10 + (p + k * parallel) % 64, 1);
+                    k += 1;
+                    let Ok(tcp) = tcp_from(src, to).await else { continue };
+                    let (io, _) = counted(tcp);
+                    let name = ServerName::IpAddress(to.ip().into());
+                    if let Ok(mut tls) = tls_handshake_with(config.clone(), name, to.to_string(), io).await {
+                        // Reading nothing, but letting the session tickets arrive.
+                        if resume {
+                            use tokio::io::AsyncReadExt;
+                            let mut buf = [0u8; 1];
+                            let _ = tokio::time::timeout(Duration::from_millis(1), tls.read(&mut buf)).await;
+                        }
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let n = done.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        rates.push((n / elapsed, before.cpu_percent(relay.usage(), elapsed)));
+    }
+    Ok(Handshakes {
+        full_per_second: rates[0].0,
+        full_relay_cpu_percent: rates[0].1,
+        resumed_per_second: rates[1].0,
+        resumed_relay_cpu_percent: rates[1].1,
+    })
+}
+
+/// Every client of a relay reconnecting at once.
+#[derive(Debug, Serialize)]
+pub struct Storm {
+    /// Clients.
+    pub clients: usize,
+    /// Sessions back (TLS, WebSocket, hello) at the end.
+    pub reconnected: usize,
+    /// Until the last one was back.
+    pub all_back_seconds: f64,
+    /// Time to reconnect, per client.
+    pub reconnect_ms_p50: f64,
+    /// 99th percentile.
+    pub reconnect_ms_p99: f64,
+}
+
+/// Opens `n` sessions, drops them all at once, and reconnects all of them at once with full
+/// handshakes (a relay restart, or a network that cut everyone).
+pub async fn storm(relay: &RelayProcess, n: usize) -> anyhow::Result<Storm> {
+    let (d, to) = target(relay)?;
+    let config = client_config(&d, false)?;
+    let first: Vec<Connection> = stream::iter(0..n)
+        .map(|i| open_session(&d, to, source(100 + i, PER_SOURCE), config.clone()))
+        .buffer_unordered(256)
+        .filter_map(|r| async move { r.ok() })
+        .collect()
+        .await;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (d, config) = (d.clone(), config.clone());
+        tasks.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            // A client retries until it is back, as a real one would.
+            for _ in 0..20 {
+                if let Ok(conn) = open_session(&d, to, source(100 + n + i, PER_SOURCE), config.clone()).await {
+                    return Some((t0.elapsed(), conn));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            None
+        }));
+    }
+    let mut times = Vec::new();
+    let mut held = Vec::new();
+    for t in tasks {
+        if let Some((d, conn)) = t.await? {
+            times.push(d);
+            held.push(conn);
+        }
+    }
+    let all_back_seconds = start.elapsed().as_secs_f64();
+    times.sort_unstable();
+    Ok(Storm {
+        clients: n,
+        reconnected: times.len(),
+        all_back_seconds,
+        reconnect_ms_p50: percentile(&times, 0.5).as_secs_f64() * 1e3,
+        reconnect_ms_p99: percentile(&times, 0.99).as_secs_f64() * 1e3,
+    })
+}

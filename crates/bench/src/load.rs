@@ -1,0 +1,237 @@
+//! Durable relayed messages through a relay: writers append to conversation logs over the
+//! real carrier, every other member of the conversation reads them (notice, read, ack), the
+//! way a client does.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use ed25519_dalek::{Signer, SigningKey};
+use prost::Message;
+use tamizdat_client::relay::RelayClient;
+use tamizdat_wire::{
+    auth_payload, frame,
+    proto::{
+        AckLog, Append, ClientFrame, Command as WireCommand, CreateLog, Op, ReadLog, RelayDescriptor, Reply,
+        ServerFrame, Subscribe,
+    },
+};
+use tokio::sync::watch;
+
+use crate::{
+    relay_proc::{RelayProcess, Usage, loopback_bytes},
+    stats::{Throughput, stamp, stamped_latency},
+};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// Conversations; each has one writer.
+    pub conversations: usize,
+    /// Members per conversation: the writer and `group_size - 1` readers (2 is one-to-one).
+    pub group_size: usize,
+    /// Payload bytes per message.
+    pub payload: usize,
+    /// Appends in flight per writer.
+    pub window: usize,
+    /// Target appends per second over all writers; 0 is as fast as possible.
+    pub rate: u64,
+    /// How long writers send.
+    pub seconds: f64,
+}
+
+/// An MLS PrivateMessage-shaped application message of `size` bytes (the relay reads its
+/// header), ending with the send time.
+fn mls_payload(size: usize, start: Instant) -> Vec<u8> {
+    let mut m = vec![0, 1, 0, 2, 16];
+    m.extend_from_slice(&[7; 16]);
+    m.extend_from_slice(&0u64.to_be_bytes());
+    m.push(1);
+    m.resize(size.max(m.len() + 8), 0x5a);
+    stamp(&mut m, start);
+    m
+}
+
+struct Conversation {
+    key: SigningKey,
+    log_id: Vec<u8>,
+    readers: Vec<RelayClient>,
+}
+
+/// Runs `spec` against `relay` and measures it.
+pub async fn run(relay: &RelayProcess, spec: &Spec) -> anyhow::Result<Throughput> {
+    let d = RelayDescriptor::from_link(&relay.link)?;
+    let mut conversations = Vec::new();
+    for _ in 0..spec.conversations {
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let mut admin = RelayClient::connect(&d).await?;
+        let Reply::LogCreated(l) = admin
+            .call(Op::CreateLog(CreateLog { log_key: key.verifying_key().to_bytes().to_vec() }), Some(&key))
+            .await?
+        else {
+            bail!("no log");
+        };
+        admin.close().await;
+        let mut readers = Vec::new();
+        for _ in 1..spec.group_size.max(2) {
+            let mut r = RelayClient::connect(&d).await?;
+            r.subscribe(Subscribe { log_id: l.log_id.clone(), read_id: vec![] }, &key).await?;
+            readers.push(r);
+        }
+        conversations.push(Conversation { key, log_id: l.log_id, readers });
+    }
+    let (before, lo_before, counters_before) = (relay.usage(), loopback_bytes(), relay.counters());
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(spec.seconds);
+    let mut writers = Vec::new();
+    let mut readers = Vec::new();
+    for c in conversations {
+        let (done_tx, done_rx) = watch::channel(None);
+        for r in c.readers {
+            readers.push(tokio::spawn(reader(r, c.key.clone(), c.log_id.clone(), done_rx.clone(), start)));
+        }
+        writers.push(tokio::spawn(writer(d.clone(), c.key, c.log_id, spec.clone(), start, deadline, done_tx)));
+    }
+    let mut sent = 0;
+    let mut peak_rss = 0;
+    for w in writers {
+        sent += w.await??;
+        peak_rss = peak_rss.max(relay.usage().rss_kib);
+    }
+    let mut latencies = Vec::new();
+    for r in readers {
+        latencies.extend(r.await??);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let after = relay.usage();
+    let counters = relay.counters();
+    let delta = |k: &str| counters.get(k).copied().unwrap_or(0.0) - counters_before.get(k).copied().unwrap_or(0.0);
+    let batches = delta("write_batches_total");
+    Ok(Throughput::new(
+        sent,
+        latencies,
+        elapsed,
+        before.cpu_percent(after, elapsed),
+        Usage { rss_kib: after.rss_kib.max(peak_rss), ..after },
+        loopback_bytes().saturating_sub(lo_before),
+    )
+    .with_batches(batches / elapsed, if batches > 0.0 { delta("write_batch_items_total") / batches } else { 0.0 }))
+}
+
+/// Appends as fast as allowed, `window` in flight, until `deadline`; returns how many were
+/// acknowledged and tells the readers the last sequence number.
+async fn writer(
+    d: RelayDescriptor,
+    key: SigningKey,
+    log_id: Vec<u8>,
+    spec: Spec,
+    start: Instant,
+    deadline: Instant,
+    done: watch::Sender<Option<u64>>,
+) -> anyhow::Result<usize> {
+    let rc = RelayClient::connect(&d).await?;
+    let (mut conn, nonce, mut next_id) = rc.into_parts();
+    let interval = (spec.rate > 0).then(|| Duration::from_secs_f64(spec.conversations as f64 / spec.rate as f64));
+    let mut next_send = Instant::now();
+    let (mut in_flight, mut acked, mut last_seq, mut counter) = (0usize, 0usize, 0u64, 0u64);
+    loop {
+        let open = Instant::now() < deadline;
+        while open && in_flight < spec.window && interval.is_none_or(|_| Instant::now() >= next_send) {
+            counter += 1;
+            let mut dedup = counter.to_be_bytes().to_vec();
+            dedup.extend_from_slice(&rand::random::<u64>().to_be_bytes());
+            let op = Op::Append(Append {
+                log_id: log_id.clone(),
+                dedup_id: dedup,
+                payload: mls_payload(spec.payload, start),
+            });
+            let command = WireCommand { op: Some(op) }.encode_to_vec();
+            // The first request proves the log key; the relay remembers it for the session.
+            let signature = if counter == 1 {
+                key.sign(&auth_payload(&nonce, next_id, &command)).to_bytes().to_vec()
+            } else {
+                Vec::new()
+            };
+            conn.send(frame::encode(&ClientFrame { request_id: next_id, command, signature })?).await?;
+            next_id += 1;
+            in_flight += 1;
+            if let Some(i) = interval {
+                next_send += i;
+            }
+        }
+        if in_flight == 0 {
+            if !open {
+                break;
+            }
+            tokio::time::sleep_until(next_send.into()).await;
+            continue;
+        }
+        let wait = if interval.is_some() && open { Some(next_send) } else { None };
+        let reply = match wait {
+            Some(t) => match tokio::time::timeout_at(t.into(), conn.recv()).await {
+                Ok(r) => r?,
+                Err(_) => continue,
+            },
+            None => conn.recv().await?,
+        };
+        let f: ServerFrame = frame::decode(&reply)?;
+        match f.reply {
+            Some(Reply::Appended(a)) => {
+                in_flight -= 1;
+                acked += 1;
+                last_seq = last_seq.max(a.seq);
+            }
+            other => bail!("append refused: {other:?}"),
+        }
+    }
+    let _ = done.send(Some(last_seq));
+    conn.close().await;
+    Ok(acked)
+}
+
+/// Reads what each notice announces, acknowledges it, and returns each message's latency from
+/// its send time; stops once it has everything the writer stored.
+async fn reader(
+    mut rc: RelayClient,
+    key: SigningKey,
+    log_id: Vec<u8>,
+    mut done: watch::Receiver<Option<u64>>,
+    start: Instant,
+) -> anyhow::Result<Vec<Duration>> {
+    let cursor_id = rand::random::<[u8; 16]>().to_vec();
+    let mut latencies = Vec::new();
+    let mut last = 0u64;
+    loop {
+        if done.borrow().is_some_and(|final_seq| last >= final_seq) {
+            break;
+        }
+        tokio::select! {
+            n = rc.next_notice() => {
+                if n?.seq <= last {
+                    continue;
+                }
+            }
+            // The writer finished: read whatever is left even if its notice went by.
+            changed = done.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+        }
+        loop {
+            let read = Op::ReadLog(ReadLog { log_id: log_id.clone(), after: last, limit: 256, max_bytes: 0 });
+            let Reply::Entries(e) = rc.call(read, Some(&key)).await? else { bail!("no entries") };
+            let now = Instant::now();
+            for entry in &e.entries {
+                latencies.push(stamped_latency(&entry.payload, start, now));
+                last = last.max(entry.seq);
+            }
+            if !e.more || e.entries.is_empty() {
+                break;
+            }
+        }
+        let ack = Op::AckLog(AckLog { log_id: log_id.clone(), cursor_id: cursor_id.clone(), up_to: last });
+        rc.call(ack, Some(&key)).await?;
+    }
+    rc.close().await;
+    Ok(latencies)
+}

@@ -1,0 +1,151 @@
+//! A relay process started for a measurement, and what the kernel says about it.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+};
+
+use anyhow::{Context, bail};
+
+/// A relay on loopback with limits opened up for load (every client is local), killed on drop.
+pub struct RelayProcess {
+    child: Child,
+    /// Its link.
+    pub link: String,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl RelayProcess {
+    /// Starts `tamizdat relay serve` from `bin` with `store` (default: its embedded SQLite).
+    /// `durability` is `fsync` or `os-buffered` (see the relay's configuration).
+    pub fn start(bin: &PathBuf, store: Option<&str>, max_connections: usize, durability: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("bench.toml");
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        std::fs::write(
+            &config,
+            format!(
+                "admin = \"{admin}\"\ndurability = \"{durability}\"\n[limits]\nconnections_per_address = 1000000\nnew_connections_per_second = 1000000.0\n\
+                 new_connections_burst = 1000000.0\nrequests_per_second = 1000000000.0\nrequests_burst = 1000000000.0\n\
+                 max_connections = {max_connections}\n"
+            ),
+        )?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["relay", "serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("relay"))
+            .arg("--config")
+            .arg(&config)
+            .env("TAMIZDAT_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(store) = store {
+            cmd.args(["--store", store]);
+        }
+        let mut child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("relay stdout")?).read_line(&mut line)?;
+        let link = line.trim().to_string();
+        if !link.starts_with("tamizdat:relay/") {
+            bail!("the relay printed {link:?} instead of its link");
+        }
+        let relay = Self { child, link, admin, _dir: dir };
+        raise_fd_limit(relay.pid());
+        Ok(relay)
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU seconds (user + system) and resident KiB.
+    pub fn usage(&self) -> Usage {
+        Usage::of(self.pid())
+    }
+
+    /// The relay's Prometheus counters, without the `tamizdat_` prefix.
+    pub fn counters(&self) -> HashMap<String, f64> {
+        let mut text = String::new();
+        if let Ok(mut s) = std::net::TcpStream::connect(self.admin) {
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let _ = s.read_to_string(&mut text);
+        }
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once(' '))
+            .filter_map(|(k, v)| Some((k.trim_start_matches("tamizdat_").to_string(), v.trim().parse().ok()?)))
+            .collect()
+    }
+}
+
+/// A process's CPU time and resident memory at one moment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    /// User + system CPU seconds.
+    pub cpu: f64,
+    /// Resident KiB.
+    pub rss_kib: u64,
+}
+
+impl Usage {
+    /// Reads `/proc/PID/stat` and `/proc/PID/status`.
+    pub fn of(pid: u32) -> Self {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss_kib = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Self { cpu: (ticks(11) + ticks(12)) / 100.0, rss_kib }
+    }
+
+    /// CPU use between two readings over `seconds`, in percent of one core.
+    pub fn cpu_percent(self, later: Usage, seconds: f64) -> f64 {
+        (later.cpu - self.cpu) / seconds.max(1e-9) * 100.0
+    }
+}
+
+/// Bytes that crossed the loopback interface so far (IP packets, headers included): with
+/// nothing else busy on it, the cost of a run on the wire.
+pub fn loopback_bytes() -> u64 {
+    let dev = std::fs::read_to_string("/proc/net/dev").unwrap_or_default();
+    dev.lines()
+        .find_map(|l| l.trim_start().strip_prefix("lo:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Lets a process hold many sockets: the soft and hard open-file limits go up when the
+/// kernel allows it (root). Best effort; `prlimit` is part of util-linux.
+pub fn raise_fd_limit(pid: u32) {
+    let _ = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--nofile=1048576:1048576"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The value at fraction `p` of sorted samples.
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    if sorted.is_empty() {
+        return std::time::Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}

@@ -1,0 +1,98 @@
+//! What one throughput run measured, the same way for Tamizdat and for JetStream.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::relay_proc::{Usage, percentile};
+
+/// Writes the time since `start` (microseconds) into the payload's last 8 bytes.
+pub fn stamp(payload: &mut [u8], start: Instant) {
+    let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    if let Some(tail) = payload.len().checked_sub(8).and_then(|at| payload.get_mut(at..)) {
+        tail.copy_from_slice(&micros.to_be_bytes());
+    }
+}
+
+/// Latency of a stamped payload received at `now`.
+pub fn stamped_latency(payload: &[u8], start: Instant, now: Instant) -> Duration {
+    let sent = payload
+        .len()
+        .checked_sub(8)
+        .and_then(|at| payload.get(at..))
+        .and_then(|tail| <[u8; 8]>::try_from(tail).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0);
+    now.saturating_duration_since(start + Duration::from_micros(sent))
+}
+
+/// The result of one throughput run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Throughput {
+    /// Messages the sender had acknowledged (durable).
+    pub sent: usize,
+    /// Copies received by recipients (a group message counts once per recipient).
+    pub delivered: usize,
+    /// Wall time from the first send to the last receipt.
+    pub seconds: f64,
+    /// Acknowledged messages per second.
+    pub sent_per_second: f64,
+    /// Received copies per second.
+    pub delivered_per_second: f64,
+    /// Send to receipt by the recipient, milliseconds.
+    pub latency_ms_p50: f64,
+    /// 99th percentile.
+    pub latency_ms_p99: f64,
+    /// 99.9th percentile.
+    pub latency_ms_p999: f64,
+    /// Server CPU, percent of one core (200 is both cores of this machine).
+    pub server_cpu_percent: f64,
+    /// Server resident memory at the end (MiB).
+    pub server_rss_mib: f64,
+    /// Loopback bytes (TLS, TCP/IP headers, both directions) per delivered copy.
+    pub wire_bytes_per_message: f64,
+    /// Group-commit transactions per second (Tamizdat only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commits_per_second: Option<f64>,
+    /// Writes per transaction (Tamizdat only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writes_per_commit: Option<f64>,
+}
+
+impl Throughput {
+    /// Summarises a run.
+    pub fn new(
+        sent: usize,
+        mut latencies: Vec<Duration>,
+        seconds: f64,
+        cpu_percent: f64,
+        usage: Usage,
+        wire_bytes: u64,
+    ) -> Self {
+        latencies.sort_unstable();
+        let ms = |p: f64| percentile(&latencies, p).as_secs_f64() * 1e3;
+        let delivered = latencies.len();
+        Self {
+            sent,
+            delivered,
+            seconds,
+            sent_per_second: sent as f64 / seconds.max(1e-9),
+            delivered_per_second: delivered as f64 / seconds.max(1e-9),
+            latency_ms_p50: ms(0.50),
+            latency_ms_p99: ms(0.99),
+            latency_ms_p999: ms(0.999),
+            server_cpu_percent: cpu_percent,
+            server_rss_mib: usage.rss_kib as f64 / 1024.0,
+            wire_bytes_per_message: wire_bytes as f64 / delivered.max(1) as f64,
+            commits_per_second: None,
+            writes_per_commit: None,
+        }
+    }
+
+    /// Adds the relay's group-commit figures.
+    pub fn with_batches(mut self, commits_per_second: f64, writes_per_commit: f64) -> Self {
+        self.commits_per_second = Some(commits_per_second);
+        self.writes_per_commit = Some(writes_per_commit);
+        self
+    }
+}
