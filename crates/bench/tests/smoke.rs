@@ -1,0 +1,68 @@
+//! The benchmark tool works end to end, in small: every measurement runs against a real relay
+//! (the `tamizdat` binary of this build) and against the JetStream server on this machine, and
+//! reports numbers that say something was delivered.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let tamizdat = std::path::Path::new(env!("CARGO_BIN_EXE_tamizdat-bench")).with_file_name("tamizdat");
+    assert!(tamizdat.exists(), "the tamizdat binary is built next to the bench: {}", tamizdat.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_tamizdat-bench"))
+        .args(args)
+        .arg("--tamizdat")
+        .arg(&tamizdat)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tamizdat-bench {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+}
+
+fn number(v: &serde_json::Value, path: &[&str]) -> f64 {
+    path.iter().fold(v, |v, k| &v[*k]).as_f64().unwrap_or_else(|| panic!("no {path:?} in {v}"))
+}
+
+#[test]
+fn a_relay_load_delivers_what_was_acknowledged_with_latencies() {
+    let v = bench(&["load", "--conversations", "4", "--group-size", "3", "--seconds", "1", "--rate", "400"]);
+    let sent = number(&v, &["load", "sent"]);
+    assert!(sent > 100.0, "{v}");
+    assert_eq!(number(&v, &["load", "delivered"]), 2.0 * sent, "two readers per conversation get every message");
+    assert!(number(&v, &["load", "latency_ms_p99"]) > 0.0);
+    assert!(number(&v, &["load", "wire_bytes_per_message"]) > 256.0);
+}
+
+#[test]
+fn the_jetstream_reference_runs_on_this_machine() {
+    let reachable = std::net::TcpStream::connect("127.0.0.1:4222").is_ok();
+    if !reachable && std::env::var("CI").is_err() {
+        eprintln!("skipped: no NATS at 127.0.0.1:4222 (CI fails instead)");
+        return;
+    }
+    let v = bench(&["load", "--jetstream", "--conversations", "2", "--seconds", "1", "--rate", "200"]);
+    let sent = number(&v, &["load", "sent"]);
+    assert!(sent > 50.0, "{v}");
+    assert_eq!(number(&v, &["load", "delivered"]), sent);
+}
+
+#[test]
+fn connection_measurements_hold_handshake_and_reconnect() {
+    let idle = bench(&["idle", "--connections", "200"]);
+    assert_eq!(number(&idle, &["idle", "held"]), 200.0);
+    assert!(number(&idle, &["idle", "kib_per_connection"]) > 0.0);
+    let hs = bench(&["handshakes", "--seconds", "0.5", "--parallel", "4"]);
+    assert!(number(&hs, &["handshakes", "full_per_second"]) > 10.0, "{hs}");
+    assert!(number(&hs, &["handshakes", "resumed_per_second"]) > 10.0, "{hs}");
+    let storm = bench(&["storm", "--clients", "100"]);
+    assert_eq!(number(&storm, &["storm", "reconnected"]), 100.0);
+}
