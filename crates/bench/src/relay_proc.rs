@@ -52,7 +52,12 @@ impl RelayProcess {
         if let Some(store) = store {
             cmd.args(["--store", store]);
         }
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let mut child = cmd.spawn().with_context(|| {
+            format!(
+                "starting {} (build it with `cargo build --release -p tamizdat`, or pass --tamizdat)",
+                bin.display()
+            )
+        })?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().context("relay stdout")?).read_line(&mut line)?;
         let link = line.trim().to_string();

@@ -206,8 +206,12 @@ fn reply_frame(request_id: u64, result: Result<Reply, Refusal>) -> Vec<u8> {
         Metrics::inc(&metrics::global().refusals_total);
         error_reply(&r)
     });
-    // A reply always fits its frame: entries are bounded by the read budget.
-    frame::encode(&ServerFrame { request_id, reply: Some(reply) }).unwrap_or_default()
+    // Entries are bounded by the read budget, so a reply fits its frame; if one ever did not,
+    // the client hears so instead of getting an empty frame.
+    frame::encode(&ServerFrame { request_id, reply: Some(reply) }).unwrap_or_else(|_| {
+        let too_big = error_reply(&refuse(ErrorCode::Internal, "the reply did not fit a frame"));
+        frame::encode(&ServerFrame { request_id, reply: Some(too_big) }).unwrap_or_default()
+    })
 }
 
 /// How long frames may take to leave: a peer that stops reading loses its connection
