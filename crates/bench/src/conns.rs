@@ -3,14 +3,17 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 use futures_util::{StreamExt, stream};
 use prost::Message;
-use rustls::{ClientConfig, client::Resumption, pki_types::ServerName};
+use rustls::{ClientConfig, HandshakeKind, client::Resumption, pki_types::ServerName};
 use serde::Serialize;
 use tamizdat_transport::{
     client::Connection,
@@ -23,8 +26,9 @@ use tamizdat_wire::{
     limits::{MAX_VERSION, MIN_VERSION},
     proto::{ClientFrame, Command, Hello, Op, RelayDescriptor, Reply, ServerFrame},
 };
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::relay_proc::{RelayProcess, percentile};
+use crate::{relay_proc::RelayProcess, stats::percentile};
 
 /// Ports one source address can use towards one relay address (the kernel's ephemeral
 /// range, with room to spare).
@@ -54,7 +58,10 @@ fn source(i: usize, per_source: usize) -> Ipv4Addr {
 async fn tcp_from(src: Ipv4Addr, to: SocketAddr) -> anyhow::Result<tokio::net::TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(SocketAddr::from((src, 0)))?;
-    Ok(socket.connect(to).await?)
+    let tcp = socket.connect(to).await?;
+    // As the client's own dialer does: small writes leave at once.
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
 }
 
 /// TCP from `src`, TLS with `config`, the WebSocket upgrade and the protocol hello: a session
@@ -136,17 +143,20 @@ pub async fn idle(relay: &RelayProcess, n: usize) -> anyhow::Result<Idle> {
 /// TLS handshakes per second.
 #[derive(Debug, Serialize)]
 pub struct Handshakes {
-    /// Full handshakes (no resumption) per second.
+    /// Full handshakes (no resumption) per second, each with one front-page request.
     pub full_per_second: f64,
     /// Relay CPU during them (percent of one core).
     pub full_relay_cpu_percent: f64,
-    /// Resumed handshakes (TLS 1.3 tickets) per second.
+    /// Handshakes per second with a client that keeps session tickets.
     pub resumed_per_second: f64,
+    /// Of those, the share that did resume (the rest fell back to a full handshake).
+    pub resumed_share: f64,
     /// Relay CPU during them.
     pub resumed_relay_cpu_percent: f64,
 }
 
-/// TCP + TLS handshakes, `parallel` at a time, for `seconds` each way.
+/// TCP + TLS handshakes, each followed by one request for the cover site's front page,
+/// `parallel` at a time, for `seconds` each way.
 pub async fn handshakes(relay: &RelayProcess, seconds: f64, parallel: usize) -> anyhow::Result<Handshakes> {
     let (d, to) = target(relay)?;
     let mut rates = Vec::new();
@@ -155,10 +165,11 @@ pub async fn handshakes(relay: &RelayProcess, seconds: f64, parallel: usize) -> 
         let before = relay.usage();
         let start = Instant::now();
         let deadline = start + Duration::from_secs_f64(seconds);
-        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let done = Arc::new(AtomicUsize::new(0));
+        let resumed = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for p in 0..parallel {
-            let (config, done) = (config.clone(), done.clone());
+            let (config, done, resumed) = (config.clone(), done.clone(), resumed.clone());
             tasks.push(tokio::spawn(async move {
                 let mut k = 0usize;
                 while Instant::now() < deadline {
@@ -169,13 +180,16 @@ pub async fn handshakes(relay: &RelayProcess, seconds: f64, parallel: usize) -> 
                     let (io, _) = counted(tcp);
                     let name = ServerName::IpAddress(to.ip().into());
                     if let Ok(mut tls) = tls_handshake_with(config.clone(), name, to.to_string(), io).await {
-                        // Reading nothing, but letting the session tickets arrive.
-                        if resume {
-                            use tokio::io::AsyncReadExt;
-                            let mut buf = [0u8; 1];
-                            let _ = tokio::time::timeout(Duration::from_millis(1), tls.read(&mut buf)).await;
+                        // One request for the front page, as a browser would make: the relay
+                        // sends its session tickets with its first bytes, so a client that
+                        // hangs up without a reply has nothing to resume with.
+                        if first_response(&mut tls).await.is_err() {
+                            continue;
                         }
-                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) {
+                            resumed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        done.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }));
@@ -184,15 +198,27 @@ pub async fn handshakes(relay: &RelayProcess, seconds: f64, parallel: usize) -> 
             t.await?;
         }
         let elapsed = start.elapsed().as_secs_f64();
-        let n = done.load(std::sync::atomic::Ordering::Relaxed) as f64;
-        rates.push((n / elapsed, before.cpu_percent(relay.usage(), elapsed)));
+        let n = done.load(Ordering::Relaxed) as f64;
+        let share = resumed.load(Ordering::Relaxed) as f64 / n.max(1.0);
+        rates.push((n / elapsed, before.cpu_percent(relay.usage(), elapsed), share));
     }
     Ok(Handshakes {
         full_per_second: rates[0].0,
         full_relay_cpu_percent: rates[0].1,
         resumed_per_second: rates[1].0,
         resumed_relay_cpu_percent: rates[1].1,
+        resumed_share: rates[1].2,
     })
+}
+
+/// Asks for `/` and reads the start of the answer.
+async fn first_response(tls: &mut (impl AsyncRead + AsyncWrite + Unpin)) -> std::io::Result<()> {
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await?;
+    let mut buf = [0u8; 1024];
+    match tls.read(&mut buf).await? {
+        0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        _ => Ok(()),
+    }
 }
 
 /// Every client of a relay reconnecting at once.

@@ -54,7 +54,8 @@ fn mls_payload(size: usize, start: Instant) -> Vec<u8> {
 struct Conversation {
     key: SigningKey,
     log_id: Vec<u8>,
-    readers: Vec<RelayClient>,
+    /// Each reader's connection and cursor.
+    readers: Vec<(RelayClient, Vec<u8>)>,
 }
 
 /// Runs `spec` against `relay` and measures it.
@@ -75,7 +76,12 @@ pub async fn run(relay: &RelayProcess, spec: &Spec) -> anyhow::Result<Throughput
         for _ in 1..spec.group_size.max(2) {
             let mut r = RelayClient::connect(&d).await?;
             r.subscribe(Subscribe { log_id: l.log_id.clone(), read_id: vec![] }, &key).await?;
-            readers.push(r);
+            // A member's cursor exists from the start, as a joining client registers it: the
+            // relay deletes entries every registered cursor has passed.
+            let cursor_id = rand::random::<[u8; 16]>().to_vec();
+            let register = AckLog { log_id: l.log_id.clone(), cursor_id: cursor_id.clone(), up_to: 0 };
+            r.call(Op::AckLog(register), Some(&key)).await?;
+            readers.push((r, cursor_id));
         }
         conversations.push(Conversation { key, log_id: l.log_id, readers });
     }
@@ -86,8 +92,8 @@ pub async fn run(relay: &RelayProcess, spec: &Spec) -> anyhow::Result<Throughput
     let mut readers = Vec::new();
     for c in conversations {
         let (done_tx, done_rx) = watch::channel(None);
-        for r in c.readers {
-            readers.push(tokio::spawn(reader(r, c.key.clone(), c.log_id.clone(), done_rx.clone(), start)));
+        for (r, cursor_id) in c.readers {
+            readers.push(tokio::spawn(reader(r, c.key.clone(), c.log_id.clone(), cursor_id, done_rx.clone(), start)));
         }
         writers.push(tokio::spawn(writer(d.clone(), c.key, c.log_id, spec.clone(), start, deadline, done_tx)));
     }
@@ -194,10 +200,10 @@ async fn reader(
     mut rc: RelayClient,
     key: SigningKey,
     log_id: Vec<u8>,
+    cursor_id: Vec<u8>,
     mut done: watch::Receiver<Option<u64>>,
     start: Instant,
 ) -> anyhow::Result<Vec<Duration>> {
-    let cursor_id = rand::random::<[u8; 16]>().to_vec();
     let mut latencies = Vec::new();
     let mut last = 0u64;
     loop {

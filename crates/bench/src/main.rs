@@ -36,7 +36,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// The whole suite and its table (the default): about 5 minutes; `--long` for the big
+    /// The whole suite and its table (the default): about 2 minutes; `--long` for the big
     /// connection counts.
     Suite {
         /// 100,000 idle connections, a 20,000-client storm, longer runs, PostgreSQL.
@@ -119,6 +119,8 @@ struct Bench {
     tamizdat: PathBuf,
     nats: String,
     results: serde_json::Map<String, serde_json::Value>,
+    /// Throughput runs in the order they ran, for the table.
+    runs: Vec<(String, Throughput)>,
 }
 
 impl Bench {
@@ -136,6 +138,7 @@ impl Bench {
         let relay = self.relay(store, durability)?;
         let t = load::run(&relay, spec).await.with_context(|| format!("{label}: Tamizdat run"))?;
         self.record(label, &t);
+        self.runs.push((label.to_string(), t.clone()));
         Ok(t)
     }
 
@@ -144,6 +147,7 @@ impl Bench {
         let pid = jetstream::server_pid(port).context("no nats-server process found for the JetStream address")?;
         let t = jetstream::run(&self.nats, pid, spec).await.with_context(|| format!("{label}: JetStream run"))?;
         self.record(label, &t);
+        self.runs.push((label.to_string(), t.clone()));
         Ok(t)
     }
 
@@ -162,7 +166,7 @@ fn main() -> anyhow::Result<()> {
     };
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(cli.client_threads.max(1)).enable_all().build()?;
-    let mut bench = Bench { tamizdat, nats: cli.nats.clone(), results: serde_json::Map::new() };
+    let mut bench = Bench { tamizdat, nats: cli.nats.clone(), results: serde_json::Map::new(), runs: Vec::new() };
     let started = Instant::now();
     let command = cli.command.unwrap_or(Cmd::Suite { long: false });
     let table = rt.block_on(async {
@@ -170,12 +174,12 @@ fn main() -> anyhow::Result<()> {
             Cmd::Suite { long } => suite(&mut bench, long).await,
             Cmd::Load { load, jetstream, store, durability } => {
                 let spec = load.spec();
-                let t = if jetstream {
-                    bench.jetstream("load", &spec).await?
+                if jetstream {
+                    bench.jetstream("load", &spec).await?;
                 } else {
-                    bench.tamizdat("load", &spec, store.as_deref(), &durability).await?
-                };
-                Ok(throughput_table(&[("load", &t)]))
+                    bench.tamizdat("load", &spec, store.as_deref(), &durability).await?;
+                }
+                Ok(throughput_table(&bench.runs))
             }
             Cmd::Idle { connections } => {
                 let relay = bench.relay(None, "fsync")?;
@@ -213,30 +217,18 @@ async fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
     let one_to_one = Spec { conversations: 64, group_size: 2, payload: 256, window: 32, rate: 0, seconds };
     let paced = Spec { rate: 20_000, ..one_to_one.clone() };
     let groups = Spec { conversations: 16, group_size: 8, ..one_to_one.clone() };
-    let mut rows = Vec::new();
     let t_fsync = bench.tamizdat("tamizdat 1:1 max, fsync", &one_to_one, None, "fsync").await?;
     let t_os = bench.tamizdat("tamizdat 1:1 max, os-buffered", &one_to_one, None, "os-buffered").await?;
-    let j = bench.jetstream("jetstream 1:1 max", &one_to_one).await?;
+    let j = bench.jetstream("jetstream 1:1 max (acked before fsync)", &one_to_one).await?;
     let t_paced = bench.tamizdat("tamizdat 1:1 at 20k/s, fsync", &paced, None, "fsync").await?;
     let j_paced = bench.jetstream("jetstream 1:1 at 20k/s", &paced).await?;
     let t_groups = bench.tamizdat("tamizdat groups of 8, fsync", &groups, None, "fsync").await?;
     let j_groups = bench.jetstream("jetstream groups of 8", &groups).await?;
-    rows.push(("tamizdat 1:1 max, fsync", t_fsync.clone()));
-    rows.push(("tamizdat 1:1 max, os-buffered", t_os.clone()));
-    rows.push(("jetstream 1:1 max (acked before fsync)", j.clone()));
-    rows.push(("tamizdat 1:1 at 20k/s, fsync", t_paced.clone()));
-    rows.push(("jetstream 1:1 at 20k/s", j_paced.clone()));
-    rows.push(("tamizdat groups of 8, fsync", t_groups.clone()));
-    rows.push(("jetstream groups of 8", j_groups.clone()));
     if long {
         let pg = "postgres://postgres@127.0.0.1:5432/test";
-        rows.push((
-            "tamizdat 1:1 max, PostgreSQL",
-            bench.tamizdat("tamizdat 1:1 max, PostgreSQL", &one_to_one, Some(pg), "fsync").await?,
-        ));
+        bench.tamizdat("tamizdat 1:1 max, PostgreSQL", &one_to_one, Some(pg), "fsync").await?;
     }
-    let table_rows: Vec<(&str, &Throughput)> = rows.iter().map(|(l, t)| (*l, t)).collect();
-    let mut out = throughput_table(&table_rows);
+    let mut out = throughput_table(&bench.runs);
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     out += &format!(
         "\nTamizdat / JetStream at the same durability (os-buffered vs JetStream's default): throughput {:.2}x, p99 {:.2}x\n",
@@ -272,7 +264,7 @@ async fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
         "\n| connections | result |\n|---|---|\n\
          | idle sessions held | {} of {} in {:.1} s; relay {:.0} → {:.0} MiB, {:.1} KiB each |\n\
          | TLS handshakes, full | {:.0}/s at {:.0}% relay CPU |\n\
-         | TLS handshakes, resumed | {:.0}/s at {:.0}% relay CPU |\n\
+         | TLS handshakes, resumed | {:.0}/s at {:.0}% relay CPU ({:.0}% did resume) |\n\
          | reconnect storm | {} of {} back in {:.1} s; p50 {:.0} ms, p99 {:.0} ms |\n",
         idle.held,
         idle.wanted,
@@ -284,6 +276,7 @@ async fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
         hs.full_relay_cpu_percent,
         hs.resumed_per_second,
         hs.resumed_relay_cpu_percent,
+        hs.resumed_share * 100.0,
         storm.reconnected,
         storm.clients,
         storm.all_back_seconds,
@@ -294,7 +287,7 @@ async fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
 }
 
 /// A Markdown table of throughput runs.
-fn throughput_table(rows: &[(&str, &Throughput)]) -> String {
+fn throughput_table(rows: &[(String, Throughput)]) -> String {
     let mut out = String::from(
         "| run | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server RSS MiB | wire B/msg | writes/commit |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",

@@ -145,12 +145,3 @@ pub fn raise_fd_limit(pid: u32) {
         .stderr(Stdio::null())
         .status();
 }
-
-/// The value at fraction `p` of sorted samples.
-pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
-    if sorted.is_empty() {
-        return std::time::Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::relay_proc::{Usage, percentile};
+use crate::relay_proc::Usage;
 
 /// Writes the time since `start` (microseconds) into the payload's last 8 bytes.
 pub fn stamp(payload: &mut [u8], start: Instant) {
@@ -95,4 +95,13 @@ impl Throughput {
         self.writes_per_commit = Some(writes_per_commit);
         self
     }
+}
+
+/// The value at fraction `p` of sorted samples.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
 }

@@ -63,6 +63,7 @@ fn connection_measurements_hold_handshake_and_reconnect() {
     let hs = bench(&["handshakes", "--seconds", "0.5", "--parallel", "4"]);
     assert!(number(&hs, &["handshakes", "full_per_second"]) > 10.0, "{hs}");
     assert!(number(&hs, &["handshakes", "resumed_per_second"]) > 10.0, "{hs}");
+    assert!(number(&hs, &["handshakes", "resumed_share"]) > 0.5, "most handshakes resumed: {hs}");
     let storm = bench(&["storm", "--clients", "100"]);
     assert_eq!(number(&storm, &["storm", "reconnected"]), 100.0);
 }

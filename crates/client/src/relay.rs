@@ -79,14 +79,31 @@ impl RelayClient {
     }
 
     /// Sends one command, signed with `key` if given, and waits for its reply. A relay error
-    /// comes back as [`ClientError::Relay`].
+    /// comes back as [`ClientError::Relay`]. A log's or queue's key is proven once per
+    /// connection; later commands for it go unsigned, and are signed again if the relay did
+    /// not keep the proof (it keeps a bounded number per connection).
     pub async fn call(&mut self, op: Op, key: Option<&SigningKey>) -> Result<Reply, ClientError> {
+        let target = op.signed_for().map(|c| c.id().to_vec());
+        let command = Command { op: Some(op) }.encode_to_vec();
+        let Some(key) = key else { return self.request(command, None).await };
+        let Some(target) = target else { return self.request(command, Some(key)).await };
+        if self.proven.contains(&target) {
+            match self.request(command.clone(), None).await {
+                Err(ClientError::Relay { code: ErrorCode::Unauthorized, .. }) => {
+                    self.proven.remove(&target);
+                }
+                done => return done,
+            }
+        }
+        let reply = self.request(command, Some(key)).await?;
+        self.proven.insert(target);
+        Ok(reply)
+    }
+
+    /// One request and its reply.
+    async fn request(&mut self, command: Vec<u8>, key: Option<&SigningKey>) -> Result<Reply, ClientError> {
         let request_id = self.next_id;
         self.next_id += 1;
-        let target = op.signed_for().map(<[u8]>::to_vec);
-        let key = key.filter(|_| target.as_ref().is_none_or(|id| !self.proven.contains(id)));
-        let signs_for = target.filter(|_| key.is_some());
-        let command = Command { op: Some(op) }.encode_to_vec();
         let signature = key
             .map(|k| k.sign(&auth_payload(&self.nonce, request_id, &command)).to_bytes().to_vec())
             .unwrap_or_default();
@@ -113,10 +130,7 @@ impl RelayClient {
                         current_epoch: e.current_epoch,
                     });
                 }
-                Some(reply) => {
-                    self.proven.extend(signs_for);
-                    return Ok(reply);
-                }
+                Some(reply) => return Ok(reply),
                 None => return Err(ClientError::Protocol("empty reply".into())),
             }
         }

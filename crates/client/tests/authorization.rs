@@ -4,9 +4,10 @@
 use ed25519_dalek::SigningKey;
 use prost::Message;
 use tamizdat_client::{ClientError, relay::RelayClient};
-use tamizdat_relay::testing::spawn_relay;
+use tamizdat_relay::testing::{spawn_relay, spawn_relay_with};
 use tamizdat_wire::{
     frame,
+    limits::MAX_PROVEN,
     proto::{
         AckLog, AckQueue, Append, ClientFrame, Command, CreateLog, CreateQueue, ErrorCode, Hello, Op, ReadLog,
         ReadQueue, RelayDescriptor, Reply, SendToQueue, ServerFrame, Subscribe,
@@ -170,4 +171,29 @@ async fn a_malformed_frame_closes_only_its_connection() {
             .await
             .is_ok()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_the_relay_did_not_keep_is_given_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // More requests on one connection than the default rate allows in a burst.
+    let limits = tamizdat_relay::Limits { requests_per_second: 1e6, requests_burst: 1e6, ..Default::default() };
+    let (d, _) = spawn_relay_with(dir.path(), limits).await;
+    let mut c = RelayClient::connect(&d).await.unwrap();
+    // Fill what the relay remembers for this connection: it keeps every queue it created here.
+    let reader = key();
+    for _ in 0..MAX_PROVEN {
+        let create = Op::CreateQueue(CreateQueue { read_key: reader.verifying_key().to_bytes().to_vec() });
+        c.call(create, Some(&reader)).await.unwrap();
+    }
+    // A log made elsewhere: this connection proves its key, the relay cannot keep the proof,
+    // the client believes it can send the next command unsigned.
+    let log_key = key();
+    let mut other = RelayClient::connect(&d).await.unwrap();
+    let create_log = Op::CreateLog(CreateLog { log_key: log_key.verifying_key().to_bytes().to_vec() });
+    let Reply::LogCreated(l) = other.call(create_log, Some(&log_key)).await.unwrap() else { panic!() };
+    for dedup in 1..=3u8 {
+        let append = Op::Append(Append { log_id: l.log_id.clone(), dedup_id: vec![dedup; 16], payload: mls(0, 1) });
+        assert!(matches!(c.call(append, Some(&log_key)).await.unwrap(), Reply::Appended(_)), "append {dedup}");
+    }
 }

@@ -65,8 +65,9 @@ impl NoticeHub {
         }
     }
 
-    /// Ids with at least one subscriber (for metrics and tests).
-    pub fn watched(&self) -> usize {
+    /// Ids with at least one subscriber.
+    #[cfg(test)]
+    fn watched(&self) -> usize {
         self.routes.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 }

@@ -1,7 +1,12 @@
 //! One client connection: version negotiation, then request/reply. Every check that can
 //! refuse a request (size, ids, signature) runs before any storage work.
 
-use std::{collections::HashSet, future::Future, pin::Pin, time::Duration};
+use std::{
+    collections::HashSet,
+    future::{Future, ready},
+    pin::Pin,
+    time::Duration,
+};
 
 use futures_util::{FutureExt, StreamExt, stream::FuturesOrdered};
 
@@ -9,7 +14,7 @@ use prost::Message;
 use rand::RngCore;
 use tamizdat_transport::server::{ServerWs, recv_frame, send_frames};
 use tamizdat_wire::{
-    frame,
+    Capability, frame,
     limits::{self, ID_LEN, KEY_LEN, MAX_COMMIT_PAYLOAD, MAX_PAYLOAD},
     mls::{ContentType, peek_header},
     proto::{
@@ -24,7 +29,7 @@ use crate::{
     hub::Listener,
     limits::{Bucket, Limits},
     metrics::{self, Metrics},
-    store::{Outcome, Store, Write},
+    store::{Commit, Outcome, Store, Write},
 };
 
 /// A connection with no complete request for this long is closed.
@@ -59,6 +64,9 @@ fn refuse(code: ErrorCode, message: &'static str) -> Refusal {
 /// A write handed to the store in request order, answered once its batch is durable.
 type Committing = Pin<Box<dyn Future<Output = Result<Reply, Refusal>> + Send>>;
 
+/// Encoded replies in request order, each ready once its write is durable.
+type Replies = FuturesOrdered<Pin<Box<dyn Future<Output = Vec<u8>> + Send>>>;
+
 /// What handling one request gave: its reply now, or a write still committing.
 enum Handled {
     Now(Reply),
@@ -68,8 +76,6 @@ enum Handled {
 /// Writes one session may have committing at once. A client that pipelines gets its replies
 /// in request order; past this many, the session stops reading until some are answered.
 const MAX_PIPELINE: usize = 64;
-/// Most ids one session remembers as proven; past it, requests are checked every time.
-const MAX_PROVEN: usize = 4096;
 
 /// Runs a session until the client leaves, idles out or breaks the protocol. Replies go out
 /// in request order; writes from one session commit in that order too, several per batch.
@@ -81,7 +87,7 @@ pub async fn run(mut ws: ServerWs, store: Store, limits: &Limits) {
     let mut nonce = vec![0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let mut session = Session { store, nonce, greeted: false, listener: None, proven: HashSet::new() };
-    let mut committing: FuturesOrdered<Pin<Box<dyn Future<Output = Vec<u8>> + Send>>> = FuturesOrdered::new();
+    let mut committing = Replies::new();
     // The idle clock runs from the last request, whatever notices pass in between.
     let mut last_request = tokio::time::Instant::now();
     loop {
@@ -156,28 +162,20 @@ pub async fn run(mut ws: ServerWs, store: Store, limits: &Limits) {
                 (0, Err(Refusal { fatal: true, ..refuse(ErrorCode::BadRequest, "malformed frame") }))
             }
         };
+        // Every reply takes its place in line; the loop sends it as soon as it and everything
+        // before it are ready.
         match handled {
             Ok(Handled::Later(commit)) => {
                 committing.push_back(Box::pin(async move { reply_frame(request_id, commit.await) }));
             }
-            Ok(Handled::Now(reply)) if committing.is_empty() => {
-                if !send_within(&mut ws, vec![reply_frame(request_id, Ok(reply))]).await {
-                    return;
-                }
-            }
-            Ok(Handled::Now(reply)) => {
-                committing.push_back(Box::pin(std::future::ready(reply_frame(request_id, Ok(reply)))));
-            }
-            Err(r) => {
-                let fatal = r.fatal;
+            Ok(Handled::Now(reply)) => committing.push_back(Box::pin(ready(reply_frame(request_id, Ok(reply))))),
+            Err(r) if r.fatal => {
+                // Earlier replies first, then the one that ends the session.
                 let out = reply_frame(request_id, Err(r));
-                if fatal {
-                    // Earlier replies first, then the one that ends the session.
-                    let _ = drain(&mut ws, &mut committing).await && send_within(&mut ws, vec![out]).await;
-                    break;
-                }
-                committing.push_back(Box::pin(std::future::ready(out)));
+                let _ = drain(&mut ws, &mut committing).await && send_within(&mut ws, vec![out]).await;
+                break;
             }
+            Err(r) => committing.push_back(Box::pin(ready(reply_frame(request_id, Err(r))))),
         }
     }
     let _ = ws.close(None).await;
@@ -189,10 +187,7 @@ fn is_write(op: &Op) -> bool {
 }
 
 /// Sends every reply still committing, in order.
-async fn drain(
-    ws: &mut ServerWs,
-    committing: &mut FuturesOrdered<Pin<Box<dyn Future<Output = Vec<u8>> + Send>>>,
-) -> bool {
+async fn drain(ws: &mut ServerWs, committing: &mut Replies) -> bool {
     let mut out = Vec::new();
     while let Some(frame) = committing.next().await {
         out.push(frame);
@@ -278,9 +273,8 @@ impl Session {
                 max_payload: MAX_PAYLOAD as u32,
             })));
         }
-        if let Some(id) = op.signed_for() {
-            check_id(id)?;
-            self.authorize(&op, cf).await?;
+        if let Some(capability) = op.signed_for() {
+            self.authorize(capability, cf).await?;
         }
         let signed_by = |key: &[u8]| verify_auth(key, &self.nonce, cf.request_id, &cf.command, &cf.signature);
         match op {
@@ -326,7 +320,7 @@ impl Session {
             }
             Op::AckQueue(c) => {
                 let commit = self.store.submit(Write::AckQueue { read_id: c.read_id, up_to: c.up_to }).await;
-                Ok(Handled::Later(done_when(commit)))
+                Ok(Handled::Later(done_when(commit.map_err(internal)?)))
             }
             Op::CreateLog(c) => {
                 if c.log_key.len() != KEY_LEN || !signed_by(&c.log_key) {
@@ -382,12 +376,12 @@ impl Session {
                 Ok(Handled::Now(Reply::Entries(Entries { entries, more })))
             }
             Op::Subscribe(c) => {
+                if !c.log_id.is_empty() && !c.read_id.is_empty() {
+                    return Err(refuse(ErrorCode::BadRequest, "subscribe to one log or one queue"));
+                }
                 let listener = self.listener.get_or_insert_with(|| self.store.listener());
                 if listener.ids().len() >= limits::MAX_SUBSCRIPTIONS {
                     return Err(refuse(ErrorCode::RateLimited, "too many subscriptions on one connection"));
-                }
-                if !c.log_id.is_empty() && !c.read_id.is_empty() {
-                    return Err(refuse(ErrorCode::BadRequest, "subscribe to one log or one queue"));
                 }
                 listener.watch(if c.log_id.is_empty() { c.read_id } else { c.log_id });
                 Ok(Handled::Now(Reply::Done(Done {})))
@@ -395,7 +389,7 @@ impl Session {
             Op::AckLog(c) => {
                 check_id(&c.cursor_id)?;
                 let w = Write::AckLog { log_id: c.log_id, cursor_id: c.cursor_id, up_to: c.up_to };
-                Ok(Handled::Later(done_when(self.store.submit(w).await)))
+                Ok(Handled::Later(done_when(self.store.submit(w).await.map_err(internal)?)))
             }
         }
     }
@@ -403,17 +397,15 @@ impl Session {
     /// Checks the command's signature against the key of the log or queue it is for, unless
     /// this session proved that key already. Unknown ids and wrong signatures get the same
     /// answer: no oracle for which ids exist.
-    async fn authorize(&mut self, op: &Op, cf: &ClientFrame) -> Result<(), Refusal> {
-        let Some(id) = op.signed_for() else { return Ok(()) };
+    async fn authorize(&mut self, capability: Capability<'_>, cf: &ClientFrame) -> Result<(), Refusal> {
+        let id = capability.id();
+        check_id(id)?;
         if self.proven.contains(id) {
             return Ok(());
         }
-        let (key, what) = match op {
-            Op::ReadQueue(_) | Op::AckQueue(_) => (self.store.queue_key(id).await, "not authorized for this queue"),
-            Op::Subscribe(c) if c.log_id.is_empty() => {
-                (self.store.queue_key(id).await, "not authorized for this queue")
-            }
-            _ => (self.store.log_key(id).await, "not authorized for this log"),
+        let (key, what) = match capability {
+            Capability::Queue(_) => (self.store.queue_key(id).await, "not authorized for this queue"),
+            Capability::Log(_) => (self.store.log_key(id).await, "not authorized for this log"),
         };
         match key.map_err(internal)? {
             Some(key) if verify_auth(&key, &self.nonce, cf.request_id, &cf.command, &cf.signature) => {
@@ -425,16 +417,16 @@ impl Session {
     }
 
     fn remember(&mut self, id: &[u8]) {
-        if self.proven.len() < MAX_PROVEN {
+        if self.proven.len() < limits::MAX_PROVEN {
             self.proven.insert(id.to_vec());
         }
     }
 }
 
 /// A write whose reply is just "done".
-fn done_when(commit: Result<crate::store::Commit, crate::RelayError>) -> Committing {
+fn done_when(commit: Commit) -> Committing {
     Box::pin(async move {
-        commit.map_err(internal)?.await.map_err(internal)?;
+        commit.await.map_err(internal)?;
         Ok(Reply::Done(Done {}))
     })
 }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use crate::{
     RelayError,
     hub::NoticeHub,
-    store::{Durability, Job, MAX_BATCH, Notice, Outcome, QUEUE_QUOTA, Write, next_epoch, to_i64, to_u64},
+    store::{Durability, Job, Notice, Outcome, QUEUE_QUOTA, Write, answer, fill_batch, next_epoch, to_i64, to_u64},
 };
 
 /// Opens the database file for writing with the durability every acknowledged write relies on.
@@ -36,15 +36,8 @@ pub(crate) fn open(path: &Path, durability: Durability) -> Result<Connection, Re
 /// Group commit on a blocking thread: take everything waiting, apply it in one transaction,
 /// answer after COMMIT, then announce what was stored.
 pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<NoticeHub>) {
-    let m = crate::metrics::global();
     while let Some(first) = rx.blocking_recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
+        let jobs = fill_batch(first, &mut rx);
         let mut notices = Vec::new();
         let results = match apply_batch(&mut conn, &jobs, &mut notices) {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
@@ -54,11 +47,7 @@ pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<No
                 jobs.iter().map(|_| Err(RelayError::Storage(e.to_string()))).collect::<Vec<_>>()
             }
         };
-        crate::metrics::Metrics::inc(&m.write_batches_total);
-        m.write_batch_items_total.fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        for (job, result) in jobs.into_iter().zip(results) {
-            let _ = job.reply.send(result);
-        }
+        answer(jobs, results);
         hub.publish(&notices);
     }
     let _ = conn.close();

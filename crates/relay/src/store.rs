@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// Most writes committed in one transaction.
-pub(crate) const MAX_BATCH: usize = 1024;
+const MAX_BATCH: usize = 1024;
 /// Most messages waiting in one queue; past it, senders are told to slow down.
 pub const QUEUE_QUOTA: i64 = 10_000;
 
@@ -286,10 +286,9 @@ impl Store {
                 let mut listener = sqlx::postgres::PgListener::connect(&url).await.map_err(db_err)?;
                 listener.listen(NOTIFY_CHANNEL).await.map_err(db_err)?;
                 tokio::spawn(listen_loop(listener, hub.clone()));
-                if durability == Durability::OsBuffered {
-                    sqlx::raw_sql("SET synchronous_commit = off").execute(&mut writer).await.map_err(db_err)?;
-                }
-                WriterTask(tokio::spawn(writer_task(writer, rx, url.clone())))
+                let _ = writer.close().await;
+                let writer = connect_postgres_writer(&url, durability).await.map_err(db_err)?;
+                WriterTask(tokio::spawn(writer_task(writer, rx, url.clone(), durability)))
             }
         };
         Ok((Self { pool, writer: tx, hub }, task))
@@ -458,26 +457,15 @@ fn parse_notice(payload: &str) -> Option<Notice> {
 /// after COMMIT. The announcements are NOTIFYs inside the transaction, delivered only if it
 /// commits. When the database connection is lost (a restart or failover) the writer connects
 /// to `url` again: writes fail until then, clients retry.
-async fn writer_task(mut conn: AnyConnection, mut rx: mpsc::Receiver<Job>, url: String) {
+async fn writer_task(mut conn: AnyConnection, mut rx: mpsc::Receiver<Job>, url: String, durability: Durability) {
     while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
+        let jobs = fill_batch(first, &mut rx);
         let results = apply_batch(&mut conn, &jobs).await;
-        let m = crate::metrics::global();
-        crate::metrics::Metrics::inc(&m.write_batches_total);
-        m.write_batch_items_total.fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        for (job, result) in jobs.into_iter().zip(results) {
-            let _ = job.reply.send(result);
-        }
+        answer(jobs, results);
         if conn.ping().await.is_err() {
             tracing::warn!("database connection lost; reconnecting");
             loop {
-                match AnyConnection::connect(&url).await {
+                match connect_postgres_writer(&url, durability).await {
                     Ok(c) => {
                         conn = c;
                         break;
@@ -488,6 +476,38 @@ async fn writer_task(mut conn: AnyConnection, mut rx: mpsc::Receiver<Job>, url: 
         }
     }
     let _ = conn.close().await;
+}
+
+/// The PostgreSQL writer's connection, with the session settings its durability needs (again
+/// after every reconnect).
+async fn connect_postgres_writer(url: &str, durability: Durability) -> Result<AnyConnection, sqlx::Error> {
+    let mut conn = AnyConnection::connect(url).await?;
+    if durability == Durability::OsBuffered {
+        sqlx::raw_sql("SET synchronous_commit = off").execute(&mut conn).await?;
+    }
+    Ok(conn)
+}
+
+/// A batch: `first` and whatever else is already waiting, up to [`MAX_BATCH`].
+pub(crate) fn fill_batch(first: Job, rx: &mut mpsc::Receiver<Job>) -> Vec<Job> {
+    let mut jobs = vec![first];
+    while jobs.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    jobs
+}
+
+/// Counts a committed (or failed) batch and answers every write in it.
+pub(crate) fn answer(jobs: Vec<Job>, results: Vec<Result<Outcome, RelayError>>) {
+    let m = crate::metrics::global();
+    crate::metrics::Metrics::inc(&m.write_batches_total);
+    m.write_batch_items_total.fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    for (job, result) in jobs.into_iter().zip(results) {
+        let _ = job.reply.send(result);
+    }
 }
 
 async fn apply_batch(conn: &mut AnyConnection, jobs: &[Job]) -> Vec<Result<Outcome, RelayError>> {

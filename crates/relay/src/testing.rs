@@ -89,13 +89,21 @@ impl TestDb {
 /// A relay on a loopback port with its embedded store under `dir`, served until the test's
 /// runtime ends. Its descriptor lists only the bound address.
 pub async fn spawn_relay(dir: &std::path::Path) -> (tamizdat_wire::proto::RelayDescriptor, std::net::SocketAddr) {
+    spawn_relay_with(dir, Default::default()).await
+}
+
+/// [`spawn_relay`] with other limits.
+pub async fn spawn_relay_with(
+    dir: &std::path::Path,
+    limits: crate::Limits,
+) -> (tamizdat_wire::proto::RelayDescriptor, std::net::SocketAddr) {
     let config = crate::RelayConfig {
         data: dir.join("relay"),
         listen: "127.0.0.1:0".parse().unwrap(),
         public: vec![],
         retention: std::time::Duration::from_secs(86_400),
         store: None,
-        limits: Default::default(),
+        limits,
         durability: Default::default(),
         admin: None,
     };

@@ -73,20 +73,42 @@ pub fn auth_payload(session_nonce: &[u8], request_id: u64, command: &[u8]) -> Ve
     out
 }
 
+/// Whose key authorizes a command: a log's (its members') or a queue's (its reader's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capability<'a> {
+    /// The log with this id.
+    Log(&'a [u8]),
+    /// The queue with this read id.
+    Queue(&'a [u8]),
+}
+
+impl<'a> Capability<'a> {
+    /// The log or queue id.
+    pub fn id(self) -> &'a [u8] {
+        match self {
+            Capability::Log(id) | Capability::Queue(id) => id,
+        }
+    }
+}
+
 impl proto::Op {
     /// The log or queue whose key must sign this command, if any. Once a session has proven a
     /// key for an id, later commands for that id on the same session need no signature: the
-    /// TLS session already binds them to whoever proved it.
-    pub fn signed_for(&self) -> Option<&[u8]> {
+    /// TLS session already binds them to whoever proved it. A subscription naming both a log
+    /// and a queue is malformed and names no capability.
+    pub fn signed_for(&self) -> Option<Capability<'_>> {
         use proto::Op;
         match self {
-            Op::ReadQueue(c) => Some(&c.read_id),
-            Op::AckQueue(c) => Some(&c.read_id),
-            Op::Append(c) => Some(&c.log_id),
-            Op::ReadLog(c) => Some(&c.log_id),
-            Op::AckLog(c) => Some(&c.log_id),
-            Op::Subscribe(c) if c.log_id.is_empty() => Some(&c.read_id),
-            Op::Subscribe(c) => Some(&c.log_id),
+            Op::ReadQueue(c) => Some(Capability::Queue(&c.read_id)),
+            Op::AckQueue(c) => Some(Capability::Queue(&c.read_id)),
+            Op::Append(c) => Some(Capability::Log(&c.log_id)),
+            Op::ReadLog(c) => Some(Capability::Log(&c.log_id)),
+            Op::AckLog(c) => Some(Capability::Log(&c.log_id)),
+            Op::Subscribe(c) => match (c.log_id.is_empty(), c.read_id.is_empty()) {
+                (false, false) => None,
+                (true, _) => Some(Capability::Queue(&c.read_id)),
+                (false, true) => Some(Capability::Log(&c.log_id)),
+            },
             Op::Hello(_) | Op::CreateQueue(_) | Op::SendToQueue(_) | Op::CreateLog(_) => None,
         }
     }

@@ -29,6 +29,10 @@ pub const READ_REPLY_BUDGET: usize = 256 * 1024 - MAX_PAYLOAD / 2 - 4096;
 /// Length of relay-assigned ids (queue ids, log ids) and client-chosen dedup and cursor ids.
 pub const ID_LEN: usize = 16;
 
+/// Logs and queues one connection is remembered to have proven the key of; past it, the
+/// relay checks every command for the others and a client signs again when refused.
+pub const MAX_PROVEN: usize = 4096;
+
 /// Most logs and queues one connection may subscribe to.
 pub const MAX_SUBSCRIPTIONS: usize = 4096;
 
