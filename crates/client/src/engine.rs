@@ -538,7 +538,7 @@ impl Client {
         if !c.active {
             return Err(ClientError::BadInput(format!("you are no longer in {to}")));
         }
-        let body = content(Body::Text(Text { text: text.into() }));
+        let body = content(Body::Text(Text { text: text.into(), reply_to: Vec::new() }));
         let row = {
             let tx = self.begin()?;
             let provider = Provider::new(&tx);
@@ -1297,7 +1297,7 @@ pub(crate) fn note(report: &mut SyncReport, result: Result<usize, ClientError>) 
 
 /// New content with a fresh message id, stamped now.
 pub(crate) fn content(body: Body) -> Content {
-    Content { message_id: random_id(), sent_at_ms: now_ms(), body: Some(body) }
+    Content { message_id: random_id(), sent_at_ms: now_ms(), body: Some(body), expire_secs: 0 }
 }
 
 /// True for failures of this device (storage, damaged state): they end an operation instead

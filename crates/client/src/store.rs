@@ -171,7 +171,8 @@ fn open_keyed(path: &Path, key: &[u8; 32]) -> Result<Connection, ClientError> {
         Err(e) => return Err(ClientError::Io(e.to_string())),
     }
     conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;",
+        // secure_delete: deleted and disappearing messages are overwritten, not left in free pages.
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000; PRAGMA secure_delete=ON;",
     )
     .map_err(|e| ClientError::Io(e.to_string()))?;
     Ok(conn)
@@ -366,13 +367,79 @@ CREATE TABLE paths (
 CREATE TABLE networks (network TEXT PRIMARY KEY, freeze_seen INTEGER);
 ";
 
+/// Version 4: daily use. Messages gain replies, edits, deletion for everyone, disappearing
+/// timers, read marks and files; receipts and reactions per member; attachments with their
+/// upload progress; contacts gain verification and key-change marks; conversations gain their
+/// disappearing timer and who is typing. Messages that arrived before count as read.
+const SCHEMA_V4: &str = "
+CREATE TABLE messages_v4 (
+    id INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+    message_id BLOB NOT NULL,
+    seq INTEGER,
+    outgoing INTEGER NOT NULL,
+    sender_key BLOB,
+    kind TEXT NOT NULL DEFAULT 'text' CHECK (kind IN ('text', 'event', 'file')),
+    text TEXT NOT NULL,
+    sent_at INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reply_to BLOB,
+    edited_at INTEGER,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    expires_at INTEGER,
+    read_at INTEGER,
+    UNIQUE (conversation_id, message_id)
+);
+INSERT INTO messages_v4 (id, conversation_id, message_id, seq, outgoing, sender_key, kind, text, sent_at, state, read_at)
+    SELECT id, conversation_id, message_id, seq, outgoing, sender_key, kind, text, sent_at, state,
+        CASE WHEN outgoing = 0 THEN sent_at END FROM messages;
+DROP TABLE messages;
+ALTER TABLE messages_v4 RENAME TO messages;
+CREATE INDEX messages_expiring ON messages (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX messages_unread ON messages (conversation_id) WHERE read_at IS NULL AND outgoing = 0;
+CREATE TABLE receipts (
+    message_row INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    member_key BLOB NOT NULL,
+    delivered_at INTEGER,
+    read_at INTEGER,
+    PRIMARY KEY (message_row, member_key)
+);
+CREATE TABLE reactions (
+    message_row INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    member_key BLOB NOT NULL,
+    emoji TEXT NOT NULL,
+    PRIMARY KEY (message_row, member_key)
+);
+CREATE TABLE attachments (
+    message_row INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL CHECK (kind IN ('file', 'image', 'voice')),
+    name TEXT NOT NULL,
+    mime TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 BLOB NOT NULL,
+    relay_link TEXT NOT NULL,
+    blob_id BLOB NOT NULL,
+    content_key BLOB NOT NULL,
+    chunk_size INTEGER NOT NULL,
+    source_path TEXT,
+    uploaded INTEGER NOT NULL DEFAULT 0,
+    saved_path TEXT
+);
+ALTER TABLE contacts ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE contacts ADD COLUMN key_changed_at INTEGER;
+ALTER TABLE contacts ADD COLUMN previous_key BLOB;
+ALTER TABLE conversations ADD COLUMN expire_secs INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE conversations ADD COLUMN typing_key BLOB;
+ALTER TABLE conversations ADD COLUMN typing_until INTEGER NOT NULL DEFAULT 0;
+";
+
 fn migrate(conn: &mut Connection) -> Result<(), ClientError> {
     SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut *conn)
         .run_migrations()
         .map_err(|e| ClientError::Io(format!("MLS storage migration: {e}")))?;
     let version: i64 =
         conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| ClientError::Io(e.to_string()))?;
-    for (target, schema) in [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)] {
+    for (target, schema) in [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3), (4, SCHEMA_V4)] {
         if version >= target {
             continue;
         }
@@ -416,7 +483,7 @@ mod tests {
         .unwrap();
         migrate(&mut conn).unwrap();
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version, 4);
         let (name, conv): (String, i64) = conn
             .query_row("SELECT name, conversation_id FROM contacts WHERE id = 7", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .unwrap();

@@ -3,7 +3,10 @@
 use prost::Message;
 
 use crate::E2eError;
-pub use crate::proto::{Body, Content, GroupInvite, GroupInvitePart, KeyPackages, Leave, MemberName, Profile, Text};
+pub use crate::proto::{
+    Attachment, AttachmentKind, Body, Content, Delete, Edit, ExpiryTimer, GroupInvite, GroupInvitePart, KeyPackages,
+    Leave, MemberName, Profile, Reaction, Receipt, ReceiptKind, Text, Typing,
+};
 
 /// Longest text a message may carry (the CLI promises at least 60 KiB).
 pub const MAX_TEXT: usize = 64 * 1024;
@@ -18,6 +21,20 @@ pub const MAX_KEY_PACKAGE: usize = 8 * 1024;
 /// Largest part of a group invite: with MLS overhead and padding it stays well inside one relay
 /// entry.
 pub const MAX_INVITE_PART: usize = 96 * 1024;
+/// Longest reaction (one emoji with its modifiers).
+pub const MAX_REACTION: usize = 32;
+/// Most message ids one receipt names.
+pub const MAX_RECEIPT_IDS: usize = 256;
+/// Longest disappearing-message timer: a year.
+pub const MAX_EXPIRE_SECS: u32 = 366 * 86_400;
+/// Longest attachment file name.
+pub const MAX_FILE_NAME: usize = 255;
+/// Longest attachment media type.
+pub const MAX_MIME: usize = 127;
+/// Largest attachment chunk (plaintext): chunks travel one per relay request.
+pub const MAX_CHUNK: u32 = 1024 * 1024;
+/// Largest attachment (plaintext).
+pub const MAX_ATTACHMENT: u64 = 2 * 1024 * 1024 * 1024;
 /// Most parts of one group invite (a 96 MiB Welcome, far beyond a 5,000-member group).
 pub const MAX_INVITE_PARTS: u32 = 1024;
 
@@ -34,7 +51,8 @@ impl Content {
             return Err(E2eError::BadContent);
         }
         match &c.body {
-            Some(Body::Text(t)) if t.text.len() <= MAX_TEXT => Ok(c),
+            _ if c.expire_secs > MAX_EXPIRE_SECS => Err(E2eError::BadContent),
+            Some(Body::Text(t)) if t.text.len() <= MAX_TEXT && (t.reply_to.is_empty() || is_id(&t.reply_to)) => Ok(c),
             Some(Body::Profile(p)) if p.display_name.len() <= MAX_NAME => Ok(c),
             Some(Body::KeyPackages(k))
                 if k.one_time.len() <= MAX_ONE_TIME_PACKAGES
@@ -53,7 +71,42 @@ impl Content {
                 Ok(c)
             }
             Some(Body::Leave(_)) => Ok(c),
+            Some(Body::Edit(e)) if is_id(&e.target) && e.text.len() <= MAX_TEXT && !e.text.is_empty() => Ok(c),
+            Some(Body::Delete(d)) if is_id(&d.target) => Ok(c),
+            Some(Body::Reaction(r))
+                if is_id(&r.target) && r.emoji.len() <= MAX_REACTION && !r.emoji.chars().any(char::is_control) =>
+            {
+                Ok(c)
+            }
+            Some(Body::Receipt(r))
+                if matches!(ReceiptKind::try_from(r.kind), Ok(ReceiptKind::Delivered | ReceiptKind::Read))
+                    && r.message_ids.len() <= MAX_RECEIPT_IDS
+                    && r.message_ids.iter().all(|id| is_id(id)) =>
+            {
+                Ok(c)
+            }
+            Some(Body::Typing(_)) => Ok(c),
+            Some(Body::ExpiryTimer(t)) if t.seconds <= MAX_EXPIRE_SECS => Ok(c),
+            Some(Body::Attachment(a))
+                if a.name.len() <= MAX_FILE_NAME
+                    && a.mime.len() <= MAX_MIME
+                    && a.size <= MAX_ATTACHMENT
+                    && a.sha256.len() == 32
+                    && a.key.len() == 32
+                    && is_id(&a.blob_id)
+                    && a.relay.is_some()
+                    && a.chunk_size >= 1
+                    && a.chunk_size <= MAX_CHUNK
+                    && a.caption.len() <= MAX_TEXT
+                    && (a.reply_to.is_empty() || is_id(&a.reply_to)) =>
+            {
+                Ok(c)
+            }
             _ => Err(E2eError::BadContent),
         }
     }
+}
+
+fn is_id(id: &[u8]) -> bool {
+    id.len() == tamizdat_wire::limits::ID_LEN
 }

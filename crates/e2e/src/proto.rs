@@ -76,8 +76,10 @@ pub struct Content {
     pub message_id: Vec<u8>,
     #[prost(uint64, tag = "2")]
     pub sent_at_ms: u64,
-    #[prost(oneof = "Body", tags = "3, 4, 5, 6, 7")]
+    #[prost(oneof = "Body", tags = "3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14")]
     pub body: Option<Body>,
+    #[prost(uint32, tag = "15")]
+    pub expire_secs: u32,
 }
 
 #[derive(Clone, PartialEq, Oneof)]
@@ -92,12 +94,28 @@ pub enum Body {
     GroupInvite(GroupInvitePart),
     #[prost(message, tag = "7")]
     Leave(Leave),
+    #[prost(message, tag = "8")]
+    Edit(Edit),
+    #[prost(message, tag = "9")]
+    Delete(Delete),
+    #[prost(message, tag = "10")]
+    Reaction(Reaction),
+    #[prost(message, tag = "11")]
+    Receipt(Receipt),
+    #[prost(message, tag = "12")]
+    Typing(Typing),
+    #[prost(message, tag = "13")]
+    ExpiryTimer(ExpiryTimer),
+    #[prost(message, tag = "14")]
+    Attachment(Attachment),
 }
 
 #[derive(Clone, PartialEq, Message)]
 pub struct Text {
     #[prost(string, tag = "1")]
     pub text: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub reply_to: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -152,3 +170,88 @@ pub struct MemberName {
 
 #[derive(Clone, PartialEq, Message)]
 pub struct Leave {}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Edit {
+    #[prost(bytes = "vec", tag = "1")]
+    pub target: Vec<u8>,
+    #[prost(string, tag = "2")]
+    pub text: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Delete {
+    #[prost(bytes = "vec", tag = "1")]
+    pub target: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Reaction {
+    #[prost(bytes = "vec", tag = "1")]
+    pub target: Vec<u8>,
+    #[prost(string, tag = "2")]
+    pub emoji: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum ReceiptKind {
+    Unspecified = 0,
+    Delivered = 1,
+    Read = 2,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Receipt {
+    #[prost(enumeration = "ReceiptKind", tag = "1")]
+    pub kind: i32,
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    pub message_ids: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Typing {
+    #[prost(bool, tag = "1")]
+    pub typing: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ExpiryTimer {
+    #[prost(uint32, tag = "1")]
+    pub seconds: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum AttachmentKind {
+    Unspecified = 0,
+    File = 1,
+    Image = 2,
+    Voice = 3,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Attachment {
+    #[prost(enumeration = "AttachmentKind", tag = "1")]
+    pub kind: i32,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    #[prost(string, tag = "3")]
+    pub mime: String,
+    #[prost(uint64, tag = "4")]
+    pub size: u64,
+    #[prost(bytes = "vec", tag = "5")]
+    pub sha256: Vec<u8>,
+    #[prost(message, optional, tag = "6")]
+    pub relay: Option<RelayDescriptor>,
+    #[prost(bytes = "vec", tag = "7")]
+    pub blob_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "8")]
+    pub key: Vec<u8>,
+    #[prost(uint32, tag = "9")]
+    pub chunk_size: u32,
+    #[prost(string, tag = "10")]
+    pub caption: String,
+    #[prost(bytes = "vec", tag = "11")]
+    pub reply_to: Vec<u8>,
+}

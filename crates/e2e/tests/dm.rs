@@ -16,7 +16,12 @@ fn relay() -> RelayDescriptor {
 }
 
 fn text(id: u8, s: &str) -> Content {
-    Content { message_id: vec![id; 16], sent_at_ms: 1, body: Some(Body::Text(Text { text: s.into() })) }
+    Content {
+        message_id: vec![id; 16],
+        sent_at_ms: 1,
+        body: Some(Body::Text(Text { text: s.into(), reply_to: Vec::new() })),
+        expire_secs: 0,
+    }
 }
 
 #[test]

@@ -125,7 +125,12 @@ async fn start_relay(dir: &Path) -> anyhow::Result<String> {
 fn text(i: usize) -> Content {
     let mut message_id = (i as u64).to_be_bytes().to_vec();
     message_id.resize(16, 7);
-    Content { message_id, sent_at_ms: 0, body: Some(Body::Text(Text { text: TEXT.into() })) }
+    Content {
+        message_id,
+        sent_at_ms: 0,
+        body: Some(Body::Text(Text { text: TEXT.into(), reply_to: Vec::new() })),
+        expire_secs: 0,
+    }
 }
 
 /// Runs one step in one transaction of the encrypted store (one fsync), as the client does.
