@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use tamizdat_e2e::{
     Conversation, DEFAULT_SUITE, E2eError, Identity, Incoming,
-    content::{Body, Content, MAX_NAME, MAX_TEXT, Profile, Text},
+    content::{Body, Content, MAX_NAME, Profile, Receipt, ReceiptKind},
     invite::{self, InviteParams},
     proto::{JoinRequest, LogRef},
     seal,
@@ -63,12 +63,49 @@ pub struct MessageView {
     pub sent_at: u64,
     /// Position in the conversation's log, once the relay stored it.
     pub seq: Option<u64>,
-    /// `sending`, `sent`, `received` or `failed`.
+    /// Ours: `sending`, `sent`, `delivered` (to every recipient), `read` (by every recipient)
+    /// or `failed`; theirs: `received`.
     pub state: String,
     /// The conversation it belongs to: the contact's name or the group's.
     pub conversation: String,
     /// The conversation is a group.
     pub group: bool,
+    /// The message this one answers.
+    pub reply_to: Option<ReplyView>,
+    /// Its sender changed the text.
+    pub edited: bool,
+    /// Its sender deleted it for everyone: the text is gone.
+    pub deleted: bool,
+    /// Reactions, one per member.
+    pub reactions: Vec<ReactionView>,
+    /// Unix milliseconds when it disappears (by this device's clock).
+    pub expires_at: Option<u64>,
+    /// Theirs: Unix milliseconds we read it.
+    pub read_at: Option<u64>,
+    /// Ours: how many recipients confirmed delivery, and how many read it.
+    pub delivered_to: u32,
+    /// Ours: how many recipients read it.
+    pub read_by: u32,
+}
+
+/// The message a reply answers, as far as this device still has it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplyView {
+    /// Its id (hex).
+    pub id: String,
+    /// Its sender, if it is still here.
+    pub sender: Option<String>,
+    /// The start of its text (empty if it is gone).
+    pub text: String,
+}
+
+/// One emoji and who reacted with it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReactionView {
+    /// The emoji.
+    pub emoji: String,
+    /// Who, by the names this device knows them by.
+    pub by: Vec<String>,
 }
 
 /// What a sync found.
@@ -82,6 +119,10 @@ pub struct SyncReport {
     pub renamed: Vec<(String, String)>,
     /// New incoming messages and events, in order.
     pub messages: Vec<MessageView>,
+    /// Messages that changed: edited, deleted, reacted to, delivered or read.
+    pub changed: Vec<MessageView>,
+    /// Typing indicators that arrived.
+    pub typing: Vec<crate::chat::TypingView>,
     /// Outbox entries delivered.
     pub delivered: usize,
     /// Log and queue entries that could not be processed and were skipped.
@@ -129,6 +170,8 @@ pub(crate) struct ConvRow {
     pub(crate) active: bool,
     pub(crate) sent_since_update: u64,
     pub(crate) updated_at: u64,
+    /// Disappearing-message timer in seconds (0: off).
+    pub(crate) expire_secs: u32,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -185,6 +228,8 @@ pub struct Client {
     pub(crate) profile: ProfileRow,
     pub(crate) relays: HashMap<String, RelayClient>,
     pub(crate) net: Net,
+    /// Why the last attempt to reach a relay failed, until one succeeds (for status lines).
+    pub(crate) last_failure: Option<(crate::ErrorKind, String)>,
 }
 
 impl Client {
@@ -288,7 +333,7 @@ impl Client {
             let provider = Provider::new(&conn);
             Identity::load(&provider, &profile.identity_key, suite)?
         };
-        Ok(Self { conn, identity, profile, relays: HashMap::new(), net })
+        Ok(Self { conn, identity, profile, relays: HashMap::new(), net, last_failure: None })
     }
 
     /// Our display name.
@@ -350,6 +395,10 @@ impl Client {
                 Ok(rc) => rc.call(op.clone(), key).await,
                 Err(e) => Err(e),
             };
+            self.last_failure = match &result {
+                Err(e @ ClientError::Transport(_)) => Some((e.kind(), e.to_string())),
+                _ => None,
+            };
             if matches!(result, Err(ClientError::Transport(_) | ClientError::Protocol(_))) {
                 self.relays.remove(link);
             }
@@ -388,14 +437,21 @@ impl Client {
         if accepted.is_some() {
             return Err(ClientError::BadInput("you already accepted this invite".into()));
         }
+        // Accepting as an existing contact with another key says: this is them, with a new
+        // identity (a new device, a reinstall). That is a key change the user must confirm.
+        let mut changed_contact = None;
         if let Some(alias) = alias {
             check_own_name(alias)?;
-            let taken = self.name_owner(alias)?;
-            // The same person under the same name is fine (two invites crossed); anyone else is not.
-            if taken.is_some() && taken != Some(body.identity_key.clone()) {
-                return Err(ClientError::BadInput(format!(
-                    "you already have a contact or group named {alias:?}; choose another --as"
-                )));
+            match self.name_owner(alias)? {
+                // The same person under the same name is fine (two invites crossed).
+                Some(key) if key == body.identity_key => {}
+                Some(key) if key.is_empty() => {
+                    return Err(ClientError::BadInput(format!(
+                        "you already have a group named {alias:?}; choose another --as"
+                    )));
+                }
+                Some(_) => changed_contact = self.contact_named(&self.conn, alias)?.map(|(id, _)| id),
+                None => {}
             }
         }
         let relay =
@@ -418,11 +474,18 @@ impl Client {
             conv.confirm_commit(&provider)?;
             let log =
                 LogRef { relay: Some(relay.clone()), log_id: log_id.clone(), log_secret: log_key.to_bytes().to_vec() };
+            if let Some(contact_id) = changed_contact {
+                crate::verify::record_key_change(&tx, contact_id, &body.identity_key)?;
+            }
             let conv_id = insert_conversation(&tx, None, &conv, &log, &own_cursor, 0)?;
             let placeholder = format!("invite-{}", hex::encode(&body.identity_key[..3]));
             let (name, contact_id) =
                 attach_direct(&tx, &body.identity_key, alias.unwrap_or(&placeholder), alias.is_some(), conv_id)?;
             let c = conv_by_id(&tx, conv_id)?;
+            if changed_contact.is_some() {
+                let text = format!("{name}'s safety number changed; compare it with `tamizdat verify {name}`");
+                crate::chat::insert_event_row(&tx, conv_id, &body.identity_key, false, &text, None)?;
+            }
             enqueue_log(&tx, &c, commit, None)?;
             let join = JoinRequest {
                 invite_id: body.invite_id.clone(),
@@ -528,45 +591,52 @@ impl Client {
     /// network use; if the relay cannot be reached the error says so and the message waits in
     /// the outbox.
     pub async fn send(&mut self, to: &str, text: &str) -> Result<MessageView, ClientError> {
-        if text.is_empty() {
-            return Err(ClientError::BadInput("the message is empty".into()));
+        self.send_text(to, text, Vec::new()).await
+    }
+
+    /// Encrypts `body` for conversation `c` into the outbox, in one transaction with `local`,
+    /// the change it makes on this device (which returns the message row the entry delivers,
+    /// if any), then delivers the outbox. If the relay cannot be reached the change is kept,
+    /// the entry waits, and the error says so. Stamps the conversation's disappearing timer.
+    pub(crate) async fn post(
+        &mut self,
+        c: &ConvRow,
+        mut body: Content,
+        local: impl FnOnce(&Connection) -> Result<Option<i64>, ClientError>,
+    ) -> Result<Option<i64>, ClientError> {
+        if let Some(warning) = crate::verify::unacknowledged_change(&self.conn, c)? {
+            return Err(ClientError::KeyChanged(warning));
         }
-        if text.len() > MAX_TEXT {
-            return Err(ClientError::BadInput(format!("the message is {} bytes; the limit is {MAX_TEXT}", text.len())));
-        }
-        let c = self.conversation(to)?;
-        if !c.active {
-            return Err(ClientError::BadInput(format!("you are no longer in {to}")));
-        }
-        let body = content(Body::Text(Text { text: text.into(), reply_to: Vec::new() }));
-        let row = {
+        body.expire_secs = c.expire_secs;
+        let (row, dedup) = {
             let tx = self.begin()?;
             let provider = Provider::new(&tx);
-            let mut conv = load_conversation(&provider, &c)?;
-            tx.execute(
-                "INSERT INTO messages (conversation_id, message_id, outgoing, sender_key, text, sent_at, state) VALUES (?1, ?2, 1, ?3, ?4, ?5, 'sending')",
-                params![c.id, body.message_id, self.profile.identity_key, text, to_i64(body.sent_at_ms)],
-            )?;
-            let row = tx.last_insert_rowid();
-            enqueue_content(&tx, &provider, &self.identity, &mut conv, &c, &body, Some(row))?;
+            let mut conv = load_conversation(&provider, c)?;
+            let row = local(&tx)?;
+            if let Some(row) = row {
+                let others = conv.members().len().saturating_sub(1);
+                tx.execute("UPDATE messages SET recipients = ?1 WHERE id = ?2", params![to_i64(others as u64), row])?;
+            }
+            let dedup = enqueue_content(&tx, &provider, &self.identity, &mut conv, c, &body, row)?;
             tx.execute("UPDATE conversations SET sent_since_update = sent_since_update + 1 WHERE id = ?1", [c.id])?;
             tx.commit()?;
-            row
+            (row, dedup)
         };
-        // Entries for other, unreachable relays may stay queued; this send failed only if its
-        // own message is still waiting.
+        // Entries for other, unreachable relays may stay queued; this post failed only if its
+        // own entry is still waiting.
         let flushed = self.flush_outbox().await;
-        let view = self.message_by_row(row)?;
+        let waiting: Option<i64> =
+            self.conn.query_row("SELECT 1 FROM outbox WHERE dedup_id = ?1", [&dedup], |r| r.get(0)).optional()?;
         match flushed {
-            Err(e) if is_local_failure(&e) || view.state != "sent" => return Err(e),
+            Err(e) if is_local_failure(&e) || waiting.is_some() => return Err(e),
             _ => {}
         }
         // Refresh our keys in this conversation when it is due; a failure here is retried by
-        // the next sync and does not make the sent message a failure.
+        // the next sync and does not make the post a failure.
         if let Err(e) = self.refresh_if_due(c.id).await {
             tracing::warn!(error = %e, "key refresh postponed");
         }
-        Ok(view)
+        Ok(row)
     }
 
     /// Delivers everything in the outbox, oldest first. A relay that cannot be reached is
@@ -726,6 +796,7 @@ impl Client {
     /// local failures end the sync.
     pub async fn sync(&mut self) -> Result<SyncReport, ClientError> {
         let mut report = SyncReport::default();
+        self.purge_expired()?;
         let flushed = self.flush_outbox_into(&mut report).await;
         note(&mut report, flushed)?;
         let queue = self.sync_queue(&mut report).await.map(|()| 0);
@@ -901,6 +972,7 @@ impl Client {
         let mut slot: Option<Conversation> = None;
         let mut c = conv_by_id(&tx, conv_id)?;
         let mut last = None;
+        let mut delivered: Vec<String> = Vec::new();
         for entry in entries {
             if entry.seq <= c.cursor || !c.active {
                 continue;
@@ -917,6 +989,7 @@ impl Client {
                 slot = None;
             }
             if let Some(views) = settle_entry(&tx, outcome, report)? {
+                delivered.extend(views.iter().filter(|v| !v.outgoing && v.kind != "event").map(|v| v.id.clone()));
                 report.messages.extend(views);
             }
             last = Some(entry.seq);
@@ -926,6 +999,15 @@ impl Client {
         }
         if let Some(last) = last {
             tx.execute("UPDATE conversations SET cursor = MAX(cursor, ?1) WHERE id = ?2", params![to_i64(last), c.id])?;
+        }
+        // Delivery receipts for what arrived, in the same transaction: sent exactly once.
+        if c.active && !delivered.is_empty() {
+            let conv = loaded(&mut slot, &provider, &c)?;
+            for ids in delivered.chunks(tamizdat_e2e::content::MAX_RECEIPT_IDS) {
+                let message_ids = ids.iter().filter_map(|id| hex::decode(id).ok()).collect();
+                let receipt = Receipt { kind: ReceiptKind::Delivered as i32, message_ids };
+                enqueue_content(&tx, &provider, &self.identity, conv, &c, &content(Body::Receipt(receipt)), None)?;
+            }
         }
         drop(slot);
         tx.commit()?;
@@ -1029,27 +1111,18 @@ impl Client {
     ) -> Result<(Vec<MessageView>, bool), ClientError> {
         match content.body {
             Some(Body::Text(t)) => {
+                // The timer runs from arrival: a sender's clock cannot shorten it.
+                let expires_at = crate::chat::expiry(now_ms(), content.expire_secs);
+                let reply_to = (!t.reply_to.is_empty()).then_some(&t.reply_to);
                 let inserted = tx
                     .prepare_cached(
-                        "INSERT OR IGNORE INTO messages (conversation_id, message_id, seq, outgoing, sender_key, text, sent_at, state) VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, 'received')",
+                        "INSERT OR IGNORE INTO messages (conversation_id, message_id, seq, outgoing, sender_key, text, sent_at, state, reply_to, expires_at) VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, 'received', ?7, ?8)",
                     )?
-                    .execute(params![c.id, content.message_id, to_i64(seq), sender, t.text, to_i64(content.sent_at_ms)])?;
+                    .execute(params![c.id, content.message_id, to_i64(seq), sender, t.text, to_i64(content.sent_at_ms), reply_to, expires_at])?;
                 if inserted == 0 {
                     return Ok((Vec::new(), false)); // the same message id again: shown once
                 }
-                let view = MessageView {
-                    id: hex::encode(&content.message_id),
-                    kind: "text".into(),
-                    sender: if c.is_group { self.member_name(tx, c, sender)? } else { c.name.clone() },
-                    text: t.text,
-                    outgoing: false,
-                    sent_at: content.sent_at_ms,
-                    seq: Some(seq),
-                    state: "received".into(),
-                    conversation: c.name.clone(),
-                    group: c.is_group,
-                };
-                Ok((vec![view], false))
+                Ok((vec![self.message_by_row_in(tx, tx.last_insert_rowid())?], false))
             }
             Some(Body::Profile(p)) => {
                 let wanted = clean_name(&p.display_name);
@@ -1090,6 +1163,14 @@ impl Client {
                 Ok((Vec::new(), true))
             }
             Some(Body::Leave(_)) if c.is_group => Ok((self.member_left(tx, provider, c, sender, seq)?, true)),
+            Some(
+                Body::Edit(_)
+                | Body::Delete(_)
+                | Body::Reaction(_)
+                | Body::Receipt(_)
+                | Body::Typing(_)
+                | Body::ExpiryTimer(_),
+            ) => Ok((self.store_chat_content(tx, c, sender, seq, content, report)?, false)),
             _ => Err(ClientError::BadInput("content that does not belong in this conversation".into())),
         }
     }
@@ -1141,8 +1222,9 @@ impl Client {
         }
     }
 
-    /// Subscribes to our queue and every active conversation's log on their relays.
-    async fn subscribe_all(&mut self) -> Result<(), ClientError> {
+    /// Subscribes to our queue and every active conversation's log on their relays, so they
+    /// announce what arrives ([`Client::wait_for_notice`]).
+    pub async fn subscribe_all(&mut self) -> Result<(), ClientError> {
         let mut wanted: Vec<(String, Subscribe, SigningKey)> = vec![(
             self.profile.relay.to_link(),
             Subscribe { log_id: Vec::new(), read_id: self.profile.queue_read_id.clone() },
@@ -1167,8 +1249,9 @@ impl Client {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Waits until any relay pushes a notice, a connection breaks, or `wait` passes.
-    async fn wait_for_notice(&mut self, wait: Duration) {
+    /// Waits until any relay pushes a notice, a connection breaks, or `wait` passes. Safe to
+    /// cancel (a frontend drops it when the user does something).
+    pub async fn wait_for_notice(&mut self, wait: Duration) {
         if self.relays.is_empty() {
             tokio::time::sleep(wait).await;
             return;
@@ -1204,15 +1287,15 @@ impl Client {
         let ids: Vec<i64> = match c.contact_id.filter(|_| !c.is_group) {
             Some(contact) => {
                 let mut stmt = self.conn.prepare(
-                    "SELECT m.id FROM messages m JOIN conversations v ON v.id = m.conversation_id WHERE v.kind = 'direct' AND v.contact_id = ?1 ORDER BY v.id = ?2, m.seq IS NULL, m.seq, m.id",
+                    "SELECT m.id FROM messages m JOIN conversations v ON v.id = m.conversation_id WHERE v.kind = 'direct' AND v.contact_id = ?1 AND (m.expires_at IS NULL OR m.expires_at > ?3) ORDER BY v.id = ?2, m.seq IS NULL, m.seq, m.id",
                 )?;
-                stmt.query_map(params![contact, c.id], |r| r.get(0))?.collect::<Result<_, _>>()?
+                stmt.query_map(params![contact, c.id, to_i64(now_ms())], |r| r.get(0))?.collect::<Result<_, _>>()?
             }
             None => {
                 let mut stmt = self
                     .conn
-                    .prepare("SELECT id FROM messages WHERE conversation_id = ?1 ORDER BY seq IS NULL, seq, id")?;
-                stmt.query_map([c.id], |r| r.get(0))?.collect::<Result<_, _>>()?
+                    .prepare("SELECT id FROM messages WHERE conversation_id = ?1 AND (expires_at IS NULL OR expires_at > ?2) ORDER BY seq IS NULL, seq, id")?;
+                stmt.query_map(params![c.id, to_i64(now_ms())], |r| r.get(0))?.collect::<Result<_, _>>()?
             }
         };
         ids.into_iter().map(|id| self.message_by_row(id)).collect()
@@ -1223,17 +1306,86 @@ impl Client {
     }
 
     pub(crate) fn message_by_row_in(&self, conn: &Connection, row: i64) -> Result<MessageView, ClientError> {
-        type Row = (Vec<u8>, String, bool, Option<Vec<u8>>, String, i64, Option<i64>, String, i64);
-        let (message_id, kind, outgoing, sender_key, text, sent_at, seq, state, conv_id): Row = conn.query_row(
-            "SELECT message_id, kind, outgoing, sender_key, text, sent_at, seq, state, conversation_id FROM messages WHERE id = ?1",
-            [row],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?)),
-        )?;
+        /// How much of an answered message a reply shows.
+        const REPLY_SNIPPET: usize = 100;
+        type Row = (
+            Vec<u8>,
+            String,
+            bool,
+            Option<Vec<u8>>,
+            String,
+            i64,
+            Option<i64>,
+            String,
+            i64,
+            Option<Vec<u8>>,
+            Option<i64>,
+            bool,
+            Option<i64>,
+            Option<i64>,
+        );
+        let (message_id, kind, outgoing, sender_key, text, sent_at, seq, state, conv_id, reply_to, edited_at, deleted, expires_at, read_at): Row = conn
+            .prepare_cached(
+                "SELECT message_id, kind, outgoing, sender_key, text, sent_at, seq, state, conversation_id, reply_to, edited_at, deleted, expires_at, read_at FROM messages WHERE id = ?1",
+            )?
+            .query_row([row], |r| {
+                Ok((
+                    r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?,
+                    r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?,
+                ))
+            })?;
         let c = conv_by_id(conn, conv_id)?;
         let sender = match (&sender_key, outgoing) {
             (_, true) => self.profile.name.clone(),
             (Some(key), false) => self.member_name(conn, &c, key)?,
             (None, false) => c.name.clone(),
+        };
+        let reply_to = match reply_to {
+            None => None,
+            Some(id) => {
+                let answered: Option<(bool, Option<Vec<u8>>, String)> = conn
+                    .prepare_cached(
+                        "SELECT outgoing, sender_key, text FROM messages WHERE conversation_id = ?1 AND message_id = ?2",
+                    )?
+                    .query_row(params![conv_id, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                let (sender, text) = match answered {
+                    Some((true, _, text)) => (Some(self.profile.name.clone()), text),
+                    Some((false, Some(key), text)) => (Some(self.member_name(conn, &c, &key)?), text),
+                    Some((false, None, text)) => (Some(c.name.clone()), text),
+                    None => (None, String::new()),
+                };
+                Some(ReplyView { id: hex::encode(id), sender, text: text.chars().take(REPLY_SNIPPET).collect() })
+            }
+        };
+        let mut reactions: Vec<ReactionView> = Vec::new();
+        {
+            let mut stmt =
+                conn.prepare_cached("SELECT emoji, member_key FROM reactions WHERE message_row = ?1 ORDER BY emoji")?;
+            let rows = stmt.query_map([row], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+            for reaction in rows {
+                let (emoji, key) = reaction?;
+                let who = self.member_name(conn, &c, &key)?;
+                match reactions.iter_mut().find(|r| r.emoji == emoji) {
+                    Some(r) => r.by.push(who),
+                    None => reactions.push(ReactionView { emoji, by: vec![who] }),
+                }
+            }
+        }
+        let (delivered_to, read_by, recipients): (u32, u32, Option<u32>) = if outgoing {
+            conn.prepare_cached(
+                "SELECT (SELECT count(*) FROM receipts WHERE message_row = ?1), (SELECT count(read_at) FROM receipts WHERE message_row = ?1), recipients FROM messages WHERE id = ?1",
+            )?
+            .query_row([row], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        } else {
+            (0, 0, None)
+        };
+        // Ours is delivered (read) once everyone it went to confirmed it.
+        let recipients = recipients.unwrap_or(1).max(1);
+        let state = match state.as_str() {
+            "sent" if read_by >= recipients => "read".to_string(),
+            "sent" if delivered_to >= recipients => "delivered".to_string(),
+            _ => state,
         };
         Ok(MessageView {
             id: hex::encode(message_id),
@@ -1246,6 +1398,14 @@ impl Client {
             state,
             conversation: c.name,
             group: c.is_group,
+            reply_to,
+            edited: edited_at.is_some(),
+            deleted,
+            reactions,
+            expires_at: expires_at.map(to_u64),
+            read_at: read_at.map(to_u64),
+            delivered_to,
+            read_by,
         })
     }
 
@@ -1454,7 +1614,7 @@ pub(crate) fn attach_direct(
     };
     tx.execute("UPDATE conversations SET contact_id = ?1 WHERE id = ?2", params![contact_id, conv_id])?;
     let canonical: i64 = tx.query_row(
-        "SELECT id FROM conversations WHERE kind = 'direct' AND contact_id = ?1 ORDER BY group_id LIMIT 1",
+        "SELECT id FROM conversations WHERE kind = 'direct' AND contact_id = ?1 ORDER BY state != 'active', group_id LIMIT 1",
         [contact_id],
         |r| r.get(0),
     )?;
@@ -1493,14 +1653,15 @@ pub(crate) fn conv_by_id(conn: &Connection, id: i64) -> Result<ConvRow, ClientEr
         String,
         i64,
         i64,
+        u32,
     );
     let row: Row = conn.query_row(
-        "SELECT v.id, v.kind, COALESCE(v.name, c.name), v.contact_id, v.group_id, v.joined_epoch, v.relay_link, v.log_id, v.log_secret, v.cursor_id, v.cursor, v.state, v.sent_since_update, v.updated_at FROM conversations v LEFT JOIN contacts c ON c.id = v.contact_id WHERE v.id = ?1",
+        "SELECT v.id, v.kind, COALESCE(v.name, c.name), v.contact_id, v.group_id, v.joined_epoch, v.relay_link, v.log_id, v.log_secret, v.cursor_id, v.cursor, v.state, v.sent_since_update, v.updated_at, v.expire_secs FROM conversations v LEFT JOIN contacts c ON c.id = v.contact_id WHERE v.id = ?1",
         [id],
         |r| {
             Ok((
                 r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?,
-                r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?,
+                r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?, r.get(14)?,
             ))
         },
     )?;
@@ -1519,6 +1680,7 @@ pub(crate) fn conv_by_id(conn: &Connection, id: i64) -> Result<ConvRow, ClientEr
         active: row.11 == "active",
         sent_since_update: to_u64(row.12),
         updated_at: to_u64(row.13),
+        expire_secs: row.14,
     })
 }
 

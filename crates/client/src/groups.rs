@@ -54,10 +54,15 @@ const MAX_ATTEMPTS: usize = 8;
 const DEPARTURE_GRACE_MS: u64 = 10 * 60 * 1000;
 
 /// Settings a user can change, with their defaults.
-pub const SETTINGS: [(&str, u64, &str); 2] = [
+pub const SETTINGS: [(&str, u64, &str); 4] = [
     ("update-after-messages", 100, "refresh your keys in a conversation after sending this many messages"),
     ("update-after-days", 7, "refresh your keys in a conversation at least this often"),
+    ("read-receipts", 1, "tell senders when you have read their messages: on or off"),
+    ("typing-indicators", 1, "show others while you type: on or off"),
 ];
+
+/// Settings that are switches: on (1) or off (0).
+const SWITCHES: [&str; 2] = ["read-receipts", "typing-indicators"];
 
 /// A group as listed to the user.
 #[derive(Clone, Debug, Serialize)]
@@ -247,23 +252,11 @@ fn insert_event(
     seq: Option<u64>,
 ) -> Result<MessageView, ClientError> {
     let outgoing = actor == client.profile.identity_key.as_slice();
-    tx.execute(
-        "INSERT INTO messages (conversation_id, message_id, seq, outgoing, sender_key, kind, text, sent_at, state) VALUES (?1, ?2, ?3, ?4, ?5, 'event', ?6, ?7, ?8)",
-        params![
-            c.id,
-            random_id(),
-            seq.map(to_i64),
-            outgoing,
-            actor,
-            text,
-            to_i64(now_ms()),
-            if outgoing { "sent" } else { "received" }
-        ],
-    )?;
-    client.message_by_row_in(tx, tx.last_insert_rowid())
+    let row = crate::chat::insert_event_row(tx, c.id, actor, outgoing, text, seq)?;
+    client.message_by_row_in(tx, row)
 }
 
-fn setting(conn: &Connection, key: &str) -> Result<u64, ClientError> {
+pub(crate) fn setting(conn: &Connection, key: &str) -> Result<u64, ClientError> {
     let default = SETTINGS.iter().find(|(k, _, _)| *k == key).map_or(0, |(_, d, _)| *d);
     let value: Option<String> =
         conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()?;
@@ -285,11 +278,18 @@ impl Client {
             let known: Vec<_> = SETTINGS.iter().map(|(k, _, _)| *k).collect();
             return Err(ClientError::BadInput(format!("no setting {key:?}; there are: {}", known.join(", "))));
         }
-        let n: u64 = value
-            .parse()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| ClientError::BadInput(format!("{key} takes a whole number above 0, not {value:?}")))?;
+        let n: u64 =
+            if SWITCHES.contains(&key) {
+                match value {
+                    "on" | "1" | "true" | "yes" => 1,
+                    "off" | "0" | "false" | "no" => 0,
+                    _ => return Err(ClientError::BadInput(format!("{key} is on or off, not {value:?}"))),
+                }
+            } else {
+                value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    ClientError::BadInput(format!("{key} takes a whole number above 0, not {value:?}"))
+                })?
+            };
         self.conn.execute(
             "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![key, n.to_string()],

@@ -1,17 +1,21 @@
 #![doc = include_str!("../README.md")]
 
+mod chat;
 mod engine;
 mod groups;
 mod paths;
 pub mod relay;
 pub mod store;
+mod verify;
 
-pub use engine::{Client, ContactView, MessageView, SyncReport};
+pub use chat::{ConversationView, TypingView, format_timer};
+pub use engine::{Client, ContactView, MessageView, ReactionView, ReplyView, SyncReport};
 pub use groups::{GroupView, MemberView, SETTINGS};
-pub use paths::{EndpointView, FREEZE_BUDGET, NetOptions, doctor_link};
+pub use paths::{ConnectionStatus, EndpointView, FREEZE_BUDGET, NetOptions, doctor_link};
 pub use tamizdat_transport::{diagnose::Report as DoctorReport, proxy::Proxy};
 pub use tamizdat_wire::ErrorKind;
 use tamizdat_wire::proto::ErrorCode;
+pub use verify::{VerifyView, safety_number};
 
 /// Errors of the client engine, each with what the user can do about it.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,9 @@ pub enum ClientError {
     /// Local state is damaged.
     #[error("local state is damaged: {0}")]
     Corrupt(String),
+    /// A contact's key changed and the user has not acknowledged it: nothing is sent to them.
+    #[error("{0}")]
+    KeyChanged(String),
     /// Saved locally but not yet delivered.
     #[error(
         "saved, but not delivered yet ({queued} waiting): {cause}; `tamizdat sync` delivers it once the relay is reachable"
@@ -84,7 +91,8 @@ impl ClientError {
             | ClientError::WrongPassphrase
             | ClientError::BadInput(_)
             | ClientError::UnknownContact(_)
-            | ClientError::Invite(_) => ErrorKind::BadInput,
+            | ClientError::Invite(_)
+            | ClientError::KeyChanged(_) => ErrorKind::BadInput,
             ClientError::Transport(e) => e.kind(),
             ClientError::Relay { code: ErrorCode::Internal | ErrorCode::RateLimited, .. } => ErrorKind::Retry,
             ClientError::Relay { .. } | ClientError::Protocol(_) | ClientError::Wire(_) => ErrorKind::Fatal,

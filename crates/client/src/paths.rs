@@ -62,7 +62,45 @@ pub struct EndpointView {
     pub last_ok: Option<u64>,
 }
 
+/// How this device reaches its relay right now, for a status line.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ConnectionStatus {
+    /// `direct`, `bridge` (an endpoint learned from a bridge link), `proxy`, `pt` (a pluggable
+    /// transport) or `offline`.
+    pub route: &'static str,
+    /// The endpoint in use.
+    pub endpoint: Option<String>,
+    /// What is wrong, when something is: the last failure to reach the relay (blocked by the
+    /// network, or unreachable).
+    pub problem: Option<String>,
+    /// The failure looked like interference (DNS tampering, resets, a certificate that is not
+    /// the relay's).
+    pub blocked: bool,
+    /// This network freezes busy connections, so connections are kept small.
+    pub freezes: bool,
+}
+
 impl Client {
+    /// How the own relay is reached right now.
+    pub fn connection_status(&self) -> ConnectionStatus {
+        let own = &self.profile.relay;
+        let endpoint = self.relays.get(&own.to_link()).map(|rc| rc.endpoint().to_string());
+        let route = match &endpoint {
+            None => "offline",
+            Some(_) if self.net.dialer.proxy.is_some() => "proxy",
+            Some(e) if e.parse::<Endpoint>().is_ok_and(|p| p.kind() == "pt") => "pt",
+            Some(e) if own.endpoints.contains(e) => "direct",
+            Some(_) => "bridge",
+        };
+        ConnectionStatus {
+            route,
+            endpoint,
+            blocked: self.last_failure.as_ref().is_some_and(|(kind, _)| *kind == crate::ErrorKind::Blocked),
+            problem: self.last_failure.as_ref().map(|(_, m)| m.clone()),
+            freezes: self.net.freeze,
+        }
+    }
+
     /// Every endpoint of `relay`, best first: what worked on this network (most recent first),
     /// then endpoints added by hand (newest first: they were added because something did not
     /// work), then the link's own; pluggable transports after direct ways within each group.

@@ -388,6 +388,7 @@ CREATE TABLE messages_v4 (
     deleted INTEGER NOT NULL DEFAULT 0,
     expires_at INTEGER,
     read_at INTEGER,
+    recipients INTEGER,
     UNIQUE (conversation_id, message_id)
 );
 INSERT INTO messages_v4 (id, conversation_id, message_id, seq, outgoing, sender_key, kind, text, sent_at, state, read_at)

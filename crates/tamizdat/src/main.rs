@@ -12,6 +12,8 @@ use clap::{Parser, Subcommand};
 use tamizdat_client::{Client, ClientError, DoctorReport, ErrorKind, MessageView, NetOptions, Proxy, SyncReport};
 use tamizdat_relay::{DEFAULT_RETENTION, Relay, RelayConfig, identity::RelayIdentity};
 
+mod daily;
+
 /// Tamizdat: end-to-end encrypted messaging that gets through censorship.
 #[derive(Parser)]
 #[command(name = "tamizdat", version, about)]
@@ -79,6 +81,68 @@ enum Command {
         contact: String,
         /// The text, or `-`.
         text: String,
+        /// Answer this message (its id, as `messages --json` shows it).
+        #[arg(long = "reply-to", value_name = "MESSAGE-ID")]
+        reply_to: Option<String>,
+    },
+    /// List conversations, the most recent first, with unread counts.
+    Conversations,
+    /// Mark a conversation read (and tell the senders, unless `read-receipts` is off).
+    Read {
+        /// The contact or group.
+        contact: String,
+    },
+    /// Change the text of one of your messages, for everyone.
+    Edit {
+        /// The contact or group.
+        contact: String,
+        /// The message's id.
+        message: String,
+        /// The new text.
+        text: String,
+    },
+    /// Delete one of your messages for everyone.
+    Delete {
+        /// The contact or group.
+        contact: String,
+        /// The message's id.
+        message: String,
+    },
+    /// React to a message with an emoji (`--remove` takes your reaction back).
+    React {
+        /// The contact or group.
+        contact: String,
+        /// The message's id.
+        message: String,
+        /// The emoji.
+        #[arg(required_unless_present = "remove")]
+        emoji: Option<String>,
+        /// Take your reaction back.
+        #[arg(long, conflicts_with = "emoji")]
+        remove: bool,
+    },
+    /// Make messages in a conversation disappear after a while, for everyone: 30s, 10m, 12h,
+    /// 1d, 7d, or `off`.
+    Expire {
+        /// The contact or group.
+        contact: String,
+        /// How long messages last.
+        #[arg(value_parser = parse_timer)]
+        after: u32,
+    },
+    /// Show the safety number you share with a contact, to compare in person or by QR code.
+    Verify {
+        /// The contact.
+        contact: String,
+        /// The numbers matched: mark the contact verified.
+        #[arg(long, conflicts_with_all = ["unmark", "accept"])]
+        mark: bool,
+        /// Mark the contact not verified.
+        #[arg(long, conflicts_with = "accept")]
+        unmark: bool,
+        /// Acknowledge a changed key without comparing (the contact stays unverified).
+        #[arg(long)]
+        accept: bool,
     },
     /// Deliver what waits and fetch what is new.
     Sync {
@@ -236,6 +300,18 @@ fn parse_pt(s: &str) -> Result<(String, SocketAddr), String> {
         s.split_once('=').ok_or_else(|| format!("{s:?}: want TRANSPORT=IP:PORT, e.g. obfs4=0.0.0.0:8443"))?;
     let addr = addr.parse().map_err(|_| format!("{addr:?} is not IP:PORT"))?;
     Ok((name.to_string(), addr))
+}
+
+/// A disappearing-message timer: a duration, or `off`.
+fn parse_timer(s: &str) -> Result<u32, String> {
+    if s == "off" || s == "0" {
+        return Ok(0);
+    }
+    let secs = parse_duration(s)?.as_secs();
+    u32::try_from(secs)
+        .ok()
+        .filter(|s| *s <= tamizdat_e2e::content::MAX_EXPIRE_SECS)
+        .ok_or_else(|| "the longest timer is 366d".to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -436,8 +512,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Accept { link, alias } => {
             let mut client = open(&cli)?;
             let result = client.accept(link, alias.as_deref()).await;
+            let changed = match &result {
+                Ok(name) => client.verify(name).map(|v| v.key_changed_at.is_some()).unwrap_or(false),
+                Err(_) => false,
+            };
             client.close().await;
             let name = result?;
+            if changed {
+                eprintln!(
+                    "WARNING: this invite comes from a different key than {name} had. If {name} did not get a new \
+                     device, someone may be impersonating them. Compare safety numbers: tamizdat verify {name}"
+                );
+            }
             if cli.json {
                 print_json(&serde_json::json!({ "contact": name }))?;
             } else {
@@ -466,7 +552,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Send { contact, text } => {
+        Command::Send { contact, text, reply_to } => {
             let text = if text == "-" {
                 let mut s = String::new();
                 std::io::stdin()
@@ -477,7 +563,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 text.clone()
             };
             let mut client = open(&cli)?;
-            let result = client.send(contact, &text).await;
+            let result = match reply_to {
+                Some(id) => client.reply(contact, &text, id).await,
+                None => client.send(contact, &text).await,
+            };
             client.close().await;
             let view = result?;
             if view.state == "failed" {
@@ -525,6 +614,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Group { command } => group(&cli, command).await,
+        Command::Conversations
+        | Command::Read { .. }
+        | Command::Edit { .. }
+        | Command::Delete { .. }
+        | Command::React { .. }
+        | Command::Expire { .. }
+        | Command::Verify { .. } => daily::run(&cli).await,
         Command::Groups => {
             let client = open(&cli)?;
             let groups = client.groups()?;
@@ -666,7 +762,8 @@ fn print_report(report: &SyncReport, json: bool, say_nothing_new: bool) {
     let empty = report.new_contacts.is_empty()
         && report.new_groups.is_empty()
         && report.renamed.is_empty()
-        && report.messages.is_empty();
+        && report.messages.is_empty()
+        && report.changed.is_empty();
     if json {
         if let (false, Ok(line)) = (empty, serde_json::to_string(report)) {
             println!("{line}");
@@ -684,6 +781,10 @@ fn print_report(report: &SyncReport, json: bool, say_nothing_new: bool) {
         for m in &report.messages {
             print_message(m);
         }
+        for m in &report.changed {
+            print!("changed: ");
+            print_message(m);
+        }
         if empty && say_nothing_new {
             println!("nothing new");
         }
@@ -692,13 +793,24 @@ fn print_report(report: &SyncReport, json: bool, say_nothing_new: bool) {
 }
 
 fn print_message(m: &MessageView) {
-    let state = if m.outgoing && m.state != "sent" { format!(" [{}]", m.state) } else { String::new() };
+    let mut state = if m.outgoing && m.state != "sent" { format!(" [{}]", m.state) } else { String::new() };
+    if m.edited {
+        state.push_str(" (edited)");
+    }
+    for r in &m.reactions {
+        state.push_str(&format!(" [{} {}]", r.emoji, r.by.join(", ")));
+    }
+    let text = if m.deleted { "(deleted)".to_string() } else { m.text.clone() };
+    let text = match &m.reply_to {
+        Some(r) => format!("(re {}: {}) {text}", r.sender.as_deref().unwrap_or("?"), r.text),
+        None => text,
+    };
     if m.kind == "event" {
         println!("{} [{}] {}", format_time(m.sent_at), m.conversation, m.text);
     } else if m.group {
-        println!("{} [{}] {}: {}{state}", format_time(m.sent_at), m.conversation, m.sender, m.text);
+        println!("{} [{}] {}: {text}{state}", format_time(m.sent_at), m.conversation, m.sender);
     } else {
-        println!("{} {}: {}{state}", format_time(m.sent_at), m.sender, m.text);
+        println!("{} {}: {text}{state}", format_time(m.sent_at), m.sender);
     }
 }
 
