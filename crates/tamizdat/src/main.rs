@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use tamizdat_client::{Client, ClientError, DoctorReport, ErrorKind, MessageView, NetOptions, Proxy, SyncReport};
 use tamizdat_relay::{DEFAULT_RETENTION, Relay, RelayConfig, identity::RelayIdentity};
 
+mod daemon;
 mod daily;
 
 /// Tamizdat: end-to-end encrypted messaging that gets through censorship.
@@ -165,6 +166,16 @@ enum Command {
     },
     /// List your groups.
     Groups,
+    /// Serve JSON-RPC 2.0 for bots and other frontends (docs/API.md): on a Unix socket, or on
+    /// standard input and output.
+    Daemon {
+        /// The socket (default: daemon.sock in the home directory).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Speak on standard input and output instead of a socket.
+        #[arg(long, conflicts_with = "socket")]
+        stdio: bool,
+    },
     /// Show settings, or change one: `tamizdat config update-after-messages 50`.
     Config {
         /// The setting to change.
@@ -614,6 +625,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Group { command } => group(&cli, command).await,
+        Command::Daemon { socket, stdio } => {
+            let listen = match (socket, stdio) {
+                (_, true) => daemon::Listen::Stdio,
+                (Some(path), false) => daemon::Listen::Socket(path.clone()),
+                (None, false) => daemon::Listen::Socket(home(&cli)?.join("daemon.sock")),
+            };
+            daemon::run(open(&cli)?, listen).await
+        }
         Command::Conversations
         | Command::Read { .. }
         | Command::Edit { .. }
