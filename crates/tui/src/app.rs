@@ -19,6 +19,10 @@ const NOTICE_MS: u64 = 8_000;
 const ERROR_MS: u64 = 20_000;
 /// Id prefix of the copies of sent messages shown until the worker's version arrives.
 pub(crate) const ECHO_PREFIX: &str = "local:";
+/// A copy the worker has not confirmed after this long is shown as failed.
+const ECHO_TIMEOUT_MS: u64 = 60_000;
+/// The worker's copy may carry a time up to this much before the local one (clocks, rounding).
+const ECHO_SLACK_MS: u64 = 60_000;
 
 /// Which part of the screen takes the keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +111,8 @@ pub struct App {
     pub(crate) next_echo: u64,
     /// Text to put on the terminal's clipboard (OSC 52), taken by the runner.
     pub(crate) clipboard: Option<String>,
+    /// The message before which older ones were last asked for (asked once each).
+    pub(crate) older_asked: Option<String>,
 }
 
 impl Default for App {
@@ -141,6 +147,7 @@ impl App {
             list_offset: 0,
             next_echo: 0,
             clipboard: None,
+            older_asked: None,
         }
     }
 
@@ -203,8 +210,8 @@ impl App {
                     let old = app.messages.remove(&conversation).unwrap_or_default();
                     let mut echoes: Vec<ChatMessage> =
                         old.into_iter().filter(|m| m.id.starts_with(ECHO_PREFIX)).collect();
-                    for m in messages.iter().filter(|m| m.outgoing) {
-                        if let Some(i) = echoes.iter().position(|e| e.text == m.text) {
+                    for m in &messages {
+                        if let Some(i) = echoes.iter().position(|e| confirms(m, e)) {
                             echoes.remove(i);
                         }
                     }
@@ -216,10 +223,7 @@ impl App {
             Update::Message { conversation, message } => {
                 self.keep_view(&conversation, |app| {
                     let list = app.messages.entry(conversation.clone()).or_default();
-                    let same = |m: &ChatMessage| {
-                        m.id == message.id
-                            || (message.outgoing && m.id.starts_with(ECHO_PREFIX) && m.text == message.text)
-                    };
+                    let same = |m: &ChatMessage| m.id == message.id || confirms(&message, m);
                     match list.iter().position(same) {
                         Some(i) => list[i] = message,
                         None => {
@@ -259,6 +263,11 @@ impl App {
         self.typing.retain(|_, (_, until)| *until > now);
         for list in self.messages.values_mut() {
             list.retain(|m| m.expires_at_ms.is_none_or(|t| t > now));
+            for echo in list.iter_mut().filter(|m| m.id.starts_with(ECHO_PREFIX)) {
+                if echo.state == MessageState::Sending && now >= echo.sent_at_ms + ECHO_TIMEOUT_MS {
+                    echo.state = MessageState::Failed;
+                }
+            }
         }
         if let Some(id) = &self.selected
             && !self.open_messages().iter().any(|m| &m.id == id)
@@ -269,14 +278,42 @@ impl App {
     }
 
     /// Changes a conversation's messages without moving what the user is reading when they
-    /// scrolled up: rows added below push the scroll offset by as much.
+    /// scrolled up: the first message in view stays on the same row, whether rows were added
+    /// below (new messages) or above (older ones).
     fn keep_view(&mut self, conversation: &str, change: impl FnOnce(&mut Self)) {
-        let watched = self.open.as_deref() == Some(conversation) && self.scroll > 0;
-        let before = if watched { self.rows().map_or(0, |r| r.owner.len()) } else { 0 };
+        let anchor =
+            if self.open.as_deref() == Some(conversation) && self.scroll > 0 { self.top_in_view() } else { None };
         change(self);
-        if watched {
-            let after = self.rows().map_or(0, |r| r.owner.len());
-            self.scroll += after.saturating_sub(before);
+        let Some((id, row)) = anchor else { return };
+        let (Some(rows), height) = (self.rows(), self.view_height()) else { return };
+        let Some(index) = self.open_messages().iter().position(|m| m.id == id) else { return };
+        let Some(line) = rows.owner.iter().position(|o| *o == Some(index)) else { return };
+        let top = line.saturating_sub(row);
+        self.scroll = rows.owner.len().saturating_sub(top + height);
+    }
+
+    /// The first message that starts in view, and the row it starts on.
+    fn top_in_view(&self) -> Option<(String, usize)> {
+        let rows = self.rows()?;
+        let top = rows.owner.len().saturating_sub(self.scroll + self.view_height());
+        let messages = self.open_messages();
+        (top..rows.owner.len()).find_map(|line| {
+            let index = rows.owner[line]?;
+            let starts = line == 0 || rows.owner[line - 1] != Some(index);
+            starts.then(|| (messages[index].id.clone(), line - top))
+        })
+    }
+
+    /// Asks the worker for messages older than the oldest shown, once per oldest message.
+    pub(crate) fn want_older(&mut self, out: &mut Vec<Action>) {
+        let Some(conversation) = self.open.clone() else { return };
+        let Some(first) = self.open_messages().iter().find(|m| !m.id.starts_with(ECHO_PREFIX)).map(|m| m.id.clone())
+        else {
+            return;
+        };
+        if self.older_asked.as_deref() != Some(first.as_str()) {
+            self.older_asked = Some(first.clone());
+            out.push(Action::LoadOlder { conversation, before: first });
         }
     }
 
@@ -451,4 +488,14 @@ impl App {
             .map(|(i, _)| i)
             .collect()
     }
+}
+
+/// `m`, from the worker, is the confirmed copy of the local `echo`: same text, and sent no
+/// earlier than a little before it (an older message with the same text is not it).
+fn confirms(m: &ChatMessage, echo: &ChatMessage) -> bool {
+    echo.id.starts_with(ECHO_PREFIX)
+        && !m.id.starts_with(ECHO_PREFIX)
+        && m.outgoing
+        && m.text == echo.text
+        && m.sent_at_ms + ECHO_SLACK_MS >= echo.sent_at_ms
 }

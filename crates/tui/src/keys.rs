@@ -132,7 +132,7 @@ impl App {
             (Down, _, true) => self.step_conversation(1, out),
             (Tab, ..) => self.cycle_focus(1),
             (BackTab, ..) => self.cycle_focus(-1),
-            (PageUp, ..) => self.scroll_by(self.page()),
+            (PageUp, ..) => self.scroll_up(self.page(), out),
             (PageDown, ..) => self.scroll_by(-self.page()),
             _ => self.focused_key(key, out),
         }
@@ -178,6 +178,9 @@ impl App {
         let count = self.open_messages().len();
         match key.code {
             Up | Char('k') => {
+                if self.selected_index() == Some(0) {
+                    self.want_older(out);
+                }
                 let to = self.selected_index().map_or(count.saturating_sub(1), |i| i.saturating_sub(1));
                 self.select_message(to);
             }
@@ -185,7 +188,10 @@ impl App {
                 Some(i) if i + 1 < count => self.select_message(i + 1),
                 _ => self.scroll = 0,
             },
-            Home | Char('g') => self.select_message(0),
+            Home | Char('g') => {
+                self.select_message(0);
+                self.want_older(out);
+            }
             End | Char('G') => {
                 self.select_message(count.saturating_sub(1));
                 self.scroll = 0;
@@ -229,11 +235,18 @@ impl App {
                 out.extend(save);
             }
             Enter => {
-                let failed = self.selected_message().filter(|m| m.outgoing && m.state == MessageState::Failed);
-                match (failed.map(|m| m.id.clone()), self.open.clone()) {
-                    (Some(message), Some(conversation)) if !message.starts_with(ECHO_PREFIX) => {
-                        out.push(Action::Retry { conversation, message });
+                let failed = self.selected_message().filter(|m| m.outgoing && m.state == MessageState::Failed).cloned();
+                match (failed, self.open.clone()) {
+                    (Some(m), Some(conversation)) if m.id.starts_with(ECHO_PREFIX) => {
+                        // The worker never confirmed it: send the text again.
+                        if let Some(list) = self.messages.get_mut(&conversation) {
+                            list.retain(|e| e.id != m.id);
+                        }
+                        self.echo(&conversation, &m.text, m.reply_to.clone());
+                        out.push(Action::Send { conversation, text: m.text, reply_to: None });
+                        self.after_send();
                     }
+                    (Some(m), Some(conversation)) => out.push(Action::Retry { conversation, message: m.id }),
                     _ => self.focus = Focus::Compose,
                 }
             }
@@ -466,7 +479,7 @@ impl App {
                 self.list_offset =
                     if up { self.list_offset.saturating_sub(1) } else { (self.list_offset + 1).min(max) };
             }
-            MouseKind::ScrollUp => self.scroll_by(WHEEL_ROWS),
+            MouseKind::ScrollUp => self.scroll_up(WHEEL_ROWS, out),
             MouseKind::ScrollDown => self.scroll_by(-WHEEL_ROWS),
             MouseKind::Click if self.popup.is_some() => {
                 if matches!(self.popup, Some(Popup::Help(_) | Popup::Invite(_))) {
@@ -497,6 +510,14 @@ impl App {
                 }
             }
         }
+    }
+
+    /// Scrolls towards older messages; past the oldest shown, asks the worker for more.
+    fn scroll_up(&mut self, rows: isize, out: &mut Vec<Action>) {
+        if self.scroll >= self.max_scroll() {
+            self.want_older(out);
+        }
+        self.scroll_by(rows);
     }
 
     fn cycle_focus(&mut self, step: i8) {
@@ -533,7 +554,12 @@ impl App {
     fn with_selected<T>(&mut self, f: impl FnOnce(&mut Self, &ChatMessage) -> Option<T>) -> Option<T> {
         match self.selected_message().cloned() {
             Some(m) if m.id.starts_with(ECHO_PREFIX) => {
-                self.notify("That message is still being sent", false);
+                let why = if m.state == MessageState::Failed {
+                    "That message was not sent: Enter sends it again"
+                } else {
+                    "That message is still being sent"
+                };
+                self.notify(why, false);
                 None
             }
             Some(m) if m.kind == MessageKind::Event => None,

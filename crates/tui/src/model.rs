@@ -228,6 +228,14 @@ pub enum Action {
         /// The emoji.
         emoji: String,
     },
+    /// The user scrolled past the oldest message shown: answer with `Messages` that include
+    /// older ones, if there are any. Asked once per oldest message.
+    LoadOlder {
+        /// Conversation id.
+        conversation: String,
+        /// Id of the oldest message the TUI has.
+        before: String,
+    },
     /// Send a message that failed again.
     Retry {
         /// Conversation id.

@@ -308,6 +308,67 @@ fn scrollback_keeps_its_place_when_messages_arrive() {
 }
 
 #[test]
+fn scrolling_past_the_oldest_message_asks_for_older_ones() {
+    let mut app = alice(W, H);
+    let window: Vec<ChatMessage> = (40..80)
+        .map(|i| msg(&format!("m{i}"), "Alice", &format!("message number {i}"), NOW - (80 - i) * MIN))
+        .collect();
+    app.apply(Update::Messages { conversation: "alice".into(), messages: window.clone() });
+    let mut asked = Vec::new();
+    for _ in 0..10 {
+        asked.extend(key(&mut app, KeyCode::PageUp));
+    }
+    assert_eq!(asked, [Action::LoadOlder { conversation: "alice".into(), before: "m40".into() }], "asked once");
+    let top = screen(&app);
+    assert!(top.contains("message number 40"));
+
+    // Older messages come in above: the messages on screen stay on their rows (the day
+    // separator on the first row now belongs above the older ones).
+    let mut all: Vec<ChatMessage> =
+        (0..40).map(|i| msg(&format!("m{i}"), "Alice", &format!("message number {i}"), NOW - (80 - i) * MIN)).collect();
+    all.extend(window);
+    app.apply(Update::Messages { conversation: "alice".into(), messages: all });
+    let after = screen(&app);
+    assert_eq!(after.lines().skip(2).collect::<Vec<_>>(), top.lines().skip(2).collect::<Vec<_>>());
+    assert!(after.contains("message number 39"));
+    let mut asked = Vec::new();
+    for _ in 0..30 {
+        asked.extend(key(&mut app, KeyCode::PageUp));
+    }
+    assert_eq!(asked, [Action::LoadOlder { conversation: "alice".into(), before: "m0".into() }]);
+    // In the messages, Up on the oldest asks too (once per oldest message).
+    key(&mut app, KeyCode::Tab);
+    key(&mut app, KeyCode::Home);
+    assert!(key(&mut app, KeyCode::Up).is_empty());
+}
+
+#[test]
+fn a_send_the_worker_never_confirms_turns_failed_and_can_be_sent_again() {
+    let mut app = alice(W, H);
+    key(&mut app, KeyCode::Enter);
+    // The same text was sent long ago: that old message does not confirm the new one.
+    type_text(&mut app, "I'll book the table");
+    key(&mut app, KeyCode::Enter);
+    app.apply(Update::Messages { conversation: "alice".into(), messages: alice_messages() });
+    assert_eq!(app.messages("alice").last().unwrap().state, MessageState::Sending);
+    assert!(app.messages("alice").last().unwrap().id.starts_with("local:"));
+
+    app.handle_event(Event::Tick, NOW + 61_000);
+    assert_eq!(app.messages("alice").last().unwrap().state, MessageState::Failed);
+    key(&mut app, KeyCode::Tab);
+    key(&mut app, KeyCode::Tab);
+    key(&mut app, KeyCode::Up);
+    let again = key(&mut app, KeyCode::Enter);
+    assert_eq!(
+        again,
+        [Action::Send { conversation: "alice".into(), text: "I'll book the table".into(), reply_to: None }]
+    );
+    let echoes = app.messages("alice").iter().filter(|m| m.id.starts_with("local:")).count();
+    assert_eq!(echoes, 1);
+    assert_eq!(app.messages("alice").last().unwrap().state, MessageState::Sending);
+}
+
+#[test]
 fn reply_to_the_selected_message() {
     let mut app = alice(W, H);
     key(&mut app, KeyCode::Tab);

@@ -213,7 +213,7 @@ async fn worker(updates: mpsc::Sender<Update>, mut actions: mpsc::Receiver<Actio
                 push(Update::Invite("tamizdat:invite/AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygp".into()))
                     .await;
             }
-            Action::Retry { .. } | Action::Typing(_) => {}
+            Action::Retry { .. } | Action::Typing(_) | Action::LoadOlder { .. } => {}
             Action::Quit => break,
         }
     }
