@@ -2,6 +2,7 @@
 
 mod app;
 mod clock;
+mod commands;
 mod compose;
 mod event;
 mod keys;
