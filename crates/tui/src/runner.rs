@@ -5,9 +5,10 @@
 use std::{
     io::{self, Stdout},
     sync::{
-        Once,
+        Mutex, Once,
         atomic::{AtomicBool, Ordering},
     },
+    thread::{self, ThreadId},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -48,7 +49,17 @@ impl Default for Options {
 
 /// True while the terminal is in the TUI's state, so the panic hook knows to restore it.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// The thread running the TUI loop's code right now: a panic there restores the terminal
+/// before the message is printed; a panic in the worker does not (the TUI goes on and says
+/// the worker stopped).
+static TUI_THREAD: Mutex<Option<ThreadId>> = Mutex::new(None);
 static HOOK: Once = Once::new();
+
+fn on_this_thread() {
+    if let Ok(mut tui) = TUI_THREAD.lock() {
+        *tui = Some(thread::current().id());
+    }
+}
 
 /// Runs the TUI with default [`Options`] until the user quits (the worker gets
 /// [`Action::Quit`]).
@@ -74,35 +85,37 @@ pub async fn run_with(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut worker_gone = false;
     loop {
+        on_this_thread();
         draw(&mut terminal, &app)?;
-        let out = tokio::select! {
-            event = events.next() => match event {
-                Some(Ok(event)) => match Event::from_crossterm(event) {
-                    Some(event) => app.handle_event(event, now_ms()),
-                    None => continue,
-                },
-                Some(Err(e)) => return Err(e),
-                None => return Ok(()),
+        let input = tokio::select! {
+            event = events.next() => Input::Terminal(event),
+            update = updates.recv(), if !worker_gone => Input::Worker(update.map(Box::new)),
+            _ = tick.tick() => Input::Tick,
+        };
+        on_this_thread();
+        let out = match input {
+            Input::Terminal(Some(Ok(event))) => match Event::from_crossterm(event) {
+                Some(event) => app.handle_event(event, now_ms()),
+                None => continue,
             },
-            update = updates.recv(), if !worker_gone => {
-                match update {
-                    Some(update) => {
-                        app.apply(update);
-                        for _ in 1..BATCH {
-                            match updates.try_recv() {
-                                Ok(update) => app.apply(update),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    None => {
-                        worker_gone = true;
-                        app.apply(Update::Error("The background worker stopped; Ctrl-Q quits".into()));
+            Input::Terminal(Some(Err(e))) => return Err(e),
+            Input::Terminal(None) => return Ok(()),
+            Input::Worker(Some(update)) => {
+                app.apply(*update);
+                for _ in 1..BATCH {
+                    match updates.try_recv() {
+                        Ok(update) => app.apply(update),
+                        Err(_) => break,
                     }
                 }
                 Vec::new()
-            },
-            _ = tick.tick() => app.handle_event(Event::Tick, now_ms()),
+            }
+            Input::Worker(None) => {
+                worker_gone = true;
+                app.apply(Update::Error("The background worker stopped; Ctrl-Q quits".into()));
+                Vec::new()
+            }
+            Input::Tick => app.handle_event(Event::Tick, now_ms()),
         };
         if let Some(text) = app.take_clipboard() {
             execute!(io::stdout(), crossterm::clipboard::CopyToClipboard::to_clipboard_from(text))?;
@@ -125,6 +138,13 @@ pub async fn run_with(
     }
 }
 
+/// What woke the loop.
+enum Input {
+    Terminal(Option<io::Result<crossterm::event::Event>>),
+    Worker(Option<Box<Update>>),
+    Tick,
+}
+
 fn draw(terminal: &mut Terminal<CrosstermBackend<Stdout>>, app: &App) -> io::Result<()> {
     let now = now_ms();
     terminal.draw(|frame| ui::draw(frame, app, now))?;
@@ -143,7 +163,8 @@ impl Guard {
         HOOK.call_once(|| {
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
-                if ACTIVE.load(Ordering::SeqCst) {
+                let ours = TUI_THREAD.lock().ok().and_then(|tui| *tui) == Some(thread::current().id());
+                if ours && ACTIVE.load(Ordering::SeqCst) {
                     restore();
                 }
                 previous(info);
