@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use tamizdat_client::{Client, ClientError, DoctorReport, ErrorKind, MessageView, NetOptions, Proxy, SyncReport};
 use tamizdat_relay::{DEFAULT_RETENTION, Relay, RelayConfig, identity::RelayIdentity};
 
+mod chat;
 mod daemon;
 mod daily;
 
@@ -166,6 +167,8 @@ enum Command {
     },
     /// List your groups.
     Groups,
+    /// Open the chat screen: conversations, messages, compose (press ? for the keys).
+    Chat,
     /// Serve JSON-RPC 2.0 for bots and other frontends (docs/API.md): on a Unix socket, or on
     /// standard input and output.
     Daemon {
@@ -625,6 +628,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Group { command } => group(&cli, command).await,
+        Command::Chat => {
+            if !std::io::stdout().is_terminal() {
+                return Err(Failure("`tamizdat chat` needs a terminal; scripts can use `tamizdat daemon`".into()));
+            }
+            chat::run(open(&cli)?).await
+        }
         Command::Daemon { socket, stdio } => {
             let listen = match (socket, stdio) {
                 (_, true) => daemon::Listen::Stdio,

@@ -12,6 +12,7 @@ mod popup;
 mod runner;
 mod text;
 mod theme;
+pub mod tmux;
 mod transcript;
 mod ui;
 
