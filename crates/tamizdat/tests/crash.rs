@@ -113,7 +113,8 @@ fn crash_cycles(kind: Kind) {
         // Whatever still waits in the sender's outbox goes now.
         let mut s = Client::open(s_home, PASSPHRASE).unwrap();
         rt.block_on(s.sync()).unwrap();
-        assert!(s.messages(to).unwrap().iter().all(|m| m.state == "sent"));
+        // Past the relay: sent, or already confirmed by the receiver's delivery receipt.
+        assert!(s.messages(to).unwrap().iter().all(|m| matches!(m.state.as_str(), "sent" | "delivered" | "read")));
         let mut r = Client::open(r_home, PASSPHRASE).unwrap();
         rt.block_on(r.sync()).unwrap();
         rt.block_on(r.sync()).unwrap();
