@@ -51,7 +51,7 @@ pub struct ContactView {
 pub struct MessageView {
     /// Message id (hex), the same on every member's device for texts.
     pub id: String,
-    /// `text`, or `event` for joins, leaves and removals.
+    /// `text`, `file`, or `event` for joins, leaves and removals.
     pub kind: String,
     /// Who sent it (our own name for outgoing messages).
     pub sender: String,
@@ -63,12 +63,15 @@ pub struct MessageView {
     pub sent_at: u64,
     /// Position in the conversation's log, once the relay stored it.
     pub seq: Option<u64>,
-    /// `sending`, `sent`, `received` or `failed`.
+    /// `uploading` (files), `sending`, `sent`, `received` or `failed`.
     pub state: String,
     /// The conversation it belongs to: the contact's name or the group's.
     pub conversation: String,
     /// The conversation is a group.
     pub group: bool,
+    /// The file, for `file` messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<crate::AttachmentView>,
 }
 
 /// What a sync found.
@@ -336,7 +339,7 @@ impl Client {
     /// so a blip does not leave a message waiting for the next command.
     pub(crate) async fn call(&mut self, link: &str, op: Op, key: Option<&SigningKey>) -> Result<Reply, ClientError> {
         const BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(800)];
-        let repeatable = !matches!(op, Op::CreateQueue(_) | Op::CreateLog(_));
+        let repeatable = !matches!(op, Op::CreateQueue(_) | Op::CreateLog(_) | Op::CreateBlob(_));
         let mut op = op;
         let mut attempt = 0;
         loop {
@@ -344,6 +347,7 @@ impl Client {
             match &mut op {
                 Op::ReadLog(r) => r.max_bytes = self.read_bytes(),
                 Op::ReadQueue(r) => r.max_bytes = self.read_bytes(),
+                Op::GetBlob(r) => r.max_bytes = self.read_bytes(),
                 _ => {}
             }
             let result = match self.relay(link).await {
@@ -751,6 +755,8 @@ impl Client {
             let applied = self.apply_intents(id, &mut report).await.map(|()| 0);
             note(&mut report, applied)?;
         }
+        let uploads = self.resume_uploads().await.map(|_| 0);
+        note(&mut report, uploads)?;
         let flushed = self.flush_outbox_into(&mut report).await;
         note(&mut report, flushed)?;
         Ok(report)
@@ -1048,8 +1054,22 @@ impl Client {
                     state: "received".into(),
                     conversation: c.name.clone(),
                     group: c.is_group,
+                    attachment: None,
                 };
                 Ok((vec![view], false))
+            }
+            Some(Body::Attachment(a)) => {
+                match crate::attachments::store_incoming(
+                    tx,
+                    c,
+                    sender,
+                    seq,
+                    (&content.message_id, content.sent_at_ms),
+                    &a,
+                )? {
+                    Some(row) => Ok((vec![self.message_by_row_in(tx, row)?], false)),
+                    None => Ok((Vec::new(), false)), // the same message id again: shown once
+                }
             }
             Some(Body::Profile(p)) => {
                 let wanted = clean_name(&p.display_name);
@@ -1246,6 +1266,7 @@ impl Client {
             state,
             conversation: c.name,
             group: c.is_group,
+            attachment: crate::attachments::view(conn, row)?,
         })
     }
 

@@ -1,11 +1,13 @@
 #![doc = include_str!("../README.md")]
 
+mod attachments;
 mod engine;
 mod groups;
 mod paths;
 pub mod relay;
 pub mod store;
 
+pub use attachments::{AttachmentView, CHUNK_SIZE, FileKind, SavedFile, guess_mime, safe_file_name};
 pub use engine::{Client, ContactView, MessageView, SyncReport};
 pub use groups::{GroupView, MemberView, SETTINGS};
 pub use paths::{EndpointView, FREEZE_BUDGET, NetOptions, doctor_link};
@@ -54,6 +56,9 @@ pub enum ClientError {
     /// The relay broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A file that is damaged, changed, incomplete or gone on its relay.
+    #[error("{0}")]
+    BadAttachment(String),
     /// Undecodable bytes.
     #[error(transparent)]
     Wire(#[from] tamizdat_wire::WireError),
@@ -84,7 +89,8 @@ impl ClientError {
             | ClientError::WrongPassphrase
             | ClientError::BadInput(_)
             | ClientError::UnknownContact(_)
-            | ClientError::Invite(_) => ErrorKind::BadInput,
+            | ClientError::Invite(_)
+            | ClientError::BadAttachment(_) => ErrorKind::BadInput,
             ClientError::Transport(e) => e.kind(),
             ClientError::Relay { code: ErrorCode::Internal | ErrorCode::RateLimited, .. } => ErrorKind::Retry,
             ClientError::Relay { .. } | ClientError::Protocol(_) | ClientError::Wire(_) => ErrorKind::Fatal,
