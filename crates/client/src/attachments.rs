@@ -668,10 +668,11 @@ impl Client {
                 (next, skip) = (pos / per, pos % per);
             } else {
                 return Err(ClientError::Protocol(format!(
-                    "the relay went back from {pos} to {} bytes of this file",
+                    "the relay did not take the piece at {pos} (it reports {} bytes)",
                     stored.length
                 )));
             }
+            // `uploaded` counts encrypted bytes, as the relay does; views turn it into file bytes.
             self.conn
                 .execute("UPDATE attachments SET uploaded = ?1 WHERE message_row = ?2", params![to_i64(pos), f.row])?;
             progress(cipher.plain_within(pos), f.size);
