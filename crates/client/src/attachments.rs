@@ -554,7 +554,14 @@ impl Client {
         name: &str,
     ) -> Result<Vec<u8>, ClientError> {
         let op = Op::CreateBlob(CreateBlob { write_key: write_key.verifying_key().to_bytes().to_vec(), size });
-        match self.call(link, op, Some(write_key)).await {
+        let mut created = self.call(link, op.clone(), Some(write_key)).await;
+        if matches!(created, Err(ClientError::Relay { code: ErrorCode::RateLimited, .. })) {
+            // This connection made as many blobs as the relay allows one connection: a new one
+            // may make more.
+            self.relays.remove(link);
+            created = self.call(link, op, Some(write_key)).await;
+        }
+        match created {
             Ok(Reply::BlobCreated(b)) if b.blob_id.len() == ID_LEN => Ok(b.blob_id),
             Ok(_) => Err(ClientError::Protocol("expected BlobCreated".into())),
             Err(ClientError::Relay { code: ErrorCode::TooLarge, .. }) => {
