@@ -51,7 +51,7 @@ pub struct ContactView {
 pub struct MessageView {
     /// Message id (hex), the same on every member's device for texts.
     pub id: String,
-    /// `text`, or `event` for joins, leaves and removals.
+    /// `text`, `file`, or `event` for joins, leaves and removals.
     pub kind: String,
     /// Who sent it (our own name for outgoing messages).
     pub sender: String,
@@ -63,8 +63,8 @@ pub struct MessageView {
     pub sent_at: u64,
     /// Position in the conversation's log, once the relay stored it.
     pub seq: Option<u64>,
-    /// Ours: `sending`, `sent`, `delivered` (to every recipient), `read` (by every recipient)
-    /// or `failed`; theirs: `received`.
+    /// Ours: `uploading` (files), `sending`, `sent`, `delivered` (to every recipient), `read`
+    /// (by every recipient) or `failed`; theirs: `received`.
     pub state: String,
     /// The conversation it belongs to: the contact's name or the group's.
     pub conversation: String,
@@ -86,6 +86,9 @@ pub struct MessageView {
     pub delivered_to: u32,
     /// Ours: how many recipients read it.
     pub read_by: u32,
+    /// The file, for `file` messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<crate::AttachmentView>,
 }
 
 /// The message a reply answers, as far as this device still has it.
@@ -381,7 +384,7 @@ impl Client {
     /// so a blip does not leave a message waiting for the next command.
     pub(crate) async fn call(&mut self, link: &str, op: Op, key: Option<&SigningKey>) -> Result<Reply, ClientError> {
         const BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(800)];
-        let repeatable = !matches!(op, Op::CreateQueue(_) | Op::CreateLog(_));
+        let repeatable = !matches!(op, Op::CreateQueue(_) | Op::CreateLog(_) | Op::CreateBlob(_));
         let mut op = op;
         let mut attempt = 0;
         loop {
@@ -389,6 +392,7 @@ impl Client {
             match &mut op {
                 Op::ReadLog(r) => r.max_bytes = self.read_bytes(),
                 Op::ReadQueue(r) => r.max_bytes = self.read_bytes(),
+                Op::GetBlob(r) => r.max_bytes = self.read_bytes(),
                 _ => {}
             }
             let result = match self.relay(link).await {
@@ -822,6 +826,8 @@ impl Client {
             let applied = self.apply_intents(id, &mut report).await.map(|()| 0);
             note(&mut report, applied)?;
         }
+        let uploads = self.resume_uploads().await.map(|_| 0);
+        note(&mut report, uploads)?;
         let flushed = self.flush_outbox_into(&mut report).await;
         note(&mut report, flushed)?;
         Ok(report)
@@ -1124,6 +1130,24 @@ impl Client {
                 }
                 Ok((vec![self.message_by_row_in(tx, tx.last_insert_rowid())?], false))
             }
+            Some(Body::Attachment(a)) => {
+                match crate::attachments::store_incoming(
+                    tx,
+                    c,
+                    sender,
+                    seq,
+                    (&content.message_id, content.sent_at_ms),
+                    &a,
+                )? {
+                    Some(row) => {
+                        // Like a text's, the timer runs from arrival.
+                        let expires_at = crate::chat::expiry(now_ms(), content.expire_secs);
+                        tx.execute("UPDATE messages SET expires_at = ?1 WHERE id = ?2", params![expires_at, row])?;
+                        Ok((vec![self.message_by_row_in(tx, row)?], false))
+                    }
+                    None => Ok((Vec::new(), false)), // the same message id again: shown once
+                }
+            }
             Some(Body::Profile(p)) => {
                 let wanted = clean_name(&p.display_name);
                 if c.is_group {
@@ -1406,6 +1430,7 @@ impl Client {
             read_at: read_at.map(to_u64),
             delivered_to,
             read_by,
+            attachment: crate::attachments::view(conn, row)?,
         })
     }
 

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod attachments;
 mod chat;
 mod engine;
 mod groups;
@@ -8,6 +9,7 @@ pub mod relay;
 pub mod store;
 mod verify;
 
+pub use attachments::{AttachmentView, CHUNK_SIZE, FileKind, SavedFile, guess_mime, safe_file_name};
 pub use chat::{ConversationView, TypingView, format_timer};
 pub use engine::{Client, ContactView, MessageView, ReactionView, ReplyView, SyncReport};
 pub use groups::{GroupView, MemberView, SETTINGS};
@@ -58,6 +60,9 @@ pub enum ClientError {
     /// The relay broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A file that is damaged, changed, incomplete or gone on its relay.
+    #[error("{0}")]
+    BadAttachment(String),
     /// Undecodable bytes.
     #[error(transparent)]
     Wire(#[from] tamizdat_wire::WireError),
@@ -92,7 +97,8 @@ impl ClientError {
             | ClientError::BadInput(_)
             | ClientError::UnknownContact(_)
             | ClientError::Invite(_)
-            | ClientError::KeyChanged(_) => ErrorKind::BadInput,
+            | ClientError::KeyChanged(_)
+            | ClientError::BadAttachment(_) => ErrorKind::BadInput,
             ClientError::Transport(e) => e.kind(),
             ClientError::Relay { code: ErrorCode::Internal | ErrorCode::RateLimited, .. } => ErrorKind::Retry,
             ClientError::Relay { .. } | ClientError::Protocol(_) | ClientError::Wire(_) => ErrorKind::Fatal,

@@ -434,13 +434,19 @@ ALTER TABLE conversations ADD COLUMN typing_key BLOB;
 ALTER TABLE conversations ADD COLUMN typing_until INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// Version 5: an attachment being uploaded keeps the key that signs its pieces, so an upload
+/// cut short goes on from where the relay stopped, in this process or the next.
+const SCHEMA_V5: &str = "
+ALTER TABLE attachments ADD COLUMN write_key BLOB;
+";
+
 fn migrate(conn: &mut Connection) -> Result<(), ClientError> {
     SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut *conn)
         .run_migrations()
         .map_err(|e| ClientError::Io(format!("MLS storage migration: {e}")))?;
     let version: i64 =
         conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| ClientError::Io(e.to_string()))?;
-    for (target, schema) in [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3), (4, SCHEMA_V4)] {
+    for (target, schema) in [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3), (4, SCHEMA_V4), (5, SCHEMA_V5)] {
         if version >= target {
             continue;
         }
@@ -484,7 +490,7 @@ mod tests {
         .unwrap();
         migrate(&mut conn).unwrap();
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-        assert_eq!(version, 4);
+        assert_eq!(version, 5);
         let (name, conv): (String, i64) = conn
             .query_row("SELECT name, conversation_id FROM contacts WHERE id = 7", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .unwrap();

@@ -7,10 +7,10 @@ use tamizdat_client::{ClientError, relay::RelayClient};
 use tamizdat_relay::testing::{spawn_relay, spawn_relay_with};
 use tamizdat_wire::{
     frame,
-    limits::MAX_PROVEN,
+    limits::{MAX_BLOB_PIECE, MAX_PROVEN},
     proto::{
-        AckLog, AckQueue, Append, ClientFrame, Command, CreateLog, CreateQueue, ErrorCode, Hello, Op, ReadLog,
-        ReadQueue, RelayDescriptor, Reply, SendToQueue, ServerFrame, Subscribe,
+        AckLog, AckQueue, Append, BlobStatus, ClientFrame, Command, CreateBlob, CreateLog, CreateQueue, ErrorCode,
+        GetBlob, Hello, Op, PutBlob, ReadLog, ReadQueue, RelayDescriptor, Reply, SendToQueue, ServerFrame, Subscribe,
     },
 };
 
@@ -196,4 +196,53 @@ async fn a_proof_the_relay_did_not_keep_is_given_again() {
         let append = Op::Append(Append { log_id: l.log_id.clone(), dedup_id: vec![dedup; 16], payload: mls(0, 1) });
         assert!(matches!(c.call(append, Some(&log_key)).await.unwrap(), Reply::Appended(_)), "append {dedup}");
     }
+}
+
+/// Blobs: only the write key's holder writes, anyone with the id reads; sizes, pieces and the
+/// number of blobs a connection creates are bounded, and a refusal leaves the connection usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_take_the_write_key_to_write_and_keep_to_their_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = tamizdat_relay::Limits { max_blob_bytes: 3 << 20, blobs_per_connection: 2, ..Default::default() };
+    let (d, _) = spawn_relay_with(dir.path(), limits).await;
+    let mut c = RelayClient::connect(&d).await.unwrap();
+    let mut s = RelayClient::connect(&d).await.unwrap();
+    let (writer, stranger) = (key(), key());
+    let create = |size: u64| Op::CreateBlob(CreateBlob { write_key: writer.verifying_key().to_bytes().to_vec(), size });
+    assert_eq!(code(c.call(create(10), Some(&stranger)).await), ErrorCode::Unauthorized);
+    assert_eq!(code(c.call(create(0), Some(&writer)).await), ErrorCode::BadRequest);
+    assert_eq!(code(c.call(create((3 << 20) + 1), Some(&writer)).await), ErrorCode::TooLarge);
+    let Reply::BlobCreated(b) = c.call(create(3 << 20), Some(&writer)).await.unwrap() else { panic!() };
+    assert_eq!(b.blob_id.len(), 16);
+    let put = |offset: u64, data: Vec<u8>| Op::PutBlob(PutBlob { blob_id: b.blob_id.clone(), offset, data });
+    // Only the write key writes; a piece is at most MAX_BLOB_PIECE and never empty.
+    assert_eq!(code(s.call(put(0, vec![1; 10]), Some(&stranger)).await), ErrorCode::Unauthorized);
+    assert_eq!(code(s.call(put(0, vec![1; 10]), None).await), ErrorCode::Unauthorized);
+    assert_eq!(code(c.call(put(0, vec![1; MAX_BLOB_PIECE + 1]), Some(&writer)).await), ErrorCode::TooLarge);
+    assert_eq!(code(c.call(put(0, vec![]), Some(&writer)).await), ErrorCode::BadRequest);
+    let stored = |r: Result<Reply, ClientError>| match r.unwrap() {
+        Reply::BlobStored(s) => (s.length, s.size),
+        other => panic!("{other:?}"),
+    };
+    let piece: Vec<u8> = (0..MAX_BLOB_PIECE).map(|i| (i % 253) as u8).collect();
+    assert_eq!(stored(c.call(put(0, piece.clone()), Some(&writer)).await), (MAX_BLOB_PIECE as u64, 3 << 20));
+    // A lost reply's retry is answered with the length; a gap is refused.
+    assert_eq!(stored(c.call(put(0, piece.clone()), Some(&writer)).await), (MAX_BLOB_PIECE as u64, 3 << 20));
+    assert_eq!(code(c.call(put(MAX_BLOB_PIECE as u64 + 1, vec![1]), Some(&writer)).await), ErrorCode::BadRequest);
+    // Another connection reads with the id alone, in any range, and sees what is stored.
+    let status = Op::BlobStatus(BlobStatus { blob_id: b.blob_id.clone() });
+    assert_eq!(stored(s.call(status, None).await), (MAX_BLOB_PIECE as u64, 3 << 20));
+    let get = |offset: u64, max_bytes: u32| Op::GetBlob(GetBlob { blob_id: b.blob_id.clone(), offset, max_bytes });
+    let Reply::BlobData(all) = s.call(get(0, 0), None).await.unwrap() else { panic!() };
+    assert_eq!(all.data, piece);
+    let Reply::BlobData(part) = s.call(get(1000, 10), None).await.unwrap() else { panic!() };
+    assert_eq!(part.data, piece[1000..1010]);
+    let other = |blob_id: Vec<u8>| Op::GetBlob(GetBlob { blob_id, offset: 0, max_bytes: 0 });
+    assert_eq!(code(s.call(other(vec![9; 16]), None).await), ErrorCode::Unauthorized);
+    assert_eq!(code(s.call(other(vec![9; 3]), None).await), ErrorCode::BadRequest);
+    // Two blobs per connection here; a new connection may make more.
+    c.call(create(1), Some(&writer)).await.unwrap();
+    assert_eq!(code(c.call(create(1), Some(&writer)).await), ErrorCode::RateLimited);
+    let mut fresh = RelayClient::connect(&d).await.unwrap();
+    assert!(matches!(fresh.call(create(1), Some(&writer)).await.unwrap(), Reply::BlobCreated(_)));
 }

@@ -31,7 +31,8 @@ pub const MAX_EXPIRE_SECS: u32 = 366 * 86_400;
 pub const MAX_FILE_NAME: usize = 255;
 /// Longest attachment media type.
 pub const MAX_MIME: usize = 127;
-/// Largest attachment chunk (plaintext): chunks travel one per relay request.
+/// Largest attachment chunk (plaintext): a receiver holds one to decrypt it, so this bounds its
+/// memory whatever the sender chose.
 pub const MAX_CHUNK: u32 = 1024 * 1024;
 /// Largest attachment (plaintext).
 pub const MAX_ATTACHMENT: u64 = 2 * 1024 * 1024 * 1024;

@@ -21,6 +21,9 @@ const MAX_PAST_EPOCHS: usize = 0;
 const PADDING: usize = 32;
 
 /// What an incoming log entry turned out to be.
+// Made and consumed once per entry, never collected: boxing the content would only add an
+// allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Incoming {
     /// Content from another member, with that member's identity key.

@@ -26,6 +26,11 @@ pub struct Limits {
     /// Connections the relay holds at once, from everyone; past it, new ones wait in the
     /// kernel's backlog. An idle connection costs the relay about 20 KiB (docs/BENCHMARKS.md).
     pub max_connections: usize,
+    /// Largest blob (an attachment's ciphertext) one may create, in bytes.
+    pub max_blob_bytes: u64,
+    /// Blobs one connection may create. It bounds a burst on one connection; what a person
+    /// can store in all is bounded by their upload speed and the retention period.
+    pub blobs_per_connection: u32,
 }
 
 impl Default for Limits {
@@ -37,6 +42,8 @@ impl Default for Limits {
             requests_per_second: 500.0,
             requests_burst: 2000.0,
             max_connections: 20_000,
+            max_blob_bytes: 256 * 1024 * 1024,
+            blobs_per_connection: 64,
         }
     }
 }

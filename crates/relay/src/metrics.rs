@@ -54,6 +54,9 @@ counters! {
     notices_pushed_total: "counter", "Notices pushed to subscribed clients.";
     write_batches_total: "counter", "Group-commit transactions.";
     write_batch_items_total: "counter", "Writes committed in those transactions.";
+    blobs_created_total: "counter", "Blobs created.";
+    blob_bytes_received_total: "counter", "Blob bytes received in PutBlob requests (retries included).";
+    blob_bytes_served_total: "counter", "Blob bytes sent in GetBlob replies.";
 }
 
 impl Metrics {

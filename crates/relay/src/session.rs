@@ -9,17 +9,18 @@ use std::{
 };
 
 use futures_util::{FutureExt, StreamExt, stream::FuturesOrdered};
+use std::sync::atomic::Ordering::Relaxed;
 
 use prost::Message;
 use rand::RngCore;
 use tamizdat_transport::server::{ServerWs, recv_frame, send_frames};
 use tamizdat_wire::{
     Capability, frame,
-    limits::{self, ID_LEN, KEY_LEN, MAX_COMMIT_PAYLOAD, MAX_PAYLOAD},
+    limits::{self, ID_LEN, KEY_LEN, MAX_BLOB_PIECE, MAX_COMMIT_PAYLOAD, MAX_PAYLOAD},
     mls::{ContentType, peek_header},
     proto::{
-        Appended, ClientFrame, Command, Done, Entries, Error, ErrorCode, HelloOk, LogCreated, Notify, Op, QueueCreated,
-        Reply, ServerFrame,
+        Appended, BlobCreated, BlobData, BlobStored, ClientFrame, Command, Done, Entries, Error, ErrorCode, HelloOk,
+        LogCreated, Notify, Op, QueueCreated, Reply, ServerFrame,
     },
     verify_auth,
 };
@@ -45,8 +46,12 @@ struct Session {
     greeted: bool,
     /// Created at the first subscription.
     listener: Option<Listener>,
-    /// Logs and queues whose key this session has proven.
+    /// Logs, queues and blobs whose key this session has proven.
     proven: HashSet<Vec<u8>>,
+    /// Largest blob this relay takes.
+    max_blob_bytes: u64,
+    /// Blobs this session may still create.
+    blobs_left: u32,
 }
 
 /// A refusal: its code, its message, and whether the connection ends with it.
@@ -86,7 +91,15 @@ pub async fn run(mut ws: ServerWs, store: Store, limits: &Limits) {
     let mut limited_in_a_row = 0u32;
     let mut nonce = vec![0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let mut session = Session { store, nonce, greeted: false, listener: None, proven: HashSet::new() };
+    let mut session = Session {
+        store,
+        nonce,
+        greeted: false,
+        listener: None,
+        proven: HashSet::new(),
+        max_blob_bytes: limits.max_blob_bytes,
+        blobs_left: limits.blobs_per_connection,
+    };
     let mut committing = Replies::new();
     // The idle clock runs from the last request, whatever notices pass in between.
     let mut last_request = tokio::time::Instant::now();
@@ -391,6 +404,64 @@ impl Session {
                 let w = Write::AckLog { log_id: c.log_id, cursor_id: c.cursor_id, up_to: c.up_to };
                 Ok(Handled::Later(done_when(self.store.submit(w).await.map_err(internal)?)))
             }
+            Op::CreateBlob(c) => {
+                if c.write_key.len() != KEY_LEN || !signed_by(&c.write_key) {
+                    return Err(refuse(ErrorCode::Unauthorized, "prove the write key"));
+                }
+                if c.size == 0 {
+                    return Err(refuse(ErrorCode::BadRequest, "an empty blob"));
+                }
+                if c.size > self.max_blob_bytes {
+                    return Err(refuse(ErrorCode::TooLarge, "the blob is over this relay's size limit"));
+                }
+                if self.blobs_left == 0 {
+                    return Err(refuse(ErrorCode::RateLimited, "too many blobs on one connection"));
+                }
+                let blob_id = new_id();
+                let w = Write::CreateBlob {
+                    blob_id: blob_id.clone(),
+                    write_key: c.write_key,
+                    size: c.size,
+                    hour: current_hour(),
+                };
+                self.store.write(w).await.map_err(internal)?;
+                self.blobs_left -= 1;
+                self.remember(&blob_id);
+                Metrics::inc(&metrics::global().blobs_created_total);
+                Ok(Handled::Now(Reply::BlobCreated(BlobCreated { blob_id })))
+            }
+            // Not pipelined: a connection has at most one piece (up to 1 MiB) in the writer.
+            Op::PutBlob(c) => {
+                check_payload(&c.data, MAX_BLOB_PIECE)?;
+                metrics::global().blob_bytes_received_total.fetch_add(c.data.len() as u64, Relaxed);
+                let w = Write::PutBlob { blob_id: c.blob_id, offset: c.offset, data: c.data };
+                match self.store.write(w).await.map_err(internal)? {
+                    Outcome::Blob { length, size } => Ok(Handled::Now(Reply::BlobStored(BlobStored { length, size }))),
+                    Outcome::Refused(why) => Err(refuse(ErrorCode::BadRequest, why)),
+                    _ => Err(refuse(ErrorCode::Unauthorized, "no such blob")),
+                }
+            }
+            Op::GetBlob(c) => {
+                check_id(&c.blob_id)?;
+                let max = match usize::try_from(c.max_bytes) {
+                    Ok(0) | Err(_) => MAX_BLOB_PIECE,
+                    Ok(n) => n.min(MAX_BLOB_PIECE),
+                };
+                let Some((data, length, size)) =
+                    self.store.read_blob(&c.blob_id, c.offset, max).await.map_err(internal)?
+                else {
+                    return Err(refuse(ErrorCode::Unauthorized, "no such blob"));
+                };
+                metrics::global().blob_bytes_served_total.fetch_add(data.len() as u64, Relaxed);
+                Ok(Handled::Now(Reply::BlobData(BlobData { data, length, size })))
+            }
+            Op::BlobStatus(c) => {
+                check_id(&c.blob_id)?;
+                match self.store.blob_status(&c.blob_id).await.map_err(internal)? {
+                    Some((length, size)) => Ok(Handled::Now(Reply::BlobStored(BlobStored { length, size }))),
+                    None => Err(refuse(ErrorCode::Unauthorized, "no such blob")),
+                }
+            }
         }
     }
 
@@ -406,6 +477,7 @@ impl Session {
         let (key, what) = match capability {
             Capability::Queue(_) => (self.store.queue_key(id).await, "not authorized for this queue"),
             Capability::Log(_) => (self.store.log_key(id).await, "not authorized for this log"),
+            Capability::Blob(_) => (self.store.blob_key(id).await, "not authorized for this blob"),
         };
         match key.map_err(internal)? {
             Some(key) if verify_auth(&key, &self.nonce, cf.request_id, &cf.command, &cf.signature) => {

@@ -13,7 +13,10 @@ use tokio::sync::mpsc;
 use crate::{
     RelayError,
     hub::NoticeHub,
-    store::{Durability, Job, Notice, Outcome, QUEUE_QUOTA, Write, answer, fill_batch, next_epoch, to_i64, to_u64},
+    store::{
+        Durability, Job, Notice, Outcome, QUEUE_QUOTA, Write, answer, blob_piece, fill_batch, next_epoch, to_i64,
+        to_u64,
+    },
 };
 
 /// Opens the database file for writing with the durability every acknowledged write relies on.
@@ -99,9 +102,20 @@ fn apply(tx: &Connection, write: &Write, notices: &mut Vec<Notice>) -> rusqlite:
             .execute(params![log_id])?;
             Ok(Outcome::Done)
         }
+        Write::CreateBlob { blob_id, write_key, size, hour } => {
+            tx.prepare_cached("INSERT INTO blobs (blob_id, write_key, size, created_hour) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![blob_id, write_key, to_i64(*size), hour])?;
+            Ok(Outcome::Done)
+        }
+        Write::PutBlob { blob_id, offset, data } => put_blob(tx, blob_id, *offset, data),
         Write::Expire { before_hour } => {
             tx.prepare_cached("DELETE FROM queue_messages WHERE received_hour < ?1")?.execute(params![before_hour])?;
             tx.prepare_cached("DELETE FROM log_entries WHERE received_hour < ?1")?.execute(params![before_hour])?;
+            tx.prepare_cached(
+                "DELETE FROM blob_pieces WHERE blob_id IN (SELECT blob_id FROM blobs WHERE created_hour < ?1)",
+            )?
+            .execute(params![before_hour])?;
+            tx.prepare_cached("DELETE FROM blobs WHERE created_hour < ?1")?.execute(params![before_hour])?;
             Ok(Outcome::Done)
         }
     }
@@ -142,6 +156,27 @@ fn send_to_queue(
     .execute(params![read_id, seq, dedup_id, payload, hour])?;
     notices.push(Notice { id: read_id, seq: to_u64(seq) });
     Ok(Outcome::Stored { seq: to_u64(seq), epoch: 0, duplicate: false })
+}
+
+fn put_blob(tx: &Connection, blob_id: &[u8], offset: u64, data: &[u8]) -> rusqlite::Result<Outcome> {
+    let Some((length, size)) = tx
+        .prepare_cached("SELECT length, size FROM blobs WHERE blob_id = ?1")?
+        .query_row(params![blob_id], |r| Ok((to_u64(r.get::<_, i64>(0)?), to_u64(r.get::<_, i64>(1)?))))
+        .optional()?
+    else {
+        return Ok(Outcome::NotFound);
+    };
+    let end = match blob_piece(length, size, offset, data.len()) {
+        Ok(end) => end,
+        Err(outcome) => return Ok(outcome),
+    };
+    tx.prepare_cached("UPDATE blobs SET length = ?1 WHERE blob_id = ?2")?.execute(params![to_i64(end), blob_id])?;
+    tx.prepare_cached("INSERT INTO blob_pieces (blob_id, pos, data) VALUES (?1, ?2, ?3)")?.execute(params![
+        blob_id,
+        to_i64(offset),
+        data
+    ])?;
+    Ok(Outcome::Blob { length: end, size })
 }
 
 fn append(

@@ -88,7 +88,27 @@ pub enum Write {
         /// Last sequence number handled.
         up_to: u64,
     },
-    /// Deletes everything that arrived before `before_hour`.
+    /// A new blob of `size` bytes, empty so far.
+    CreateBlob {
+        /// Blob id.
+        blob_id: Vec<u8>,
+        /// The uploader's public key.
+        write_key: Vec<u8>,
+        /// Its final length.
+        size: u64,
+        /// Coarse creation time: retention counts from here.
+        hour: i64,
+    },
+    /// Bytes of a blob at `offset`; stored only if `offset` is the blob's stored length.
+    PutBlob {
+        /// Blob id.
+        blob_id: Vec<u8>,
+        /// Where the bytes go.
+        offset: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Deletes everything that arrived (blobs: were created) before `before_hour`.
     Expire {
         /// Cut-off.
         before_hour: i64,
@@ -118,6 +138,13 @@ pub enum Outcome {
     NotFound,
     /// The queue is full.
     QueueFull,
+    /// A blob's stored length (after this write) and final size.
+    Blob {
+        /// Bytes stored.
+        length: u64,
+        /// Final size.
+        size: u64,
+    },
     /// Refused for a reason the client should hear.
     Refused(&'static str),
 }
@@ -169,8 +196,14 @@ impl Future for Commit {
     }
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_initial.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_initial.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_initial.sql")),
+    (2, include_str!("../migrations/sqlite/0002_blobs.sql")),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_initial.sql")),
+    (2, include_str!("../migrations/postgres/0002_blobs.sql")),
+];
 
 /// How many times a write re-reads and retries when another relay node moved the same row
 /// first (PostgreSQL with several nodes; never happens on SQLite's single writer).
@@ -331,6 +364,68 @@ impl Store {
             .await
             .map_err(db_err)?;
         row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose().map_err(db_err)
+    }
+
+    /// The uploader's public key of a blob.
+    pub async fn blob_key(&self, blob_id: &[u8]) -> Result<Option<Vec<u8>>, RelayError> {
+        let row = sqlx::query("SELECT write_key FROM blobs WHERE blob_id = $1")
+            .bind(blob_id.to_vec())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose().map_err(db_err)
+    }
+
+    /// A blob's stored length and final size.
+    pub async fn blob_status(&self, blob_id: &[u8]) -> Result<Option<(u64, u64)>, RelayError> {
+        let row = sqlx::query("SELECT length, size FROM blobs WHERE blob_id = $1")
+            .bind(blob_id.to_vec())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.map(|r| Ok((to_u64(r.try_get(0)?), to_u64(r.try_get(1)?)))).transpose().map_err(db_err)
+    }
+
+    /// Up to `max_bytes` of a blob from `offset` (none past its stored length), with its stored
+    /// length and final size; `None` if there is no such blob (or retention just deleted it).
+    pub async fn read_blob(
+        &self,
+        blob_id: &[u8],
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Option<(Vec<u8>, u64, u64)>, RelayError> {
+        let Some((length, size)) = self.blob_status(blob_id).await? else { return Ok(None) };
+        let end = length.min(offset.saturating_add(max_bytes as u64));
+        if offset >= end {
+            return Ok(Some((Vec::new(), length, size)));
+        }
+        // The piece holding `offset`, and the ones after it up to `end`. Pieces are never
+        // changed once stored, so reading them outside the status query's snapshot is safe.
+        let rows = sqlx::query(
+            "SELECT pos, data FROM blob_pieces WHERE blob_id = $1 AND pos < $3 \
+             AND pos >= (SELECT MAX(pos) FROM blob_pieces WHERE blob_id = $1 AND pos <= $2) ORDER BY pos",
+        )
+        .bind(blob_id.to_vec())
+        .bind(to_i64(offset))
+        .bind(to_i64(end))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let mut data = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
+        for row in rows {
+            let pos = to_u64(row.try_get(0).map_err(db_err)?);
+            let piece: Vec<u8> = row.try_get(1).map_err(db_err)?;
+            let from = offset.saturating_sub(pos);
+            let to = (end - pos).min(piece.len() as u64);
+            if pos + from != offset + data.len() as u64 || from > to {
+                return Ok(None); // not contiguous: deleted under us
+            }
+            data.extend_from_slice(&piece[from as usize..to as usize]);
+        }
+        if data.len() as u64 != end - offset {
+            return Ok(None);
+        }
+        Ok(Some((data, length, size)))
     }
 
     /// Messages in a queue after `after`, within the reply budget.
@@ -568,7 +663,8 @@ fn lock_key(write: &Write) -> (u8, &[u8]) {
         Write::CreateQueue { read_id, .. } | Write::AckQueue { read_id, .. } => (0, read_id),
         Write::SendToQueue { send_id, .. } => (1, send_id),
         Write::CreateLog { log_id, .. } | Write::Append { log_id, .. } | Write::AckLog { log_id, .. } => (2, log_id),
-        Write::Expire { .. } => (3, &[]),
+        Write::CreateBlob { blob_id, .. } | Write::PutBlob { blob_id, .. } => (3, blob_id),
+        Write::Expire { .. } => (4, &[]),
     }
 }
 
@@ -628,10 +724,23 @@ async fn apply(tx: &mut AnyConnection, write: &Write, notices: &mut Vec<Notice>)
             .await?;
             Ok(Outcome::Done)
         }
+        Write::CreateBlob { blob_id, write_key, size, hour } => {
+            sqlx::query("INSERT INTO blobs (blob_id, write_key, size, created_hour) VALUES ($1, $2, $3, $4)")
+                .bind(blob_id.clone())
+                .bind(write_key.clone())
+                .bind(to_i64(*size))
+                .bind(*hour)
+                .execute(&mut *tx)
+                .await?;
+            Ok(Outcome::Done)
+        }
+        Write::PutBlob { blob_id, offset, data } => put_blob(tx, blob_id, *offset, data).await,
         Write::Expire { before_hour } => {
             for sql in [
                 "DELETE FROM queue_messages WHERE received_hour < $1",
                 "DELETE FROM log_entries WHERE received_hour < $1",
+                "DELETE FROM blob_pieces WHERE blob_id IN (SELECT blob_id FROM blobs WHERE created_hour < $1)",
+                "DELETE FROM blobs WHERE created_hour < $1",
             ] {
                 sqlx::query(sql).bind(*before_hour).execute(&mut *tx).await?;
             }
@@ -700,6 +809,60 @@ async fn send_to_queue(
         return Ok(Outcome::Stored { seq: to_u64(seq), epoch: 0, duplicate: false });
     }
     Err(sqlx::Error::Protocol("queue sequence contended past the retry limit".into()))
+}
+
+/// Appends a piece to a blob if it starts at the stored length. The length moves by
+/// compare-and-swap, so of two nodes storing the same piece one does and the other finds it
+/// stored.
+async fn put_blob(tx: &mut AnyConnection, blob_id: &[u8], offset: u64, data: &[u8]) -> Result<Outcome, sqlx::Error> {
+    for _ in 0..CAS_RETRIES {
+        let Some(row) = sqlx::query("SELECT length, size FROM blobs WHERE blob_id = $1")
+            .bind(blob_id.to_vec())
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(Outcome::NotFound);
+        };
+        let (length, size) = (to_u64(row.try_get(0)?), to_u64(row.try_get(1)?));
+        let end = match blob_piece(length, size, offset, data.len()) {
+            Ok(end) => end,
+            Err(outcome) => return Ok(outcome),
+        };
+        let moved = sqlx::query("UPDATE blobs SET length = $1 WHERE blob_id = $2 AND length = $3")
+            .bind(to_i64(end))
+            .bind(blob_id.to_vec())
+            .bind(to_i64(length))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if moved == 0 {
+            continue;
+        }
+        sqlx::query("INSERT INTO blob_pieces (blob_id, pos, data) VALUES ($1, $2, $3)")
+            .bind(blob_id.to_vec())
+            .bind(to_i64(offset))
+            .bind(data.to_vec())
+            .execute(&mut *tx)
+            .await?;
+        return Ok(Outcome::Blob { length: end, size });
+    }
+    Err(sqlx::Error::Protocol("blob length contended past the retry limit".into()))
+}
+
+/// The rule for a blob piece: where the blob ends once it is stored, or the answer without
+/// storing it. A piece that starts below the stored length was stored before (a retry, or a
+/// second uploader): its sender learns the length and goes on from there.
+pub(crate) fn blob_piece(length: u64, size: u64, offset: u64, len: usize) -> Result<u64, Outcome> {
+    if offset < length {
+        return Err(Outcome::Blob { length, size });
+    }
+    if offset > length {
+        return Err(Outcome::Refused("a blob is written in order: this offset is past its stored length"));
+    }
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(end),
+        _ => Err(Outcome::Refused("this piece goes past the blob's size")),
+    }
 }
 
 /// The Delivery Service rule: entries get consecutive sequence numbers; a commit is accepted

@@ -236,6 +236,91 @@ async fn nodes_writing_many_logs_at_once_never_fail(db: &TestDb) {
     assert_eq!(total, 120);
 }
 
+fn create_blob(id: u8, size: u64, hour: i64) -> Write {
+    Write::CreateBlob { blob_id: vec![id; 16], write_key: vec![1; 32], size, hour }
+}
+
+fn put(id: u8, offset: u64, data: &[u8]) -> Write {
+    Write::PutBlob { blob_id: vec![id; 16], offset, data: data.to_vec() }
+}
+
+/// A blob is written in order, once: a piece at the stored length is stored, a piece already
+/// stored is answered with the length, gaps and overruns are refused; reads cut across pieces.
+async fn blobs_are_written_in_order_and_read_in_any_range(db: &TestDb) {
+    let (store, _w) = db.open().await;
+    let data: Vec<u8> = (0..100u8).collect();
+    assert_eq!(store.write(create_blob(1, 100, 5)).await.unwrap(), Outcome::Done);
+    assert_eq!(store.blob_status(&[1; 16]).await.unwrap(), Some((0, 100)));
+    assert_eq!(store.write(put(1, 0, &data[..30])).await.unwrap(), Outcome::Blob { length: 30, size: 100 });
+    // The same piece again (a lost reply), or one overlapping what is stored: nothing changes.
+    assert_eq!(store.write(put(1, 0, &data[..30])).await.unwrap(), Outcome::Blob { length: 30, size: 100 });
+    assert_eq!(store.write(put(1, 10, &[9; 40])).await.unwrap(), Outcome::Blob { length: 30, size: 100 });
+    // A gap, or a piece past the size, is refused.
+    assert!(matches!(store.write(put(1, 31, &data[31..40])).await.unwrap(), Outcome::Refused(_)));
+    assert!(matches!(store.write(put(1, 30, &[0; 71])).await.unwrap(), Outcome::Refused(_)));
+    assert_eq!(store.write(put(1, 30, &data[30..45])).await.unwrap(), Outcome::Blob { length: 45, size: 100 });
+    assert_eq!(store.write(put(1, 45, &data[45..])).await.unwrap(), Outcome::Blob { length: 100, size: 100 });
+    assert!(matches!(store.write(put(1, 100, &[1])).await.unwrap(), Outcome::Refused(_)));
+    assert_eq!(store.blob_status(&[1; 16]).await.unwrap(), Some((100, 100)));
+    // Any range, across piece boundaries; never past the stored length.
+    for (offset, max) in [(0, 100), (0, 1000), (5, 20), (29, 2), (30, 15), (44, 56), (99, 10), (10, 1)] {
+        let (got, length, size) = store.read_blob(&[1; 16], offset, max).await.unwrap().unwrap();
+        let end = (offset as usize + max).min(100);
+        assert_eq!(got, data[offset as usize..end], "offset {offset}, max {max}");
+        assert_eq!((length, size), (100, 100));
+    }
+    assert!(store.read_blob(&[1; 16], 100, 10).await.unwrap().unwrap().0.is_empty());
+    assert!(store.read_blob(&[1; 16], u64::MAX, 10).await.unwrap().unwrap().0.is_empty());
+    // Unknown blobs.
+    assert_eq!(store.write(put(2, 0, &[1])).await.unwrap(), Outcome::NotFound);
+    assert_eq!(store.blob_status(&[2; 16]).await.unwrap(), None);
+    assert_eq!(store.read_blob(&[2; 16], 0, 10).await.unwrap(), None);
+    assert_eq!(store.blob_key(&[1; 16]).await.unwrap(), Some(vec![1; 32]));
+}
+
+/// Blobs go when retention ends, counted from their creation; younger ones stay.
+async fn blobs_expire_with_retention(db: &TestDb) {
+    let (store, _w) = db.open().await;
+    store.write(create_blob(1, 10, 5)).await.unwrap();
+    store.write(create_blob(2, 10, 7)).await.unwrap();
+    for id in [1, 2] {
+        store.write(put(id, 0, &[id; 10])).await.unwrap();
+    }
+    store.write(Write::Expire { before_hour: 6 }).await.unwrap();
+    assert_eq!(store.blob_status(&[1; 16]).await.unwrap(), None);
+    assert_eq!(store.read_blob(&[1; 16], 0, 10).await.unwrap(), None);
+    assert_eq!(store.write(put(1, 10, &[1])).await.unwrap(), Outcome::NotFound);
+    assert_eq!(store.read_blob(&[2; 16], 0, 10).await.unwrap().unwrap().0, vec![2; 10]);
+}
+
+/// Two relay nodes storing the same pieces of one blob at once: each piece is stored once, the
+/// blob comes out whole.
+async fn nodes_uploading_one_blob_agree(db: &TestDb) {
+    let nodes = [db.open().await, db.open().await];
+    let data: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
+    nodes[0].0.write(create_blob(3, data.len() as u64, 1)).await.unwrap();
+    let mut tasks = Vec::new();
+    for (store, _) in &nodes {
+        let (store, data) = (store.clone(), data.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut offset = 0u64;
+            while offset < data.len() as u64 {
+                let end = (offset as usize + 100).min(data.len());
+                match store.write(put(3, offset, &data[offset as usize..end])).await.unwrap() {
+                    Outcome::Blob { length, .. } => offset = length,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (got, length, _) = nodes[1].0.read_blob(&[3; 16], 0, 10_000).await.unwrap().unwrap();
+    assert_eq!(length, 4000);
+    assert_eq!(got, data);
+}
+
 macro_rules! conformance {
     ($kind:ident, $modname:ident: $($name:ident),* $(,)?) => {
         mod $modname {
@@ -257,6 +342,8 @@ conformance!(Sqlite, sqlite:
     entries_go_once_every_cursor_passed_them_or_retention_ends,
     queues_dedup_ack_and_quota,
     writes_survive_a_clean_close_and_reopening,
+    blobs_are_written_in_order_and_read_in_any_range,
+    blobs_expire_with_retention,
 );
 
 conformance!(Postgres, postgres:
@@ -267,4 +354,7 @@ conformance!(Postgres, postgres:
     writes_survive_a_clean_close_and_reopening,
     nodes_sharing_a_database_agree,
     nodes_writing_many_logs_at_once_never_fail,
+    blobs_are_written_in_order_and_read_in_any_range,
+    blobs_expire_with_retention,
+    nodes_uploading_one_blob_agree,
 );

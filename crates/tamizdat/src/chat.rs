@@ -190,8 +190,30 @@ impl Worker {
                 // Typing indicators are best effort: a failure is not worth a line.
                 let _ = self.client.typing(&conversation, true).await;
             }
-            Action::SendFile { .. } | Action::Save { .. } => {
-                self.push(Update::Error("TEMPORARY: files are not wired yet".into())).await;
+            Action::SendFile { conversation, path } => {
+                let path = expand_home(&path);
+                let updates = self.updates.clone();
+                let sent = self
+                    .client
+                    .send_file(&conversation, &path, None, None, |done, total| {
+                        if total > 0 && (done == total || done % (8 * 1024 * 1024) < 256 * 1024) {
+                            let _ = updates.try_send(Update::Notice(format!(
+                                "uploading {}: {}%",
+                                path.display(),
+                                done * 100 / total
+                            )));
+                        }
+                    })
+                    .await;
+                self.after_change(&conversation, sent).await;
+            }
+            Action::Save { conversation: _, message } => {
+                let saved = self.client.save(&message, None, |_, _| {}).await;
+                match saved {
+                    Ok(saved) => self.push(Update::Notice(format!("saved to {}", saved.path))).await,
+                    Err(e) => self.push(Update::Error(e.to_string())).await,
+                }
+                self.reload_open().await;
             }
             // Open loads the whole conversation, so there is nothing older to fetch.
             Action::LoadOlder { .. } => {}
@@ -275,7 +297,10 @@ fn preview(m: &MessageView) -> String {
     if m.deleted {
         return "(deleted)".into();
     }
-    m.text.clone()
+    match &m.attachment {
+        Some(a) => format!("📎 {}", a.name),
+        None => m.text.clone(),
+    }
 }
 
 fn chat_message(m: &MessageView, own_name: &str) -> ChatMessage {
@@ -315,7 +340,11 @@ fn chat_message(m: &MessageView, own_name: &str) -> ChatMessage {
                 mine: r.by.iter().any(|who| who == own_name),
             })
             .collect(),
-        attachment: None,
+        attachment: m.attachment.as_ref().map(|a| tamizdat_tui::Attachment {
+            name: a.name.clone(),
+            size: a.size,
+            saved: a.saved_path.is_some(),
+        }),
         kind,
         expires_at_ms: m.expires_at,
     }

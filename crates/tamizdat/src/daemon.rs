@@ -356,6 +356,32 @@ pub(crate) async fn dispatch(client: &mut Client, method: &str, p: Value) -> Res
                 None => to_json(client.send(&s.to, &s.text).await?),
             }
         }
+        "send_file" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct P {
+                to: String,
+                path: PathBuf,
+                #[serde(default)]
+                kind: Option<String>,
+                #[serde(default)]
+                caption: Option<String>,
+            }
+            let f: P = params(p)?;
+            let kind = f.kind.as_deref().map(str::parse::<tamizdat_client::FileKind>).transpose()?;
+            to_json(client.send_file(&f.to, &f.path, kind, f.caption.as_deref(), |_, _| {}).await?)
+        }
+        "save" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct P {
+                message: String,
+                #[serde(default)]
+                path: Option<PathBuf>,
+            }
+            let f: P = params(p)?;
+            to_json(client.save(&f.message, f.path.as_deref(), |_, _| {}).await?)
+        }
         "edit" => {
             let t: Target = params(p)?;
             let text = t.text.ok_or_else(|| RpcError::new(-32602, "invalid params: missing field `text`"))?;

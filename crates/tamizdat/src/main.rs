@@ -9,7 +9,9 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use tamizdat_client::{Client, ClientError, DoctorReport, ErrorKind, MessageView, NetOptions, Proxy, SyncReport};
+use tamizdat_client::{
+    Client, ClientError, DoctorReport, ErrorKind, FileKind, MessageView, NetOptions, Proxy, SyncReport,
+};
 use tamizdat_relay::{DEFAULT_RETENTION, Relay, RelayConfig, identity::RelayIdentity};
 
 mod chat;
@@ -77,14 +79,22 @@ enum Command {
     },
     /// List contacts.
     Contacts,
-    /// Send a message; TEXT of `-` reads standard input.
+    /// Send a message or a file; TEXT of `-` reads standard input.
     Send {
-        /// The contact.
+        /// The contact or group.
         contact: String,
-        /// The text, or `-`.
-        text: String,
+        /// The text, or `-`; with --file, an optional caption.
+        #[arg(required_unless_present = "file")]
+        text: Option<String>,
+        /// Send this file: encrypted, uploaded in pieces, then announced. If the upload is cut
+        /// short, the same command again (or `tamizdat sync`) goes on where it stopped.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        /// What the file is: file, image or voice (default: guessed from its extension).
+        #[arg(long, requires = "file", value_parser = ["file", "image", "voice"])]
+        kind: Option<String>,
         /// Answer this message (its id, as `messages --json` shows it).
-        #[arg(long = "reply-to", value_name = "MESSAGE-ID")]
+        #[arg(long = "reply-to", value_name = "MESSAGE-ID", conflicts_with = "file")]
         reply_to: Option<String>,
     },
     /// List conversations, the most recent first, with unread counts.
@@ -145,6 +155,14 @@ enum Command {
         /// Acknowledge a changed key without comparing (the contact stays unverified).
         #[arg(long)]
         accept: bool,
+    },
+    /// Download, check and save the file of a message.
+    Save {
+        /// The message's id (`tamizdat messages CONTACT --json` shows it).
+        message_id: String,
+        /// Where to save it; a directory means the sender's file name in it. Default: the
+        /// sender's file name in the current directory. An existing file is never replaced.
+        path: Option<PathBuf>,
     },
     /// Deliver what waits and fetch what is new.
     Sync {
@@ -566,16 +584,31 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Send { contact, text, reply_to } => {
-            let text = if text == "-" {
-                let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .map_err(|e| Failure(format!("cannot read standard input as text: {e}")))?;
-                s
+        Command::Send { contact, text, file: Some(path), kind, .. } => {
+            let caption = text.as_deref().map(read_text).transpose()?;
+            let kind = kind.as_deref().map(str::parse::<FileKind>).transpose()?;
+            let mut client = open(&cli)?;
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let mut progress = Progress::new(cli.json, &name);
+            let result = client.send_file(contact, path, kind, caption.as_deref(), |d, t| progress.update(d, t)).await;
+            progress.finish();
+            client.close().await;
+            let view = result?;
+            if view.state == "failed" {
+                return Err(Failure(format!(
+                    "the relay refused the message naming {name} (kept in `tamizdat messages {contact}` as failed); send the file again"
+                )));
+            }
+            if cli.json {
+                print_json(&view)?;
             } else {
-                text.clone()
-            };
+                let size = view.attachment.as_ref().map(|a| human_size(a.size)).unwrap_or_default();
+                println!("sent {name} to {contact} ({size})");
+            }
+            Ok(())
+        }
+        Command::Send { contact, text, file: None, reply_to, .. } => {
+            let text = read_text(text.as_deref().unwrap_or_default())?;
             let mut client = open(&cli)?;
             let result = match reply_to {
                 Some(id) => client.reply(contact, &text, id).await,
@@ -592,6 +625,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 print_json(&view)?;
             } else {
                 println!("sent to {contact} ({} bytes)", view.text.len());
+            }
+            Ok(())
+        }
+        Command::Save { message_id, path } => {
+            let mut client = open(&cli)?;
+            let mut progress = Progress::new(cli.json, "saving");
+            let result = client.save(message_id, path.as_deref(), |d, t| progress.update(d, t)).await;
+            progress.finish();
+            client.close().await;
+            let saved = result?;
+            if cli.json {
+                print_json(&saved)?;
+            } else {
+                println!("saved {} ({}, SHA-256 {})", saved.path, human_size(saved.size), saved.sha256);
             }
             Ok(())
         }
@@ -828,17 +875,98 @@ fn print_message(m: &MessageView) {
     for r in &m.reactions {
         state.push_str(&format!(" [{} {}]", r.emoji, r.by.join(", ")));
     }
-    let text = if m.deleted { "(deleted)".to_string() } else { m.text.clone() };
+    // A file: `[image cat.jpg, 2.1 MB]`, then its caption, and where it was saved.
+    let text = match &m.attachment {
+        _ if m.deleted => "(deleted)".to_string(),
+        Some(a) => {
+            let caption = if m.text == a.name { String::new() } else { format!(" {}", m.text) };
+            let saved = a.saved_path.as_ref().map(|p| format!(" (saved to {p})")).unwrap_or_default();
+            let id = if a.saved_path.is_none() && !m.outgoing {
+                format!(" (tamizdat save {})", m.id)
+            } else {
+                String::new()
+            };
+            format!("[{} {}, {}]{caption}{saved}{id}", a.kind, a.name, human_size(a.size))
+        }
+        None => m.text.clone(),
+    };
     let text = match &m.reply_to {
         Some(r) => format!("(re {}: {}) {text}", r.sender.as_deref().unwrap_or("?"), r.text),
         None => text,
     };
     if m.kind == "event" {
-        println!("{} [{}] {}", format_time(m.sent_at), m.conversation, m.text);
+        println!("{} [{}] {}", format_time(m.sent_at), m.conversation, text);
     } else if m.group {
         println!("{} [{}] {}: {text}{state}", format_time(m.sent_at), m.conversation, m.sender);
     } else {
         println!("{} {}: {text}{state}", format_time(m.sent_at), m.sender);
+    }
+}
+
+/// `512 bytes`, `2.1 MB`: decimal units, as file managers show them.
+fn human_size(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..1_000 => format!("{bytes} bytes"),
+        1_000..1_000_000 => format!("{:.1} kB", b / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", b / 1e6),
+        _ => format!("{:.1} GB", b / 1e9),
+    }
+}
+
+/// TEXT as given, or standard input for `-`.
+fn read_text(text: &str) -> Result<String, Failure> {
+    if text != "-" {
+        return Ok(text.to_string());
+    }
+    let mut s = String::new();
+    std::io::stdin().read_to_string(&mut s).map_err(|e| Failure(format!("cannot read standard input as text: {e}")))?;
+    Ok(s)
+}
+
+/// Transfer progress on stderr: with --json one JSON line per step (`{"done":…,"total":…}`, the
+/// first one saying where a resumed transfer starts); on a terminal a line redrawn at most ten
+/// times a second; otherwise nothing.
+struct Progress {
+    json: bool,
+    bar: bool,
+    label: String,
+    started: std::time::Instant,
+    first: Option<u64>,
+    drawn: Option<std::time::Instant>,
+}
+
+impl Progress {
+    fn new(json: bool, label: &str) -> Self {
+        let bar = !json && std::io::stderr().is_terminal();
+        Self { json, bar, label: label.to_string(), started: std::time::Instant::now(), first: None, drawn: None }
+    }
+
+    fn update(&mut self, done: u64, total: u64) {
+        if self.json {
+            eprintln!("{}", serde_json::json!({ "done": done, "total": total }));
+            return;
+        }
+        // The rate counts from the first report: hashing and connecting come before it.
+        let first = *self.first.get_or_insert_with(|| {
+            self.started = std::time::Instant::now();
+            done
+        });
+        if !self.bar || self.drawn.is_some_and(|t| t.elapsed() < Duration::from_millis(100) && done < total) {
+            return;
+        }
+        let percent = done.saturating_mul(100).checked_div(total).unwrap_or(100);
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let rate = done.saturating_sub(first) as f64 / secs / 1e6;
+        eprint!("\r{}: {percent:>3}%  {} of {}  {rate:.1} MB/s\x1b[K", self.label, human_size(done), human_size(total));
+        let _ = std::io::stderr().flush();
+        self.drawn = Some(std::time::Instant::now());
+    }
+
+    fn finish(&mut self) {
+        if self.drawn.is_some() {
+            eprintln!();
+        }
     }
 }
 

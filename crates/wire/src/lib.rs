@@ -73,20 +73,23 @@ pub fn auth_payload(session_nonce: &[u8], request_id: u64, command: &[u8]) -> Ve
     out
 }
 
-/// Whose key authorizes a command: a log's (its members') or a queue's (its reader's).
+/// Whose key authorizes a command: a log's (its members'), a queue's (its reader's) or a
+/// blob's (its uploader's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Capability<'a> {
     /// The log with this id.
     Log(&'a [u8]),
     /// The queue with this read id.
     Queue(&'a [u8]),
+    /// The blob with this id.
+    Blob(&'a [u8]),
 }
 
 impl<'a> Capability<'a> {
     /// The log or queue id.
     pub fn id(self) -> &'a [u8] {
         match self {
-            Capability::Log(id) | Capability::Queue(id) => id,
+            Capability::Log(id) | Capability::Queue(id) | Capability::Blob(id) => id,
         }
     }
 }
@@ -109,7 +112,10 @@ impl proto::Op {
                 (true, _) => Some(Capability::Queue(&c.read_id)),
                 (false, true) => Some(Capability::Log(&c.log_id)),
             },
-            Op::Hello(_) | Op::CreateQueue(_) | Op::SendToQueue(_) | Op::CreateLog(_) => None,
+            Op::PutBlob(c) => Some(Capability::Blob(&c.blob_id)),
+            // Holding a blob's id is what lets one read it; its content is encrypted end to end.
+            Op::GetBlob(_) | Op::BlobStatus(_) => None,
+            Op::Hello(_) | Op::CreateQueue(_) | Op::SendToQueue(_) | Op::CreateLog(_) | Op::CreateBlob(_) => None,
         }
     }
 }
@@ -144,5 +150,21 @@ mod tests {
         assert!(!verify_auth(&public, b"nonce", 1, b"cmx", &sig));
         assert!(!verify_auth(&public[..31], b"nonce", 1, b"cmd", &sig));
         assert!(!verify_auth(&public, b"nonce", 1, b"cmd", &sig[..63]));
+    }
+
+    /// The largest blob piece, with the largest numbers and a signature around it, still fits
+    /// the largest bucket, both ways.
+    #[test]
+    fn a_full_blob_piece_fits_a_frame() {
+        use prost::Message;
+        use proto::{BlobData, ClientFrame, Command, Op, PutBlob, Reply, ServerFrame};
+        let data = vec![0xff; limits::MAX_BLOB_PIECE];
+        let put = Op::PutBlob(PutBlob { blob_id: vec![1; limits::ID_LEN], offset: u64::MAX, data: data.clone() });
+        let command = Command { op: Some(put) }.encode_to_vec();
+        let request = ClientFrame { request_id: u64::MAX, command, signature: vec![2; limits::SIG_LEN] };
+        assert_eq!(frame::encode(&request).unwrap().len(), limits::MAX_FRAME);
+        let reply = Reply::BlobData(BlobData { data, length: u64::MAX, size: u64::MAX });
+        let reply = ServerFrame { request_id: u64::MAX, reply: Some(reply) };
+        assert_eq!(frame::encode(&reply).unwrap().len(), limits::MAX_FRAME);
     }
 }

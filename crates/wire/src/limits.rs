@@ -26,6 +26,11 @@ pub const MAX_READ_ENTRIES: u32 = 256;
 /// A single larger entry (a commit) is still returned alone.
 pub const READ_REPLY_BUDGET: usize = 256 * 1024 - MAX_PAYLOAD / 2 - 4096;
 
+/// Most bytes one `PutBlob` carries and one `GetBlob` returns. With the command around it a
+/// piece fills the largest bucket, so a blob travels with almost no padding; pieces need not
+/// line up with the attachment's encrypted chunks (the relay stores a byte string).
+pub const MAX_BLOB_PIECE: usize = MAX_FRAME - 4096;
+
 /// Length of relay-assigned ids (queue ids, log ids) and client-chosen dedup and cursor ids.
 pub const ID_LEN: usize = 16;
 

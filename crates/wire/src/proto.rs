@@ -29,7 +29,7 @@ pub struct ClientFrame {
 
 #[derive(Clone, PartialEq, Message)]
 pub struct Command {
-    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 11")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15")]
     pub op: Option<Op>,
 }
 
@@ -55,6 +55,14 @@ pub enum Op {
     AckLog(AckLog),
     #[prost(message, tag = "11")]
     Subscribe(Subscribe),
+    #[prost(message, tag = "12")]
+    CreateBlob(CreateBlob),
+    #[prost(message, tag = "13")]
+    PutBlob(PutBlob),
+    #[prost(message, tag = "14")]
+    GetBlob(GetBlob),
+    #[prost(message, tag = "15")]
+    BlobStatus(BlobStatus),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -150,10 +158,45 @@ pub struct Subscribe {
 }
 
 #[derive(Clone, PartialEq, Message)]
+pub struct CreateBlob {
+    #[prost(bytes = "vec", tag = "1")]
+    pub write_key: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PutBlob {
+    #[prost(bytes = "vec", tag = "1")]
+    pub blob_id: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub offset: u64,
+    #[prost(bytes = "vec", tag = "3")]
+    pub data: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct GetBlob {
+    #[prost(bytes = "vec", tag = "1")]
+    pub blob_id: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub offset: u64,
+    /// Most bytes in the reply (0: [`crate::limits::MAX_BLOB_PIECE`]).
+    #[prost(uint32, tag = "3")]
+    pub max_bytes: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct BlobStatus {
+    #[prost(bytes = "vec", tag = "1")]
+    pub blob_id: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
 pub struct ServerFrame {
     #[prost(uint64, tag = "1")]
     pub request_id: u64,
-    #[prost(oneof = "Reply", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "Reply", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
     pub reply: Option<Reply>,
 }
 
@@ -175,6 +218,12 @@ pub enum Reply {
     Appended(Appended),
     #[prost(message, tag = "9")]
     Notify(Notify),
+    #[prost(message, tag = "10")]
+    BlobCreated(BlobCreated),
+    #[prost(message, tag = "11")]
+    BlobStored(BlobStored),
+    #[prost(message, tag = "12")]
+    BlobData(BlobData),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -252,6 +301,30 @@ pub struct Notify {
     pub id: Vec<u8>,
     #[prost(uint64, tag = "2")]
     pub seq: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct BlobCreated {
+    #[prost(bytes = "vec", tag = "1")]
+    pub blob_id: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct BlobStored {
+    #[prost(uint64, tag = "1")]
+    pub length: u64,
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct BlobData {
+    #[prost(bytes = "vec", tag = "1")]
+    pub data: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub length: u64,
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Enumeration)]
