@@ -499,7 +499,8 @@ impl Client {
         Ok(view)
     }
 
-    /// Hashes the file, creates its blob on our relay and records the message as uploading.
+    /// Creates the file's blob on our relay (first: a file the relay refuses is not hashed for
+    /// nothing), hashes the file and records the message as uploading.
     async fn start_upload(
         &mut self,
         c: &ConvRow,
@@ -509,10 +510,6 @@ impl Client {
         kind: Option<FileKind>,
         caption: &str,
     ) -> Result<i64, ClientError> {
-        let (sha256, hashed) = hash_file(path)?;
-        if hashed != size {
-            return Err(ClientError::BadInput(format!("{} changed while it was read; try again", path.display())));
-        }
         let raw_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let name = truncated(&raw_name, MAX_FILE_NAME);
         let kind = kind.unwrap_or_else(|| FileKind::guess(&name));
@@ -521,6 +518,10 @@ impl Client {
         let write_key = SigningKey::generate(&mut rand::rngs::OsRng);
         let link = self.profile.relay.to_link();
         let blob_id = self.create_blob(&link, &write_key, encrypted_size(size, CHUNK_SIZE), &name).await?;
+        let (sha256, hashed) = hash_file(path)?;
+        if hashed != size {
+            return Err(ClientError::BadInput(format!("{} changed while it was read; try again", path.display())));
+        }
         let tx = self.begin()?;
         let text = if caption.is_empty() { name.as_str() } else { caption };
         tx.execute(

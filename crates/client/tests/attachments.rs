@@ -1,10 +1,11 @@
 //! Files through the engine's API: several files from one client on a relay that lets a
-//! connection create one blob, progress as reported, a file to a group saved by every member.
+//! connection create one blob, progress as reported, a file to a group saved by every member, a
+//! file over the relay's size limit refused before anything is recorded.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::Path;
 
-use tamizdat_client::{Client, FileKind};
+use tamizdat_client::{Client, ClientError, FileKind};
 use tamizdat_e2e::DEFAULT_SUITE;
 use tamizdat_relay::testing::spawn_relay_with;
 
@@ -83,4 +84,22 @@ async fn files_to_a_contact_and_to_a_group() {
         member.save(&m.id, Some(&target), |_, _| {}).await.unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), std::fs::read(&photo).unwrap());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_larger_than_the_relay_takes_is_refused_before_anything_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = tamizdat_relay::Limits { max_blob_bytes: 1000, ..Default::default() };
+    let link = spawn_relay_with(dir.path(), limits).await.0.to_link();
+    let mut alice = person(dir.path(), "Alice", &link).await;
+    let mut bob = person(dir.path(), "Bob", &link).await;
+    connect(&mut alice, &mut bob).await;
+    let big = file(dir.path(), "big.pdf", 2000, 3);
+    match alice.send_file("Bob", &big, None, None, |_, _| {}).await {
+        Err(e @ ClientError::BadInput(_)) => assert!(e.to_string().contains("larger than your relay takes"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(alice.messages("Bob").unwrap().is_empty());
+    let small = file(dir.path(), "small.pdf", 900, 3);
+    assert_eq!(alice.send_file("Bob", &small, None, None, |_, _| {}).await.unwrap().state, "sent");
 }
