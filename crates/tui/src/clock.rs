@@ -42,18 +42,10 @@ impl Local {
     }
 }
 
-/// (year, month 1-12, day 1-31) of a day number; Howard Hinnant's `civil_from_days`.
+/// (year, month 1-12, day 1-31) of a day number since 1970-01-01.
 pub(crate) fn civil(days: i64) -> (i64, usize, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, usize::try_from(m).unwrap_or(1), d)
+    let (y, m, d) = tamizdat_wire::civil::date_from_days(days);
+    (y, usize::try_from(m).unwrap_or(1), i64::from(d))
 }
 
 fn weekday(days: i64) -> &'static str {
