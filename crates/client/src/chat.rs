@@ -290,7 +290,7 @@ impl Client {
             let last: Option<i64> = self
                 .conn
                 .query_row(
-                    &format!("SELECT m.id FROM messages m WHERE {scope} ORDER BY m.sent_at DESC, m.id DESC LIMIT 1"),
+                    &format!("SELECT m.id FROM messages m WHERE {scope} ORDER BY m.id DESC LIMIT 1"),
                     params![id, contact, now],
                     |r| r.get(0),
                 )
