@@ -341,9 +341,11 @@ impl Client {
         let changed = |row: i64| self.message_by_row_in(tx, row).map(|v| vec![v]);
         match content.body {
             Some(Body::Edit(e)) => {
-                let Some(found) = find_message(tx, c, &e.target)?.filter(|f| is_senders(f, sender)) else {
+                // A message already gone here (disappeared, deleted) has nothing left to edit.
+                let Some(found) = find_message(tx, c, &e.target)? else { return Ok(Vec::new()) };
+                if !is_senders(&found, sender) {
                     return Err(ClientError::BadInput("an edit of a message that is not the sender's".into()));
-                };
+                }
                 if found.deleted {
                     return Ok(Vec::new());
                 }
@@ -355,9 +357,10 @@ impl Client {
                 Ok(Vec::new())
             }
             Some(Body::Delete(d)) => {
-                let Some(found) = find_message(tx, c, &d.target)?.filter(|f| is_senders(f, sender)) else {
+                let Some(found) = find_message(tx, c, &d.target)? else { return Ok(Vec::new()) };
+                if !is_senders(&found, sender) {
                     return Err(ClientError::BadInput("a deletion of a message that is not the sender's".into()));
-                };
+                }
                 erase(tx, found.row)?;
                 report.changed.extend(changed(found.row)?);
                 Ok(Vec::new())

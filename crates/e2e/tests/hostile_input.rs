@@ -65,3 +65,56 @@ fn random_content_join_requests_and_sealed_boxes() {
         }
     }
 }
+
+/// Content for daily use within its limits is accepted; one step past any limit is refused.
+#[test]
+fn daily_content_limits() {
+    use tamizdat_e2e::content::{
+        Attachment, Body, Delete, Edit, ExpiryTimer, MAX_EXPIRE_SECS, MAX_REACTION, MAX_RECEIPT_IDS, Reaction, Receipt,
+        ReceiptKind, Text,
+    };
+    let id = vec![7u8; 16];
+    let check = |body: Body, expire_secs: u32| {
+        let c = Content { message_id: id.clone(), sent_at_ms: 1, body: Some(body), expire_secs };
+        Content::from_bytes(&c.to_bytes()).is_ok()
+    };
+    let text = |reply_to: Vec<u8>| Body::Text(Text { text: "hi".into(), reply_to });
+    assert!(check(text(vec![]), 0) && check(text(id.clone()), MAX_EXPIRE_SECS));
+    assert!(!check(text(vec![1; 15]), 0), "a reply to something that is not a message id");
+    assert!(!check(text(vec![]), MAX_EXPIRE_SECS + 1), "a timer past a year");
+
+    assert!(check(Body::Edit(Edit { target: id.clone(), text: "new".into() }), 0));
+    assert!(!check(Body::Edit(Edit { target: id.clone(), text: String::new() }), 0));
+    assert!(!check(Body::Edit(Edit { target: vec![1; 17], text: "x".into() }), 0));
+    assert!(!check(Body::Delete(Delete { target: vec![] }), 0));
+
+    let reaction = |emoji: String| Body::Reaction(Reaction { target: id.clone(), emoji });
+    assert!(check(reaction("👍".into()), 0) && check(reaction(String::new()), 0));
+    assert!(!check(reaction("x".repeat(MAX_REACTION + 1)), 0));
+    assert!(!check(reaction("\u{1b}[2J".into()), 0), "escape sequences are not emoji");
+
+    let receipt =
+        |kind: ReceiptKind, n: usize| Body::Receipt(Receipt { kind: kind as i32, message_ids: vec![id.clone(); n] });
+    assert!(check(receipt(ReceiptKind::Read, MAX_RECEIPT_IDS), 0));
+    assert!(!check(receipt(ReceiptKind::Read, MAX_RECEIPT_IDS + 1), 0));
+    assert!(!check(receipt(ReceiptKind::Unspecified, 1), 0));
+
+    assert!(check(Body::ExpiryTimer(ExpiryTimer { seconds: MAX_EXPIRE_SECS }), 0));
+    assert!(!check(Body::ExpiryTimer(ExpiryTimer { seconds: MAX_EXPIRE_SECS + 1 }), 0));
+
+    let file = |key_len: usize| {
+        Body::Attachment(Attachment {
+            kind: 1,
+            name: "a.pdf".into(),
+            size: 10,
+            sha256: vec![0; 32],
+            relay: Some(RelayDescriptor::default()),
+            blob_id: id.clone(),
+            key: vec![0; key_len],
+            chunk_size: 1024,
+            ..Default::default()
+        })
+    };
+    assert!(check(file(32), 0));
+    assert!(!check(file(31), 0));
+}

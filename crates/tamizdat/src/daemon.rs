@@ -518,6 +518,28 @@ pub(crate) async fn dispatch(client: &mut Client, method: &str, p: Value) -> Res
             client.set_setting(&c.key, &c.value)?;
             Ok(json!({ c.key: c.value }))
         }
+        "config.proxy" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct P {
+                #[serde(default)]
+                value: Option<String>,
+            }
+            if let Some(value) = params::<P>(p)?.value {
+                client.set_proxy(&value)?;
+            }
+            Ok(json!({ "proxy": client.proxy_setting()? }))
+        }
+        "doctor" => to_json(client.doctor().await?),
+        "relay.endpoints" => to_json(client.relay_endpoints()?),
+        "relay.add" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct P {
+                link: String,
+            }
+            Ok(json!({ "added": client.add_relay_link(&params::<P>(p)?.link)? }))
+        }
         _ => Err(RpcError::new(-32601, format!("no method {method:?}; docs/API.md lists them"))),
     }
 }

@@ -156,6 +156,11 @@ fn a_frontend_sends_and_is_notified_of_replies() {
     assert_eq!(batch.as_array().unwrap().len(), 1);
     assert_eq!(batch[0]["result"]["route"], "direct");
     assert_eq!(rpc.ok("messages", json!({ "conversation": "Bob" })).as_array().unwrap().len(), 2);
+    let endpoints = rpc.ok("relay.endpoints", json!({}));
+    assert_eq!(endpoints[0]["kind"], "ip", "{endpoints}");
+    assert_eq!(rpc.ok("config.set", json!({ "key": "typing-indicators", "value": "off" }))["typing-indicators"], "off");
+    assert_eq!(rpc.ok("config.get", json!({}))["typing-indicators"], 0);
+    assert_eq!(rpc.ok("typing", json!({ "conversation": "Bob", "typing": true }))["sent"], false);
 }
 
 #[test]
