@@ -494,3 +494,41 @@ pub(crate) fn insert_event_row(
     )?;
     Ok(tx.last_insert_rowid())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A member's modified client forges an edit and a deletion of someone else's message: the
+    /// receiver refuses both (counted as skipped) and the message stays as it was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_sender_edits_or_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = tamizdat_relay::testing::spawn_relay(dir.path()).await.0.to_link();
+        let pass = "correct horse battery staple";
+        let mut alice = Client::init(&dir.path().join("a"), pass, "Alice", &link).await.unwrap();
+        let mut bob = Client::init(&dir.path().join("b"), pass, "Bob", &link).await.unwrap();
+        let invite = alice.invite(3600).unwrap();
+        bob.accept(&invite, None).await.unwrap();
+        alice.sync().await.unwrap();
+        bob.sync().await.unwrap();
+
+        let original = alice.send("Bob", "the meeting is at six").await.unwrap();
+        bob.sync().await.unwrap();
+        let target = hex::decode(&original.id).unwrap();
+        let c = bob.conversation("Alice").unwrap();
+        let forged_edit = Body::Edit(Edit { target: target.clone(), text: "the meeting is cancelled".into() });
+        bob.post(&c, content(forged_edit), |_| Ok(None)).await.unwrap();
+        bob.post(&c, content(Body::Delete(Delete { target })), |_| Ok(None)).await.unwrap();
+
+        let report = alice.sync().await.unwrap();
+        assert_eq!(report.skipped, 2, "{report:?}");
+        // What did change is Bob's delivery receipt, not the text.
+        assert!(report.changed.iter().all(|m| m.text == "the meeting is at six" && !m.edited && !m.deleted));
+        let kept = alice.messages("Bob").unwrap().into_iter().find(|m| m.id == original.id).unwrap();
+        assert_eq!(kept.text, "the meeting is at six");
+        assert!(!kept.edited && !kept.deleted);
+    }
+}
