@@ -550,7 +550,7 @@ impl Client {
         Ok(row)
     }
 
-    async fn create_blob(
+    pub(crate) async fn create_blob(
         &mut self,
         link: &str,
         write_key: &SigningKey,

@@ -421,9 +421,16 @@ impl Client {
         }
     }
 
-    /// Accepts an invite: starts the conversation on the inviter's relay and sends the
+    /// Accepts an invite (a link, or a code that stands for one): starts the conversation on the inviter's relay and sends the
     /// inviter a sealed join request. Returns the contact's name.
     pub async fn accept(&mut self, link: &str, alias: Option<&str>) -> Result<String, ClientError> {
+        let resolved;
+        let link = if crate::codes::is_invite_code(link) {
+            resolved = self.resolve_invite_code(link).await?;
+            resolved.as_str()
+        } else {
+            link
+        };
         let verified = {
             let provider = Provider::new(&self.conn);
             invite::verify(&provider, link, now_secs()).map_err(ClientError::Invite)?

@@ -2,6 +2,7 @@
 
 mod attachments;
 mod chat;
+mod codes;
 mod engine;
 mod groups;
 mod paths;
@@ -11,6 +12,7 @@ mod verify;
 
 pub use attachments::{AttachmentView, CHUNK_SIZE, FileKind, SavedFile, guess_mime, safe_file_name};
 pub use chat::{ConversationView, TypingView, format_timer};
+pub use codes::is_invite_code;
 pub use engine::{Client, ContactView, MessageView, ReactionView, ReplyView, SyncReport};
 pub use groups::{GroupView, MemberView, SETTINGS};
 pub use paths::{ConnectionStatus, EndpointView, FREEZE_BUDGET, NetOptions, doctor_link};

@@ -255,3 +255,16 @@ pub struct Attachment {
     #[prost(bytes = "vec", tag = "11")]
     pub reply_to: Vec<u8>,
 }
+
+/// Where an invite waits, encrypted, for whoever holds this code.
+#[derive(Clone, PartialEq, Message)]
+pub struct InviteCode {
+    #[prost(message, optional, tag = "1")]
+    pub relay: Option<RelayDescriptor>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub blob_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub key: Vec<u8>,
+    #[prost(uint32, tag = "4")]
+    pub size: u32,
+}

@@ -218,7 +218,11 @@ impl Worker {
             // Open loads the whole conversation, so there is nothing older to fetch.
             Action::LoadOlder { .. } => {}
             Action::NewInvite => match self.client.invite(7 * 86_400) {
-                Ok(link) => self.push(Update::Invite(link)).await,
+                // The QR code shows the short code when the relay can hold the invite.
+                Ok(link) => match self.client.invite_code(&link).await {
+                    Ok(code) => self.push(Update::Invite(code)).await,
+                    Err(_) => self.push(Update::Invite(link)).await,
+                },
                 Err(e) => self.push(Update::Error(e.to_string())).await,
             },
             Action::Quit => {}

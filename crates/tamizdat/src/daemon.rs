@@ -442,7 +442,9 @@ pub(crate) async fn dispatch(client: &mut Client, method: &str, p: Value) -> Res
             if secs == 0 {
                 return Err(RpcError::new(-32602, "invalid params: expires_secs must be positive"));
             }
-            Ok(json!({ "link": client.invite(secs)?, "expires_in_secs": secs }))
+            let link = client.invite(secs)?;
+            let code = client.invite_code(&link).await.ok();
+            Ok(json!({ "link": link, "code": code, "expires_in_secs": secs }))
         }
         "accept" => {
             #[derive(Deserialize)]

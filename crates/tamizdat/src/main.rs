@@ -63,11 +63,15 @@ enum Command {
         #[arg(long)]
         relay: String,
     },
-    /// Print a one-time invite link.
+    /// Print a one-time invite link (and, on a terminal, a QR code).
     Invite {
         /// How long the invite stays valid: 30m, 12h, 7d.
         #[arg(long, default_value = "7d", value_parser = parse_duration)]
         expires: Duration,
+        /// Also make a short code for it, held encrypted on your relay: small enough for a QR
+        /// code (made anyway for the QR code on a terminal when the link is too long).
+        #[arg(long)]
+        code: bool,
     },
     /// Accept an invite link.
     Accept {
@@ -528,15 +532,38 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             client.close().await;
             Ok(())
         }
-        Command::Invite { expires } => {
+        Command::Invite { expires, code } => {
             let mut client = open(&cli)?;
+            let terminal = !cli.json && std::io::stdout().is_terminal();
             let link = client.invite(expires.as_secs())?;
+            let mut short = None;
+            if *code || (terminal && !fits_qr(&link)) {
+                let made = client.invite_code(&link).await;
+                client.close().await;
+                match made {
+                    Ok(c) => short = Some(c),
+                    Err(e) if *code => return Err(e.into()),
+                    // Only the QR code needed it: the link works without.
+                    Err(e) => {
+                        eprintln!("(no QR code: the short code needs your relay, and {e}; send the link as text)")
+                    }
+                }
+            }
             if cli.json {
-                print_json(&serde_json::json!({ "link": link, "expires_in_secs": expires.as_secs() }))?;
+                print_json(&serde_json::json!({ "link": link, "code": short, "expires_in_secs": expires.as_secs() }))?;
             } else {
                 println!("{link}");
-                if std::io::stdout().is_terminal() {
-                    print_qr(&link);
+                if let Some(short) = &short {
+                    println!("{short}");
+                }
+                if terminal {
+                    let scan = short.as_deref().unwrap_or(&link);
+                    print_qr(scan);
+                    if short.is_some() {
+                        println!(
+                            "(the QR code holds the short code: the invite itself waits, encrypted, on your relay)"
+                        );
+                    }
                 }
             }
             Ok(())
@@ -976,6 +1003,11 @@ fn format_time(ms: u64) -> String {
     let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
     let (year, month, d) = tamizdat_wire::civil::date_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
     format!("{year:04}-{month:02}-{d:02} {h:02}:{m:02}")
+}
+
+/// Whether a link fits in a QR code at all.
+fn fits_qr(link: &str) -> bool {
+    qrcode::QrCode::with_error_correction_level(link.as_bytes(), qrcode::EcLevel::L).is_ok()
 }
 
 fn print_qr(link: &str) {

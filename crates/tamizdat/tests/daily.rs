@@ -153,3 +153,35 @@ fn both_sides_see_one_safety_number_and_a_changed_key_is_loud() {
     alice2.ok(&["sync"]);
     assert!(alice2.texts("Bob").contains(&"is that you?".to_string()));
 }
+
+#[test]
+fn an_invite_code_fits_a_qr_code_and_works_like_the_link() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), None);
+    let alice = Person::new(root.path(), "alice");
+    let bob = Person::new(root.path(), "bob");
+    alice.ok(&["init", "--name", "Alice", "--relay", &relay.link]);
+    bob.ok(&["init", "--name", "Bob", "--relay", &relay.link]);
+    let made = alice.json(&["invite", "--code"]);
+    let (link, code) = (made["link"].as_str().unwrap(), made["code"].as_str().unwrap());
+    // A post-quantum invite is too long for any QR code (2,953 bytes at most); its code is not.
+    assert!(link.len() > 2953, "{}", link.len());
+    assert!(code.starts_with("tamizdat:code/") && code.len() < 400, "{code}");
+    // A mistyped code is refused before anything else happens.
+    let mut typo = code.to_string();
+    let last = typo.pop().unwrap();
+    typo.push(if last == 'A' { 'B' } else { 'A' });
+    assert!(one_line_failure(&bob.run(&["accept", &typo])).contains("not usable"));
+    bob.ok(&["accept", code]);
+    alice.ok(&["sync"]);
+    alice.ok(&["send", "Bob", "through a code"]);
+    bob.ok(&["sync"]);
+    assert_eq!(bob.texts("Alice"), vec!["through a code"]);
+    // The code stands for a one-time invite: used once, like the link.
+    let carol = Person::new(root.path(), "carol");
+    carol.ok(&["init", "--name", "Carol", "--relay", &relay.link]);
+    carol.ok(&["accept", code]);
+    alice.ok(&["sync"]);
+    let contacts = alice.json(&["contacts"]);
+    assert_eq!(contacts.as_array().unwrap().len(), 1, "{contacts}");
+}

@@ -24,6 +24,9 @@ pub enum LinkKind {
     Relay,
     /// A signed one-time invite (`tamizdat:invite/…`).
     Invite,
+    /// A short code for an invite held encrypted on a relay (`tamizdat:code/…`): small enough
+    /// for a QR code, which a post-quantum invite is not.
+    InviteCode,
 }
 
 impl LinkKind {
@@ -31,6 +34,7 @@ impl LinkKind {
         match self {
             LinkKind::Relay => "relay",
             LinkKind::Invite => "invite",
+            LinkKind::InviteCode => "code",
         }
     }
 }
