@@ -772,11 +772,7 @@ impl Client {
         path: Option<&Path>,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<SavedFile, ClientError> {
-        let id = hex::decode(message_id.trim()).ok().filter(|id| id.len() == ID_LEN).ok_or_else(|| {
-            ClientError::BadInput(format!(
-                "{message_id:?} is not a message id (32 hex digits, as `tamizdat messages --json` shows)"
-            ))
-        })?;
+        let id = crate::chat::parse_id(message_id.trim())?;
         let row: Option<i64> = self
             .conn
             .query_row(

@@ -89,7 +89,7 @@ fn find_message(conn: &Connection, c: &ConvRow, message_id: &[u8]) -> Result<Opt
         .optional()?)
 }
 
-fn parse_id(hex_id: &str) -> Result<Vec<u8>, ClientError> {
+pub(crate) fn parse_id(hex_id: &str) -> Result<Vec<u8>, ClientError> {
     hex::decode(hex_id).ok().filter(|id| id.len() == tamizdat_wire::limits::ID_LEN).ok_or_else(|| {
         ClientError::BadInput(format!("{hex_id:?} is not a message id (32 hex digits, as `messages --json` shows)"))
     })
@@ -313,6 +313,12 @@ impl Client {
         }
         views.sort_by_key(|v| std::cmp::Reverse(v.last.as_ref().map_or(0, |m| m.sent_at)));
         Ok(views)
+    }
+
+    /// One message of a conversation by its id, if this device still has it.
+    pub fn message(&self, conversation: &str, message: &str) -> Result<Option<MessageView>, ClientError> {
+        let c = self.conversation(conversation)?;
+        find_message(&self.conn, &c, &parse_id(message)?)?.map(|f| self.message_by_row(f.row)).transpose()
     }
 
     /// The conversation and our own, not deleted, message `message` in it.

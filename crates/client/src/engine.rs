@@ -461,7 +461,7 @@ impl Client {
                         "you already have a group named {alias:?}; choose another --as"
                     )));
                 }
-                Some(_) => changed_contact = self.contact_named(&self.conn, alias)?.map(|(id, _)| id),
+                Some(_) => changed_contact = self.contact_by_name(alias)?.map(|c| c.id),
                 None => {}
             }
         }

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha512};
 
 use crate::{
     Client, ClientError,
-    engine::{ConvRow, contact_where, now_ms, to_i64, to_u64},
+    engine::{ConvRow, now_ms, to_i64, to_u64},
 };
 
 /// Hash rounds per half: the cost of each guess when searching for a look-alike key.
@@ -143,11 +143,6 @@ impl Client {
         let contact = self.contact(name)?;
         self.conn.execute("UPDATE contacts SET key_changed_at = NULL WHERE id = ?1", [contact.id])?;
         self.verify(name)
-    }
-
-    /// The contact named `name`, if a contact and not a group holds that name.
-    pub(crate) fn contact_named(&self, conn: &Connection, name: &str) -> Result<Option<(i64, Vec<u8>)>, ClientError> {
-        Ok(contact_where(conn, "name = ?1", &name)?.map(|c| (c.id, c.identity_key)))
     }
 }
 

@@ -22,8 +22,8 @@ pub(crate) async fn run(client: Client) -> Result<(), Failure> {
     let (actions, actions_rx) = mpsc::channel::<Action>(256);
     let options = tamizdat_tui::Options { mouse: true, utc_offset_minutes: local_offset_minutes() };
     let ui = tamizdat_tui::run_with(options, updates_rx, actions);
-    let mut worker = Worker { client, updates, open: None, own_name: String::new() };
-    worker.own_name = worker.client.name().to_string();
+    let own_name = client.name().to_string();
+    let mut worker = Worker { client, updates, open: None, own_name, last_ok_ms: None };
     let (ui, worker_result) = tokio::join!(ui, worker.run(actions_rx));
     worker.client.close().await;
     ui.map_err(|e| Failure(format!("the terminal: {e}")))?;
@@ -42,6 +42,8 @@ struct Worker {
     /// The conversation on screen: what arrives in it is read.
     open: Option<String>,
     own_name: String,
+    /// When a sync last reached every relay, for the status line.
+    last_ok_ms: Option<u64>,
 }
 
 impl Worker {
@@ -94,13 +96,12 @@ impl Worker {
             (None, _) if status.freezes => Some("this network freezes busy connections; keeping them small".into()),
             (None, _) => None,
         };
-        let last_ok_ms = (!matches!(route, tamizdat_tui::Route::Offline)).then(now_ms);
         self.push(Update::Status(tamizdat_tui::ConnectionStatus {
             route,
             endpoint: status.endpoint,
             blocked,
             syncing,
-            last_ok_ms,
+            last_ok_ms: self.last_ok_ms,
         }))
         .await;
     }
@@ -112,6 +113,9 @@ impl Worker {
         let healthy = match self.client.sync().await {
             Ok(report) => {
                 self.show(&report).await;
+                if report.failures.is_empty() {
+                    self.last_ok_ms = Some(now_ms());
+                }
                 subscribed && report.failures.is_empty()
             }
             Err(e) => {
@@ -255,7 +259,7 @@ impl Worker {
     }
 
     fn find(&self, conversation: &str, id: &str) -> Option<MessageView> {
-        self.client.messages(conversation).ok()?.into_iter().find(|m| m.id == id)
+        self.client.message(conversation, id).ok().flatten()
     }
 
     async fn reload_open(&self) {

@@ -16,8 +16,7 @@ fn open_read_send_receive_and_switch_in_a_real_terminal() {
     let root = tempfile::tempdir().unwrap();
     let relay = RelayProc::start(&root.path().join("relay"), None);
     let (alice, bob) = pair(root.path(), &relay, "Alice", "Bob");
-    let carol = Person::new(root.path(), "carol");
-    carol.ok(&["init", "--name", "Carol", "--relay", &relay.link]);
+    let carol = Person::init(root.path(), "carol", "Carol", &relay);
     let invite = alice.ok(&["invite"]).lines().next().unwrap().to_string();
     carol.ok(&["accept", &invite]);
     alice.ok(&["sync"]);

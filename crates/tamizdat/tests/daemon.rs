@@ -156,6 +156,15 @@ fn a_frontend_sends_and_is_notified_of_replies() {
     assert_eq!(batch.as_array().unwrap().len(), 1);
     assert_eq!(batch[0]["result"]["route"], "direct");
     assert_eq!(rpc.ok("messages", json!({ "conversation": "Bob" })).as_array().unwrap().len(), 2);
+    // A line over 1 MiB closes that connection only; the other frontend goes on.
+    let mut hostile = connect(&socket);
+    // The daemon stops reading after 1 MiB, so the rest of the write may meet a closed socket.
+    let _ = writeln!(hostile.write, "\"{}\"", "x".repeat(1024 * 1024 + 10));
+    let oversize = hostile.line();
+    assert_eq!(oversize["error"]["code"], -32600, "{oversize}");
+    let mut rest = String::new();
+    assert_eq!(hostile.read.read_line(&mut rest).unwrap(), 0, "the connection stays open: {rest}");
+    assert_eq!(second.ok("contacts", json!({}))[0]["name"], "Bob");
     let endpoints = rpc.ok("relay.endpoints", json!({}));
     assert_eq!(endpoints[0]["kind"], "ip", "{endpoints}");
     assert_eq!(rpc.ok("config.set", json!({ "key": "typing-indicators", "value": "off" }))["typing-indicators"], "off");

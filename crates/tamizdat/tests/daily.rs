@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use tamizdat_client::Client;
 
 fn by_text<'a>(messages: &'a serde_json::Value, text: &str) -> &'a serde_json::Value {
     messages
@@ -100,16 +101,23 @@ fn disappearing_messages_are_gone_from_both_stores() {
     // Bob's answer carries the timer too: it was set for the conversation.
     bob.ok(&["send", "Alice", "me too"]);
     alice.ok(&["sync"]);
+    // Each side's copy has its deadline; the message sent before the timer has none.
+    for (p, other, text) in [(&alice, "Bob", "vanishes"), (&bob, "Alice", "vanishes"), (&alice, "Bob", "me too")] {
+        assert!(by_text(&p.json(&["messages", other]), text)["expires_at"].as_u64().is_some());
+    }
+    assert!(by_text(&bob.json(&["messages", "Alice"]), "stays")["expires_at"].is_null());
     std::thread::sleep(Duration::from_millis(3500));
-    // Gone from the listings, and from the stores (a sync purges).
+    // The rows are deleted from the stores, not only hidden from listings: Alice's expired rows
+    // are still there until something purges them, and Bob's sync purges his.
+    let purged = Client::open(&alice.home, PASSPHRASE).unwrap().purge_expired().unwrap();
+    assert!(purged >= 2, "alice purged {purged}");
+    bob.ok(&["sync"]);
+    assert_eq!(Client::open(&bob.home, PASSPHRASE).unwrap().purge_expired().unwrap(), 0, "bob's sync purged");
     for (p, other) in [(&alice, "Bob"), (&bob, "Alice")] {
-        p.ok(&["sync"]);
         let texts = p.texts(other);
         assert!(texts.contains(&"stays".to_string()), "{texts:?}");
         assert!(!texts.contains(&"vanishes".to_string()) && !texts.contains(&"me too".to_string()), "{texts:?}");
     }
-    // Nothing of the text is left in either database file (the store is encrypted at rest, so
-    // check through the store instead: the rows are deleted, not hidden).
     alice.ok(&["expire", "Bob", "off"]);
     bob.ok(&["sync"]);
     assert_eq!(bob.json(&["conversations"])[0]["expire_secs"], 0);
@@ -131,8 +139,7 @@ fn both_sides_see_one_safety_number_and_a_changed_key_is_loud() {
 
     // Alice loses her device and starts again with a new identity; Bob accepts her new invite
     // as the same contact.
-    let alice2 = Person::new(root.path(), "alice-new");
-    alice2.ok(&["init", "--name", "Alice", "--relay", &relay.link]);
+    let alice2 = Person::init(root.path(), "alice-new", "Alice", &relay);
     let invite = alice2.ok(&["invite"]).lines().next().unwrap().to_string();
     let accepted = bob.run(&["accept", &invite, "--as", "Alice"]);
     assert!(accepted.status.success());
@@ -158,10 +165,8 @@ fn both_sides_see_one_safety_number_and_a_changed_key_is_loud() {
 fn an_invite_code_fits_a_qr_code_and_works_like_the_link() {
     let root = tempfile::tempdir().unwrap();
     let relay = RelayProc::start(&root.path().join("relay"), None);
-    let alice = Person::new(root.path(), "alice");
-    let bob = Person::new(root.path(), "bob");
-    alice.ok(&["init", "--name", "Alice", "--relay", &relay.link]);
-    bob.ok(&["init", "--name", "Bob", "--relay", &relay.link]);
+    let alice = Person::init(root.path(), "alice", "Alice", &relay);
+    let bob = Person::init(root.path(), "bob", "Bob", &relay);
     let made = alice.json(&["invite", "--code"]);
     let (link, code) = (made["link"].as_str().unwrap(), made["code"].as_str().unwrap());
     // A post-quantum invite is too long for any QR code (2,953 bytes at most); its code is not.
@@ -178,8 +183,7 @@ fn an_invite_code_fits_a_qr_code_and_works_like_the_link() {
     bob.ok(&["sync"]);
     assert_eq!(bob.texts("Alice"), vec!["through a code"]);
     // The code stands for a one-time invite: used once, like the link.
-    let carol = Person::new(root.path(), "carol");
-    carol.ok(&["init", "--name", "Carol", "--relay", &relay.link]);
+    let carol = Person::init(root.path(), "carol", "Carol", &relay);
     carol.ok(&["accept", code]);
     alice.ok(&["sync"]);
     let contacts = alice.json(&["contacts"]);

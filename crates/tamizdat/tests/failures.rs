@@ -24,10 +24,8 @@ fn wrong_passphrase_says_so_and_changes_nothing() {
 fn tampered_expired_and_reused_invites_are_refused() {
     let root = tempfile::tempdir().unwrap();
     let relay = RelayProc::start(&root.path().join("relay"), None);
-    let alice = Person::new(root.path(), "alice");
-    let bob = Person::new(root.path(), "bob");
-    alice.ok(&["init", "--name", "Alice", "--relay", &relay.link]);
-    bob.ok(&["init", "--name", "Bob", "--relay", &relay.link]);
+    let alice = Person::init(root.path(), "alice", "Alice", &relay);
+    let bob = Person::init(root.path(), "bob", "Bob", &relay);
     let invite = alice.ok(&["invite"]).lines().next().unwrap().to_string();
 
     // Every kind of damage: a changed character, a cut link, a relay link given as invite.

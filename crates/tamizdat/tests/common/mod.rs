@@ -122,6 +122,14 @@ impl Person {
         Person { home: root.join(dir) }
     }
 
+    /// A person with an identity named `name` on `relay`.
+    #[allow(dead_code)] // not every test file makes people one by one
+    pub fn init(root: &Path, dir: &str, name: &str, relay: &RelayProc) -> Person {
+        let p = Person::new(root, dir);
+        p.ok(&["init", "--name", name, "--relay", &relay.link]);
+        p
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.run_with(args, PASSPHRASE, None)
     }
