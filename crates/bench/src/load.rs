@@ -1,6 +1,6 @@
 //! Durable relayed messages through a relay: writers append to conversation logs over the
-//! real carrier, every other member of the conversation reads them (notice, read, ack), the
-//! way a client does.
+//! real carrier, every other member of the conversation receives them (the entry inside its
+//! notice, or a read) and acknowledges, the way a client does.
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,9 @@ pub struct Spec {
     pub rate: u64,
     /// How long writers send.
     pub seconds: f64,
+    /// Readers subscribe with entries inside notices (as clients do); without, every message
+    /// costs a read.
+    pub pushed_entries: bool,
 }
 
 /// An MLS PrivateMessage-shaped application message of `size` bytes (the relay reads its
@@ -75,7 +78,8 @@ pub async fn run(relay: &RelayProcess, spec: &Spec) -> anyhow::Result<Throughput
         let mut readers = Vec::new();
         for _ in 1..spec.group_size.max(2) {
             let mut r = RelayClient::connect(&d).await?;
-            r.subscribe(Subscribe { log_id: l.log_id.clone(), read_id: vec![] }, &key).await?;
+            let sub = Subscribe { log_id: l.log_id.clone(), read_id: vec![], entries: spec.pushed_entries };
+            r.subscribe(sub, &key).await?;
             // A member's cursor exists from the start, as a joining client registers it: the
             // relay deletes entries every registered cursor has passed.
             let cursor_id = rand::random::<[u8; 16]>().to_vec();
@@ -93,7 +97,7 @@ pub async fn run(relay: &RelayProcess, spec: &Spec) -> anyhow::Result<Throughput
     for c in conversations {
         let (done_tx, done_rx) = watch::channel(None);
         for (r, cursor_id) in c.readers {
-            readers.push(tokio::spawn(reader(r, c.key.clone(), c.log_id.clone(), cursor_id, done_rx.clone(), start)));
+            readers.push(tokio::spawn(reader(r, c.log_id.clone(), cursor_id, done_rx.clone(), start)));
         }
         writers.push(tokio::spawn(writer(d.clone(), c.key, c.log_id, spec.clone(), start, deadline, done_tx)));
     }
@@ -194,50 +198,82 @@ async fn writer(
     Ok(acked)
 }
 
-/// Reads what each notice announces, acknowledges it, and returns each message's latency from
-/// its send time; stops once it has everything the writer stored.
+/// Takes each message from its notice when the relay pushed it there and it follows the last
+/// one held, and reads (`ReadLog`) otherwise; acknowledges what it holds with one `AckLog` in
+/// flight at a time, without waiting for it before taking the next message, as a client that
+/// stores first and acknowledges after does. Returns each message's latency from its send
+/// time; stops once it has everything the writer stored.
 async fn reader(
-    mut rc: RelayClient,
-    key: SigningKey,
+    rc: RelayClient,
     log_id: Vec<u8>,
     cursor_id: Vec<u8>,
     mut done: watch::Receiver<Option<u64>>,
     start: Instant,
 ) -> anyhow::Result<Vec<Duration>> {
+    // The subscription proved the log's key for this session: later requests go unsigned.
+    let (mut conn, _nonce, mut next_id) = rc.into_parts();
     let mut latencies = Vec::new();
-    let mut last = 0u64;
+    // Held up to `last`; the relay announced up to `announced`; acknowledged up to `acked`.
+    let (mut last, mut announced, mut acked) = (0u64, 0u64, 0u64);
+    let (mut reading, mut acking, mut writer_running) = (false, false, true);
+    let mut request = |op: Op| -> anyhow::Result<Vec<u8>> {
+        let command = WireCommand { op: Some(op) }.encode_to_vec();
+        let bytes = frame::encode(&ClientFrame { request_id: next_id, command, signature: Vec::new() })?;
+        next_id += 1;
+        Ok(bytes)
+    };
     loop {
-        if done.borrow().is_some_and(|final_seq| last >= final_seq) {
+        let final_seq = *done.borrow();
+        if final_seq.is_some_and(|f| last >= f) {
             break;
         }
-        tokio::select! {
-            n = rc.next_notice() => {
-                if n?.seq <= last {
-                    continue;
+        if !reading && last < announced.max(final_seq.unwrap_or(0)) {
+            let read = ReadLog { log_id: log_id.clone(), after: last, limit: 256, max_bytes: 0 };
+            conn.send(request(Op::ReadLog(read))?).await?;
+            reading = true;
+        }
+        if !acking && acked < last {
+            let ack = AckLog { log_id: log_id.clone(), cursor_id: cursor_id.clone(), up_to: last };
+            conn.send(request(Op::AckLog(ack))?).await?;
+            (acking, acked) = (true, last);
+        }
+        let bytes = tokio::select! {
+            bytes = conn.recv() => bytes?,
+            // The writer finished: its last sequence number is in `done` (read at the top).
+            changed = done.changed(), if writer_running => {
+                writer_running = changed.is_ok();
+                continue;
+            }
+        };
+        let f: ServerFrame = frame::decode(&bytes)?;
+        let now = Instant::now();
+        match f.reply {
+            Some(Reply::Notify(n)) => {
+                announced = announced.max(n.seq);
+                match n.entry {
+                    Some(e) if !reading && e.seq == last + 1 => {
+                        latencies.push(stamped_latency(&e.payload, start, now));
+                        last = e.seq;
+                    }
+                    _ => {}
                 }
             }
-            // The writer finished: read whatever is left even if its notice went by.
-            changed = done.changed() => {
-                if changed.is_err() {
-                    break;
+            Some(Reply::Entries(e)) => {
+                reading = false;
+                for entry in &e.entries {
+                    if entry.seq > last {
+                        latencies.push(stamped_latency(&entry.payload, start, now));
+                        last = entry.seq;
+                    }
+                }
+                if e.more {
+                    announced = announced.max(last + 1);
                 }
             }
+            Some(Reply::Done(_)) => acking = false,
+            other => bail!("reader: unexpected reply {other:?}"),
         }
-        loop {
-            let read = Op::ReadLog(ReadLog { log_id: log_id.clone(), after: last, limit: 256, max_bytes: 0 });
-            let Reply::Entries(e) = rc.call(read, Some(&key)).await? else { bail!("no entries") };
-            let now = Instant::now();
-            for entry in &e.entries {
-                latencies.push(stamped_latency(&entry.payload, start, now));
-                last = last.max(entry.seq);
-            }
-            if !e.more || e.entries.is_empty() {
-                break;
-            }
-        }
-        let ack = Op::AckLog(AckLog { log_id: log_id.clone(), cursor_id: cursor_id.clone(), up_to: last });
-        rc.call(ack, Some(&key)).await?;
     }
-    rc.close().await;
+    conn.close().await;
     Ok(latencies)
 }

@@ -100,6 +100,10 @@ struct LoadArgs {
     /// Seconds of sending.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Readers do not ask for entries inside notices, so every message costs a read (the
+    /// way clients on freezing networks run).
+    #[arg(long)]
+    no_pushed_entries: bool,
 }
 
 impl LoadArgs {
@@ -111,6 +115,7 @@ impl LoadArgs {
             window: self.window,
             rate: self.rate,
             seconds: self.seconds,
+            pushed_entries: !self.no_pushed_entries,
         }
     }
 }
@@ -214,7 +219,8 @@ fn main() -> anyhow::Result<()> {
 /// The suite: throughput and latency against JetStream, then the connection figures.
 async fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
     let seconds = if long { 30.0 } else { 10.0 };
-    let one_to_one = Spec { conversations: 64, group_size: 2, payload: 256, window: 32, rate: 0, seconds };
+    let one_to_one =
+        Spec { conversations: 64, group_size: 2, payload: 256, window: 32, rate: 0, seconds, pushed_entries: true };
     let paced = Spec { rate: 20_000, ..one_to_one.clone() };
     let groups = Spec { conversations: 16, group_size: 8, ..one_to_one.clone() };
     let t_fsync = bench.tamizdat("tamizdat 1:1 max, fsync", &one_to_one, None, "fsync").await?;

@@ -132,6 +132,8 @@ pub struct SyncReport {
     pub skipped: usize,
     /// Our membership changes that lost a race for their epoch and were made again.
     pub retried_commits: usize,
+    /// Log entries taken from the relay's notices, without a read.
+    pub from_notices: usize,
     /// What could not be reached or done this time (retried on the next sync).
     pub failures: Vec<String>,
 }
@@ -946,6 +948,22 @@ impl Client {
     /// fsync per batch, not per message) with the group loaded once; every entry still has its
     /// own savepoint, so a faulty entry is skipped without undoing its neighbours.
     pub(crate) async fn sync_log(&mut self, conv_id: i64, report: &mut SyncReport) -> Result<(), ClientError> {
+        // Entries the relay pushed with its notices are processed without a read; when they
+        // reach the last one announced, nothing more is waiting (a newer one brings a notice).
+        let c = conv_by_id(&self.conn, conv_id)?;
+        let pushed = self.relays.get_mut(&c.relay_link).map(|rc| rc.take_pushed(&c.log_id, c.cursor));
+        if let Some((entries, complete)) = pushed
+            && let Some(last) = entries.last().map(|e| e.seq)
+            && c.active
+        {
+            self.handle_log_batch(conv_id, &entries, report)?;
+            report.from_notices += entries.len();
+            let ack = AckLog { log_id: c.log_id.clone(), cursor_id: c.cursor_id.clone(), up_to: last };
+            self.call(&c.relay_link, Op::AckLog(ack), Some(&c.log_key)).await?;
+            if complete {
+                return Ok(());
+            }
+        }
         loop {
             let c = conv_by_id(&self.conn, conv_id)?;
             if !c.active {
@@ -1258,12 +1276,15 @@ impl Client {
     pub async fn subscribe_all(&mut self) -> Result<(), ClientError> {
         let mut wanted: Vec<(String, Subscribe, SigningKey)> = vec![(
             self.profile.relay.to_link(),
-            Subscribe { log_id: Vec::new(), read_id: self.profile.queue_read_id.clone() },
+            Subscribe { log_id: Vec::new(), read_id: self.profile.queue_read_id.clone(), entries: false },
             self.profile.queue_key.clone(),
         )];
+        // Messages come inside the notices, except on networks that freeze busy connections,
+        // where every byte pushed brings the freeze closer.
+        let entries = !self.net.freeze;
         for id in self.active_conversations()? {
             let c = conv_by_id(&self.conn, id)?;
-            wanted.push((c.relay_link, Subscribe { log_id: c.log_id, read_id: Vec::new() }, c.log_key));
+            wanted.push((c.relay_link, Subscribe { log_id: c.log_id, read_id: Vec::new(), entries }, c.log_key));
         }
         // One relay failing does not stop the subscriptions on the others.
         let mut first_error = None;

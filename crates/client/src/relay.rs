@@ -1,7 +1,7 @@
 //! A connection to one relay: hello, then signed requests and their replies.
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     time::Duration,
 };
 
@@ -11,7 +11,9 @@ use tamizdat_transport::{TransportError, client::Connection, dial::Dialer, endpo
 use tamizdat_wire::{
     auth_payload, frame,
     limits::{MAX_VERSION, MIN_VERSION},
-    proto::{ClientFrame, Command, ErrorCode, Hello, Notify, Op, RelayDescriptor, Reply, ServerFrame, Subscribe},
+    proto::{
+        ClientFrame, Command, Entry, ErrorCode, Hello, Notify, Op, RelayDescriptor, Reply, ServerFrame, Subscribe,
+    },
 };
 
 use crate::ClientError;
@@ -22,6 +24,48 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// censors stop a connection's server-to-client bytes after ~16 KB, without a reset).
 const STALL_TIMEOUT: Duration = Duration::from_secs(6);
 
+/// Most pushed entries kept per id between syncs; past it the sync reads.
+const MAX_PUSHED: usize = 1024;
+
+/// What the relay pushed for one id since the last sync took it.
+#[derive(Default)]
+struct Pushed {
+    entries: Vec<Entry>,
+    /// The highest sequence number announced.
+    announced: u64,
+    /// A notice came without its entry (too large, or "look again"), or too many were kept.
+    must_read: bool,
+}
+
+impl Pushed {
+    /// Keeps the entry a notice carried, or, for a notice without one, remembers that the id
+    /// must be read.
+    fn keep(&mut self, n: &Notify) {
+        self.announced = self.announced.max(n.seq);
+        match &n.entry {
+            Some(e) if e.seq == n.seq && self.entries.len() < MAX_PUSHED => self.entries.push(e.clone()),
+            _ => self.must_read = true,
+        }
+    }
+
+    /// The kept entries that directly follow `after`, in order, and whether they reach the
+    /// last one announced: then a read would find nothing more, since anything newer brings
+    /// its own notice.
+    fn take(mut self, after: u64) -> (Vec<Entry>, bool) {
+        self.entries.sort_by_key(|e| e.seq);
+        self.entries.dedup_by_key(|e| e.seq);
+        let mut run = Vec::new();
+        for e in self.entries.into_iter().filter(|e| e.seq > after) {
+            if e.seq != after + 1 + run.len() as u64 {
+                break;
+            }
+            run.push(e);
+        }
+        let complete = !self.must_read && run.last().is_some_and(|e| e.seq >= self.announced);
+        (run, complete)
+    }
+}
+
 /// An open, greeted connection to a relay.
 pub struct RelayClient {
     conn: Connection,
@@ -29,6 +73,8 @@ pub struct RelayClient {
     next_id: u64,
     /// Notices pushed by the relay while we waited for a reply.
     notices: VecDeque<Notify>,
+    /// Entries the relay pushed inside notices, per id, until a sync takes them.
+    pushed: HashMap<Vec<u8>, Pushed>,
     /// Ids this connection is subscribed to.
     subscribed: HashSet<Vec<u8>>,
     /// Logs and queues whose key this connection has proven: the relay needs no signature for
@@ -56,6 +102,7 @@ impl RelayClient {
             nonce: Vec::new(),
             next_id: 1,
             notices: VecDeque::new(),
+            pushed: HashMap::new(),
             subscribed: HashSet::new(),
             proven: HashSet::new(),
         };
@@ -114,7 +161,10 @@ impl RelayClient {
             let reply = self.recv_watching(deadline).await?;
             let frame: ServerFrame = frame::decode(&reply)?;
             match frame.reply {
-                Some(Reply::Notify(n)) if frame.request_id == 0 => self.notices.push_back(n),
+                Some(Reply::Notify(n)) if frame.request_id == 0 => {
+                    self.keep_pushed(&n);
+                    self.notices.push_back(n);
+                }
                 // Request id 0 also carries connection-level errors (a frame the relay could not
                 // read); the relay closes the connection after them.
                 Some(Reply::Error(e)) if frame.request_id == 0 => {
@@ -181,11 +231,27 @@ impl RelayClient {
         loop {
             let frame: ServerFrame = frame::decode(&self.conn.recv().await?)?;
             match frame.reply {
-                Some(Reply::Notify(n)) => return Ok(n),
+                Some(Reply::Notify(n)) => {
+                    self.keep_pushed(&n);
+                    return Ok(n);
+                }
                 Some(Reply::Error(e)) => return Err(ClientError::Protocol(format!("the relay closed: {}", e.message))),
                 _ => continue,
             }
         }
+    }
+
+    /// Keeps what a notice for a subscribed id says for the next sync.
+    fn keep_pushed(&mut self, n: &Notify) {
+        if self.subscribed.contains(&n.id) {
+            self.pushed.entry(n.id.clone()).or_default().keep(n);
+        }
+    }
+
+    /// Entries pushed for `id` that directly follow `after`, in order, and whether they reach
+    /// everything announced for it. Takes what was kept for `id`.
+    pub fn take_pushed(&mut self, id: &[u8], after: u64) -> (Vec<Entry>, bool) {
+        self.pushed.remove(id).map(|p| p.take(after)).unwrap_or_default()
     }
 
     /// The raw connection, the session nonce and the next request id, for callers that
@@ -197,5 +263,45 @@ impl RelayClient {
     /// Closes the connection.
     pub async fn close(self) {
         self.conn.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notice(seq: u64, with_entry: bool) -> Notify {
+        let entry = with_entry.then(|| Entry { seq, payload: vec![seq as u8], ..Default::default() });
+        Notify { id: vec![1; 16], seq, entry }
+    }
+
+    fn kept(notices: &[Notify]) -> Pushed {
+        let mut p = Pushed::default();
+        notices.iter().for_each(|n| p.keep(n));
+        p
+    }
+
+    fn seqs(taken: &(Vec<Entry>, bool)) -> (Vec<u64>, bool) {
+        (taken.0.iter().map(|e| e.seq).collect(), taken.1)
+    }
+
+    #[test]
+    fn pushed_entries_that_follow_the_cursor_need_no_read() {
+        let p = kept(&[notice(4, true), notice(6, true), notice(5, true), notice(5, true)]);
+        assert_eq!(seqs(&p.take(3)), (vec![4, 5, 6], true), "in order, once each, complete");
+    }
+
+    #[test]
+    fn a_gap_or_a_bare_notice_means_read() {
+        assert_eq!(seqs(&kept(&[notice(4, true), notice(6, true)]).take(3)), (vec![4], false), "5 is missing");
+        assert_eq!(seqs(&kept(&[notice(5, true)]).take(3)), (vec![], false), "4 is missing");
+        assert_eq!(seqs(&kept(&[notice(4, true), notice(5, false)]).take(3)), (vec![4], false), "5 came bare");
+        assert_eq!(seqs(&kept(&[notice(0, false), notice(4, true)]).take(3)), (vec![4], false), "look again");
+    }
+
+    #[test]
+    fn entries_the_cursor_passed_are_dropped() {
+        assert_eq!(seqs(&kept(&[notice(4, true), notice(5, true)]).take(4)), (vec![5], true));
+        assert_eq!(seqs(&kept(&[notice(4, true)]).take(4)), (vec![], false));
     }
 }

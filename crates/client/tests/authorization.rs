@@ -100,12 +100,12 @@ async fn nothing_works_without_the_right_key() {
     let Reply::Entries(e) = c.call(read_log, Some(&log_key)).await.unwrap() else { panic!() };
     assert_eq!(e.entries.len(), 1, "only the authorized append is there");
     // Watching needs the key too: no notices about other people's logs or queues.
-    let sub_log = |id: &[u8]| Op::Subscribe(Subscribe { log_id: id.to_vec(), read_id: vec![] });
+    let sub_log = |id: &[u8]| Op::Subscribe(Subscribe { log_id: id.to_vec(), ..Default::default() });
     assert_eq!(code(s.call(sub_log(&l.log_id), Some(&stranger)).await), ErrorCode::Unauthorized);
     assert_eq!(code(c.call(sub_log(&[3; 16]), Some(&log_key)).await), ErrorCode::Unauthorized);
-    let sub_queue = Op::Subscribe(Subscribe { log_id: vec![], read_id: q.read_id.clone() });
+    let sub_queue = Op::Subscribe(Subscribe { read_id: q.read_id.clone(), ..Default::default() });
     assert_eq!(code(s.call(sub_queue, Some(&stranger)).await), ErrorCode::Unauthorized);
-    let both = Op::Subscribe(Subscribe { log_id: l.log_id.clone(), read_id: q.read_id.clone() });
+    let both = Op::Subscribe(Subscribe { log_id: l.log_id.clone(), read_id: q.read_id.clone(), entries: true });
     assert_eq!(code(c.call(both, Some(&log_key)).await), ErrorCode::BadRequest);
     // Stale commits are refused with the current epoch.
     match c.call(append(5, mls(0, 3)), Some(&log_key)).await {

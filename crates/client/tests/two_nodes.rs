@@ -73,7 +73,7 @@ async fn pushed_across(kind: Kind, node_count: usize) -> Vec<Duration> {
     let mut writer = RelayClient::connect(&d[node_count - 1]).await.unwrap();
     let mut reader = RelayClient::connect(&d[0]).await.unwrap();
     let log_id = new_log(&mut writer, &key).await;
-    reader.subscribe(Subscribe { log_id: log_id.clone(), read_id: vec![] }, &key).await.unwrap();
+    reader.subscribe(Subscribe { log_id: log_id.clone(), read_id: vec![], entries: true }, &key).await.unwrap();
     let mut latencies = Vec::new();
     for i in 0..30u8 {
         let sent = Instant::now();
@@ -83,6 +83,15 @@ async fn pushed_across(kind: Kind, node_count: usize) -> Vec<Duration> {
             tokio::time::timeout(Duration::from_secs(5), reader.next_notice()).await.expect("pushed in time").unwrap();
         latencies.push(sent.elapsed());
         assert_eq!((notice.id.as_slice(), notice.seq), (log_id.as_slice(), a.seq));
+        // The node that stored the entry pushes it; another node announces only its id.
+        let (pushed, complete) = reader.take_pushed(&log_id, a.seq - 1);
+        if node_count == 1 {
+            assert_eq!(pushed.len(), 1);
+            assert_eq!((pushed[0].seq, &pushed[0].payload, &pushed[0].dedup_id), (a.seq, &mls(0, 1, i), &vec![i; 16]));
+            assert!(complete);
+        } else {
+            assert!(pushed.is_empty() && !complete, "NOTIFY carries ids only");
+        }
     }
     db.finish().await;
     latencies.sort();

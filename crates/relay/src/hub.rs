@@ -42,6 +42,7 @@ impl NoticeHub {
             inbox: Arc::new(Inbox { key, tx, lagged: AtomicBool::new(false) }),
             rx,
             ids: Vec::new(),
+            bare: Vec::new(),
         }
     }
 
@@ -78,11 +79,18 @@ pub struct Listener {
     inbox: Arc<Inbox>,
     rx: mpsc::Receiver<Notice>,
     ids: Vec<Vec<u8>>,
+    /// Watched ids whose subscriber did not ask for entries inside notices.
+    bare: Vec<Vec<u8>>,
 }
 
 impl Listener {
-    /// Subscribes to one more id (again is harmless).
-    pub fn watch(&mut self, id: Vec<u8>) {
+    /// Subscribes to one more id (again is harmless, and says again whether notices for it
+    /// carry entries).
+    pub fn watch(&mut self, id: Vec<u8>, entries: bool) {
+        self.bare.retain(|b| *b != id);
+        if !entries {
+            self.bare.push(id.clone());
+        }
         if self.ids.contains(&id) {
             return;
         }
@@ -102,7 +110,10 @@ impl Listener {
         let Some(notice) = self.rx.recv().await else { return std::future::pending().await };
         if self.inbox.lagged.swap(false, Ordering::Relaxed) {
             while self.rx.try_recv().is_ok() {}
-            return self.ids.iter().map(|id| Notice { id: id.clone(), seq: 0 }).collect();
+            return self.ids.iter().map(|id| Notice::bare(id.clone(), 0)).collect();
+        }
+        if notice.entry.is_some() && self.bare.contains(&notice.id) {
+            return vec![Notice::bare(notice.id, notice.seq)];
         }
         vec![notice]
     }
@@ -127,15 +138,19 @@ mod tests {
     use super::*;
 
     fn notice(id: u8, seq: u64) -> Notice {
-        Notice { id: vec![id; 16], seq }
+        Notice::bare(vec![id; 16], seq)
+    }
+
+    fn with_entry(id: u8, seq: u64) -> Notice {
+        Notice::stored(&[id; 16], seq, &[9; 16], b"ciphertext", 1)
     }
 
     #[tokio::test]
     async fn a_notice_reaches_only_its_subscribers() {
         let hub = Arc::new(NoticeHub::default());
         let (mut a, mut b) = (hub.listener(), hub.listener());
-        a.watch(vec![1; 16]);
-        b.watch(vec![2; 16]);
+        a.watch(vec![1; 16], false);
+        b.watch(vec![2; 16], false);
         hub.publish(&[notice(1, 7)]);
         assert_eq!(a.next().await, vec![notice(1, 7)]);
         assert!(b.rx.try_recv().is_err(), "b watches another id");
@@ -147,8 +162,8 @@ mod tests {
     async fn an_overflowing_inbox_turns_into_one_resync() {
         let hub = Arc::new(NoticeHub::default());
         let mut a = hub.listener();
-        a.watch(vec![1; 16]);
-        a.watch(vec![3; 16]);
+        a.watch(vec![1; 16], false);
+        a.watch(vec![3; 16], false);
         let flood: Vec<Notice> = (1..=INBOX as u64 + 10).map(|s| notice(1, s)).collect();
         hub.publish(&flood);
         let pushed = a.next().await;
@@ -158,11 +173,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn entries_reach_only_subscribers_who_asked_for_them() {
+        let hub = Arc::new(NoticeHub::default());
+        let (mut a, mut b) = (hub.listener(), hub.listener());
+        a.watch(vec![1; 16], true);
+        b.watch(vec![1; 16], false);
+        hub.publish(&[with_entry(1, 4)]);
+        let pushed = a.next().await;
+        assert_eq!(pushed, vec![with_entry(1, 4)]);
+        assert_eq!(pushed[0].entry.as_ref().map(|e| e.payload.as_slice()), Some(&b"ciphertext"[..]));
+        assert_eq!(b.next().await, vec![notice(1, 4)], "b gets the id and sequence only");
+        b.watch(vec![1; 16], true);
+        hub.publish(&[with_entry(1, 5)]);
+        assert_eq!(b.next().await, vec![with_entry(1, 5)], "subscribing again changes the choice");
+    }
+
+    #[test]
+    fn only_small_entries_are_pushed() {
+        let small = Notice::stored(&[1; 16], 1, &[9; 16], &[0; crate::store::MAX_PUSHED_PAYLOAD], 1);
+        let big = Notice::stored(&[1; 16], 2, &[9; 16], &[0; crate::store::MAX_PUSHED_PAYLOAD + 1], 1);
+        assert!(small.entry.is_some());
+        assert!(big.entry.is_none());
+    }
+
+    #[tokio::test]
     async fn an_empty_id_asks_everyone_to_look_again() {
         let hub = Arc::new(NoticeHub::default());
         let mut a = hub.listener();
-        a.watch(vec![1; 16]);
-        hub.publish(&[Notice { id: Vec::new(), seq: 0 }]);
+        a.watch(vec![1; 16], false);
+        hub.publish(&[Notice::bare(Vec::new(), 0)]);
         assert_eq!(a.next().await, vec![notice(1, 0)]);
     }
 }

@@ -85,7 +85,10 @@ const MAX_PIPELINE: usize = 64;
 /// Runs a session until the client leaves, idles out or breaks the protocol. Replies go out
 /// in request order; writes from one session commit in that order too, several per batch.
 /// Between replies, notices for subscribed logs and queues are pushed.
-pub async fn run(mut ws: ServerWs, store: Store, limits: &Limits) {
+///
+/// The stream stays boxed: an async fn's arguments are kept in its state as well as its
+/// locals, so a stream passed by value would sit twice in every idle session's task.
+pub async fn run(mut ws: Box<ServerWs>, store: Store, limits: &Limits) {
     let m = metrics::global();
     let mut bucket = Bucket::new(limits.requests_per_second, limits.requests_burst);
     let mut limited_in_a_row = 0u32;
@@ -123,7 +126,8 @@ pub async fn run(mut ws: ServerWs, store: Store, limits: &Limits) {
                     .into_iter()
                     .filter_map(|n| {
                         Metrics::inc(&m.notices_pushed_total);
-                        frame::encode(&ServerFrame { request_id: 0, reply: Some(Reply::Notify(Notify { id: n.id, seq: n.seq })) }).ok()
+                        let notify = Notify { id: n.id, seq: n.seq, entry: n.entry.as_deref().cloned() };
+                        frame::encode(&ServerFrame { request_id: 0, reply: Some(Reply::Notify(notify)) }).ok()
                     })
                     .collect();
                 if !send_within(&mut ws, frames).await {
@@ -158,7 +162,9 @@ pub async fn run(mut ws: ServerWs, store: Store, limits: &Limits) {
                         if !is_write(&op) && !drain(&mut ws, &mut committing).await {
                             return;
                         }
-                        (cf.request_id, session.handle(&cf, op).await)
+                        // Boxed: the largest request's state would otherwise sit in every
+                        // idle session's task.
+                        (cf.request_id, Box::pin(session.handle(&cf, op)).await)
                     }
                     Ok(Command { op: None }) => {
                         let fatal = !session.greeted;
@@ -396,7 +402,7 @@ impl Session {
                 if listener.ids().len() >= limits::MAX_SUBSCRIPTIONS {
                     return Err(refuse(ErrorCode::RateLimited, "too many subscriptions on one connection"));
                 }
-                listener.watch(if c.log_id.is_empty() { c.read_id } else { c.log_id });
+                listener.watch(if c.log_id.is_empty() { c.read_id } else { c.log_id }, c.entries);
                 Ok(Handled::Now(Reply::Done(Done {})))
             }
             Op::AckLog(c) => {

@@ -86,7 +86,7 @@ fn apply(tx: &Connection, write: &Write, notices: &mut Vec<Notice>) -> rusqlite:
         Write::Append { log_id, dedup_id, payload, header, hour } => {
             let outcome = append(tx, log_id, dedup_id, payload, header, *hour)?;
             if let Outcome::Stored { seq, duplicate: false, .. } = outcome {
-                notices.push(Notice { id: log_id.clone(), seq });
+                notices.push(Notice::stored(log_id, seq, dedup_id, payload, *hour));
             }
             Ok(outcome)
         }
@@ -154,7 +154,7 @@ fn send_to_queue(
         "INSERT INTO queue_messages (read_id, seq, dedup_id, payload, received_hour) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![read_id, seq, dedup_id, payload, hour])?;
-    notices.push(Notice { id: read_id, seq: to_u64(seq) });
+    notices.push(Notice::stored(&read_id, to_u64(seq), dedup_id, payload, hour));
     Ok(Outcome::Stored { seq: to_u64(seq), epoch: 0, duplicate: false })
 }
 

@@ -166,12 +166,34 @@ impl WriterTask {
 
 /// Something new was stored under `id` (a log id, or a queue's read id) at `seq`. An empty
 /// `id` means "notices may have been lost": every subscriber should look again.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Notice {
     /// Log id or queue read id.
     pub id: Vec<u8>,
     /// The new entry's sequence number.
     pub seq: u64,
+    /// The entry itself, when it is small enough to push and was stored by this node; one
+    /// allocation shared by every subscriber.
+    pub entry: Option<Arc<Entry>>,
+}
+
+/// Largest payload a notice carries: a text message fits; past this, subscribers read. With
+/// a session's inbox of notices this bounds what a slow subscriber makes the relay hold.
+pub const MAX_PUSHED_PAYLOAD: usize = 2048;
+
+impl Notice {
+    /// A notice without the entry: "look at `id`".
+    pub fn bare(id: Vec<u8>, seq: u64) -> Self {
+        Notice { id, seq, entry: None }
+    }
+
+    /// A notice for an entry just stored, carrying it if it is small.
+    pub(crate) fn stored(id: &[u8], seq: u64, dedup_id: &[u8], payload: &[u8], hour: i64) -> Self {
+        let entry = (payload.len() <= MAX_PUSHED_PAYLOAD).then(|| {
+            Arc::new(Entry { seq, dedup_id: dedup_id.to_vec(), payload: payload.to_vec(), received_hour: to_u64(hour) })
+        });
+        Notice { id: id.to_vec(), seq, entry }
+    }
 }
 
 /// The PostgreSQL channel on which every node announces committed entries.
@@ -532,7 +554,7 @@ async fn listen_loop(mut listener: sqlx::postgres::PgListener, hub: Arc<NoticeHu
             Err(e) => {
                 tracing::warn!(error = %e, "notification listener failed; retrying");
                 // Notices may have been missed meanwhile: tell every session to look again.
-                hub.publish(&[Notice { id: Vec::new(), seq: 0 }]);
+                hub.publish(&[Notice::bare(Vec::new(), 0)]);
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -545,7 +567,7 @@ fn notice_payload(n: &Notice) -> String {
 
 fn parse_notice(payload: &str) -> Option<Notice> {
     let (id, seq) = payload.split_once(':')?;
-    Some(Notice { id: hex::decode(id).ok()?, seq: seq.parse().ok()? })
+    Some(Notice::bare(hex::decode(id).ok()?, seq.parse().ok()?))
 }
 
 /// Group commit on PostgreSQL: take everything waiting, apply it in one transaction, answer
@@ -701,7 +723,8 @@ async fn apply(tx: &mut AnyConnection, write: &Write, notices: &mut Vec<Notice>)
         Write::Append { log_id, dedup_id, payload, header, hour } => {
             let outcome = append(tx, log_id, dedup_id, payload, header, *hour).await?;
             if let Outcome::Stored { seq, duplicate: false, .. } = outcome {
-                notices.push(Notice { id: log_id.clone(), seq });
+                // PostgreSQL announces through NOTIFY, which carries ids only.
+                notices.push(Notice::bare(log_id.clone(), seq));
             }
             Ok(outcome)
         }
@@ -805,7 +828,7 @@ async fn send_to_queue(
         .bind(hour)
         .execute(&mut *tx)
         .await?;
-        notices.push(Notice { id: read_id, seq: to_u64(seq) });
+        notices.push(Notice::bare(read_id, to_u64(seq)));
         return Ok(Outcome::Stored { seq: to_u64(seq), epoch: 0, duplicate: false });
     }
     Err(sqlx::Error::Protocol("queue sequence contended past the retry limit".into()))

@@ -155,6 +155,8 @@ pub struct Subscribe {
     pub log_id: Vec<u8>,
     #[prost(bytes = "vec", tag = "2")]
     pub read_id: Vec<u8>,
+    #[prost(bool, tag = "3")]
+    pub entries: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -301,6 +303,8 @@ pub struct Notify {
     pub id: Vec<u8>,
     #[prost(uint64, tag = "2")]
     pub seq: u64,
+    #[prost(message, optional, tag = "3")]
+    pub entry: Option<Entry>,
 }
 
 #[derive(Clone, PartialEq, Message)]
