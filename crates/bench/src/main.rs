@@ -141,7 +141,9 @@ impl Bench {
         durability: &str,
     ) -> anyhow::Result<Throughput> {
         let relay = self.relay(store, durability)?;
-        let t = load::run(&relay, spec).await.with_context(|| format!("{label}: Tamizdat run"))?;
+        let ticks = relay_proc::cpu_ticks();
+        let mut t = load::run(&relay, spec).await.with_context(|| format!("{label}: Tamizdat run"))?;
+        t.steal_percent = relay_proc::steal_percent(ticks, relay_proc::cpu_ticks());
         self.record(label, &t);
         self.runs.push((label.to_string(), t.clone()));
         Ok(t)
@@ -150,7 +152,9 @@ impl Bench {
     async fn jetstream(&mut self, label: &str, spec: &Spec) -> anyhow::Result<Throughput> {
         let port = self.nats.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(4222);
         let pid = jetstream::server_pid(port).context("no nats-server process found for the JetStream address")?;
-        let t = jetstream::run(&self.nats, pid, spec).await.with_context(|| format!("{label}: JetStream run"))?;
+        let ticks = relay_proc::cpu_ticks();
+        let mut t = jetstream::run(&self.nats, pid, spec).await.with_context(|| format!("{label}: JetStream run"))?;
+        t.steal_percent = relay_proc::steal_percent(ticks, relay_proc::cpu_ticks());
         self.record(label, &t);
         self.runs.push((label.to_string(), t.clone()));
         Ok(t)
@@ -295,12 +299,12 @@ async fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
 /// A Markdown table of throughput runs.
 fn throughput_table(rows: &[(String, Throughput)]) -> String {
     let mut out = String::from(
-        "| run | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server RSS MiB | wire B/msg | writes/commit |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+        "| run | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server RSS MiB | wire B/msg | writes/commit | stolen % |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (label, t) in rows {
         out += &format!(
-            "| {label} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} |\n",
+            "| {label} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {:.1} |\n",
             t.sent_per_second,
             t.delivered_per_second,
             t.latency_ms_p50,
@@ -310,6 +314,7 @@ fn throughput_table(rows: &[(String, Throughput)]) -> String {
             t.server_rss_mib,
             t.wire_bytes_per_message,
             t.writes_per_commit.map(|w| format!("{w:.0}")).unwrap_or_else(|| "–".into()),
+            t.steal_percent,
         );
     }
     out

@@ -57,6 +57,8 @@ pub struct Throughput {
     /// Writes per transaction (Tamizdat only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub writes_per_commit: Option<f64>,
+    /// Percent of the machine's CPU time the hypervisor stole during the run.
+    pub steal_percent: f64,
 }
 
 impl Throughput {
@@ -86,6 +88,7 @@ impl Throughput {
             wire_bytes_per_message: wire_bytes as f64 / delivered.max(1) as f64,
             commits_per_second: None,
             writes_per_commit: None,
+            steal_percent: 0.0,
         }
     }
 
