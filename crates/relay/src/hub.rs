@@ -104,18 +104,25 @@ impl Listener {
         &self.ids
     }
 
-    /// The next notices to push: one, or, when some were lost, a "look again" (sequence 0)
-    /// for every watched id. Pending forever while nothing is watched.
+    /// The next notices to push: every one waiting (so they leave in one write), or, when
+    /// some were lost, a "look again" (sequence 0) for every watched id. Pending forever
+    /// while nothing is watched.
     pub async fn next(&mut self) -> Vec<Notice> {
-        let Some(notice) = self.rx.recv().await else { return std::future::pending().await };
+        let Some(first) = self.rx.recv().await else { return std::future::pending().await };
         if self.inbox.lagged.swap(false, Ordering::Relaxed) {
             while self.rx.try_recv().is_ok() {}
             return self.ids.iter().map(|id| Notice::bare(id.clone(), 0)).collect();
         }
-        if notice.entry.is_some() && self.bare.contains(&notice.id) {
-            return vec![Notice::bare(notice.id, notice.seq)];
+        let mut notices = vec![first];
+        while let Ok(more) = self.rx.try_recv() {
+            notices.push(more);
         }
-        vec![notice]
+        for n in &mut notices {
+            if n.entry.is_some() && self.bare.contains(&n.id) {
+                n.entry = None;
+            }
+        }
+        notices
     }
 }
 
@@ -156,6 +163,18 @@ mod tests {
         assert!(b.rx.try_recv().is_err(), "b watches another id");
         drop(a);
         assert_eq!(hub.watched(), 1, "a's route went with it");
+    }
+
+    #[tokio::test]
+    async fn waiting_notices_leave_together_in_order() {
+        let hub = Arc::new(NoticeHub::default());
+        let mut a = hub.listener();
+        a.watch(vec![1; 16], true);
+        a.watch(vec![2; 16], false);
+        hub.publish(&[with_entry(1, 1), with_entry(2, 1), with_entry(1, 2)]);
+        assert_eq!(a.next().await, vec![with_entry(1, 1), notice(2, 1), with_entry(1, 2)]);
+        hub.publish(&[with_entry(1, 3)]);
+        assert_eq!(a.next().await, vec![with_entry(1, 3)]);
     }
 
     #[tokio::test]
