@@ -125,8 +125,11 @@ impl TransportError {
     }
 }
 
-/// Bytes the WebSocket layer reads at once.
-const READ_BUFFER: usize = 4096;
+/// Bytes the WebSocket layer reads at once. It reads from TLS's already-decrypted buffer, so
+/// a small one costs no system calls; every idle session keeps one (1 KiB instead of 4 KiB
+/// took 3 KiB off each idle session, with no change in throughput or file transfer times
+/// beyond run-to-run spread; docs/BENCHMARKS.md).
+const READ_BUFFER: usize = 1024;
 
 /// The WebSocket limits both sides enforce: one frame is one message, at most the largest
 /// padding bucket. The read buffer is small because every idle connection holds one (the
