@@ -4,7 +4,7 @@
 //! every subscribed session, so the cost of one message grew with the number of connections.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -42,7 +42,7 @@ impl NoticeHub {
             inbox: Arc::new(Inbox { key, tx, lagged: AtomicBool::new(false) }),
             rx,
             ids: Vec::new(),
-            bare: Vec::new(),
+            bare: HashSet::new(),
         }
     }
 
@@ -80,16 +80,17 @@ pub struct Listener {
     rx: mpsc::Receiver<Notice>,
     ids: Vec<Vec<u8>>,
     /// Watched ids whose subscriber did not ask for entries inside notices.
-    bare: Vec<Vec<u8>>,
+    bare: HashSet<Vec<u8>>,
 }
 
 impl Listener {
     /// Subscribes to one more id (again is harmless, and says again whether notices for it
     /// carry entries).
     pub fn watch(&mut self, id: Vec<u8>, entries: bool) {
-        self.bare.retain(|b| *b != id);
-        if !entries {
-            self.bare.push(id.clone());
+        if entries {
+            self.bare.remove(&id);
+        } else {
+            self.bare.insert(id.clone());
         }
         if self.ids.contains(&id) {
             return;
