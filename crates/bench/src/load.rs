@@ -249,7 +249,8 @@ async fn reader(
         let now = Instant::now();
         match f.reply {
             Some(Reply::Notify(n)) => {
-                announced = announced.max(n.seq);
+                // Sequence 0 is "notices were lost, look again": read past what is held.
+                announced = announced.max(if n.seq == 0 { last + 1 } else { n.seq });
                 match n.entry {
                     Some(e) if !reading && e.seq == last + 1 => {
                         latencies.push(stamped_latency(&e.payload, start, now));

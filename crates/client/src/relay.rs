@@ -26,6 +26,12 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// Most pushed entries kept per id between syncs; past it the sync reads.
 const MAX_PUSHED: usize = 1024;
+/// Largest pushed payload kept (what the relay pushes); anything larger is read instead.
+const MAX_PUSHED_PAYLOAD: usize = 2048;
+/// Pushed payload bytes one connection keeps between syncs, over all ids.
+const MAX_PUSHED_BYTES: usize = 4 * 1024 * 1024;
+/// Notices waiting to wake a sync; each one wakes the same full sync.
+const MAX_WAITING_NOTICES: usize = 1024;
 
 /// What the relay pushed for one id since the last sync took it.
 #[derive(Default)]
@@ -38,14 +44,26 @@ struct Pushed {
 }
 
 impl Pushed {
-    /// Keeps the entry a notice carried, or, for a notice without one, remembers that the id
-    /// must be read.
-    fn keep(&mut self, n: &Notify) {
+    /// Keeps the entry a notice carried, or, for a notice without one (or one not kept),
+    /// remembers that the id must be read. Returns the payload bytes kept.
+    fn keep(&mut self, n: &Notify, entry: Option<Entry>) -> usize {
         self.announced = self.announced.max(n.seq);
-        match &n.entry {
-            Some(e) if e.seq == n.seq && self.entries.len() < MAX_PUSHED => self.entries.push(e.clone()),
-            _ => self.must_read = true,
+        match entry {
+            Some(e) if e.seq == n.seq && self.entries.len() < MAX_PUSHED => {
+                let size = e.payload.len();
+                self.entries.push(e);
+                size
+            }
+            _ => {
+                self.must_read = true;
+                0
+            }
         }
+    }
+
+    /// Payload bytes kept.
+    fn bytes(&self) -> usize {
+        self.entries.iter().map(|e| e.payload.len()).sum()
     }
 
     /// The kept entries that directly follow `after`, in order, and whether they reach the
@@ -75,8 +93,10 @@ pub struct RelayClient {
     notices: VecDeque<Notify>,
     /// Entries the relay pushed inside notices, per id, until a sync takes them.
     pushed: HashMap<Vec<u8>, Pushed>,
-    /// Ids this connection is subscribed to.
-    subscribed: HashSet<Vec<u8>>,
+    /// Ids this connection is subscribed to, and whether entries were asked for.
+    subscribed: HashMap<Vec<u8>, bool>,
+    /// Payload bytes kept in `pushed`, across ids.
+    pushed_bytes: usize,
     /// Logs and queues whose key this connection has proven: the relay needs no signature for
     /// them again on this session.
     proven: HashSet<Vec<u8>>,
@@ -103,7 +123,8 @@ impl RelayClient {
             next_id: 1,
             notices: VecDeque::new(),
             pushed: HashMap::new(),
-            subscribed: HashSet::new(),
+            subscribed: HashMap::new(),
+            pushed_bytes: 0,
             proven: HashSet::new(),
         };
         match client.call(Op::Hello(Hello { min_version: MIN_VERSION, max_version: MAX_VERSION }), None).await? {
@@ -162,8 +183,11 @@ impl RelayClient {
             let frame: ServerFrame = frame::decode(&reply)?;
             match frame.reply {
                 Some(Reply::Notify(n)) if frame.request_id == 0 => {
-                    self.keep_pushed(&n);
-                    self.notices.push_back(n);
+                    let n = self.keep_pushed(n);
+                    // Any waiting notice wakes a full sync; past this many, more add nothing.
+                    if self.notices.len() < MAX_WAITING_NOTICES {
+                        self.notices.push_back(n);
+                    }
                 }
                 // Request id 0 also carries connection-level errors (a frame the relay could not
                 // read); the relay closes the connection after them.
@@ -215,11 +239,12 @@ impl RelayClient {
     /// Subscribes to a log (with its key) or a queue (with its read key), once per connection.
     pub async fn subscribe(&mut self, sub: Subscribe, key: &SigningKey) -> Result<(), ClientError> {
         let id = if sub.log_id.is_empty() { sub.read_id.clone() } else { sub.log_id.clone() };
-        if self.subscribed.contains(&id) {
+        if self.subscribed.contains_key(&id) {
             return Ok(());
         }
+        let entries = sub.entries;
         self.call(Op::Subscribe(sub), Some(key)).await?;
-        self.subscribed.insert(id);
+        self.subscribed.insert(id, entries);
         Ok(())
     }
 
@@ -231,27 +256,32 @@ impl RelayClient {
         loop {
             let frame: ServerFrame = frame::decode(&self.conn.recv().await?)?;
             match frame.reply {
-                Some(Reply::Notify(n)) => {
-                    self.keep_pushed(&n);
-                    return Ok(n);
-                }
+                Some(Reply::Notify(n)) => return Ok(self.keep_pushed(n)),
                 Some(Reply::Error(e)) => return Err(ClientError::Protocol(format!("the relay closed: {}", e.message))),
                 _ => continue,
             }
         }
     }
 
-    /// Keeps what a notice for a subscribed id says for the next sync.
-    fn keep_pushed(&mut self, n: &Notify) {
-        if self.subscribed.contains(&n.id) {
-            self.pushed.entry(n.id.clone()).or_default().keep(n);
+    /// Keeps what a notice for an id subscribed with entries says for the next sync, within
+    /// [`MAX_PUSHED_BYTES`] for the connection; returns the notice without its entry.
+    fn keep_pushed(&mut self, mut n: Notify) -> Notify {
+        let entry = n.entry.take();
+        if self.subscribed.get(&n.id) == Some(&true) {
+            let size = entry.as_ref().map_or(0, |e| e.payload.len());
+            let fits = size <= MAX_PUSHED_PAYLOAD && self.pushed_bytes + size <= MAX_PUSHED_BYTES;
+            let kept = self.pushed.entry(n.id.clone()).or_default().keep(&n, entry.filter(|_| fits));
+            self.pushed_bytes += kept;
         }
+        n
     }
 
     /// Entries pushed for `id` that directly follow `after`, in order, and whether they reach
     /// everything announced for it. Takes what was kept for `id`.
     pub fn take_pushed(&mut self, id: &[u8], after: u64) -> (Vec<Entry>, bool) {
-        self.pushed.remove(id).map(|p| p.take(after)).unwrap_or_default()
+        let Some(p) = self.pushed.remove(id) else { return (Vec::new(), false) };
+        self.pushed_bytes = self.pushed_bytes.saturating_sub(p.bytes());
+        p.take(after)
     }
 
     /// The raw connection, the session nonce and the next request id, for callers that
@@ -277,7 +307,9 @@ mod tests {
 
     fn kept(notices: &[Notify]) -> Pushed {
         let mut p = Pushed::default();
-        notices.iter().for_each(|n| p.keep(n));
+        notices.iter().for_each(|n| {
+            p.keep(n, n.entry.clone());
+        });
         p
     }
 

@@ -11,12 +11,16 @@ use std::{
     },
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::store::Notice;
 
 /// Notices one session may have waiting before it is told to look at everything instead.
 const INBOX: usize = 256;
+/// Entry bytes one batch of notices carries; later notices in the batch go without their
+/// entries. With the inbox's notices (whose entries are shared by every subscriber), this
+/// bounds what a session that stops reading makes the relay hold for it alone.
+const BATCH_ENTRY_BYTES: usize = 64 * 1024;
 
 /// The subscription table, shared by the store (which publishes) and every session.
 #[derive(Default)]
@@ -30,6 +34,17 @@ struct Inbox {
     tx: mpsc::Sender<Notice>,
     /// A notice did not fit: the session resyncs everything it watches.
     lagged: AtomicBool,
+    /// Wakes the session after `lagged` is set, in case it had already emptied the inbox.
+    wake: Notify,
+}
+
+impl Inbox {
+    /// Notices were lost: the session must look at everything, and is woken to do so even
+    /// if it already took every notice that fitted.
+    fn lag(&self) {
+        self.lagged.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
 }
 
 impl NoticeHub {
@@ -39,7 +54,7 @@ impl NoticeHub {
         let key = self.next_inbox.fetch_add(1, Ordering::Relaxed);
         Listener {
             hub: self.clone(),
-            inbox: Arc::new(Inbox { key, tx, lagged: AtomicBool::new(false) }),
+            inbox: Arc::new(Inbox { key, tx, lagged: AtomicBool::new(false), wake: Notify::new() }),
             rx,
             ids: Vec::new(),
             bare: HashSet::new(),
@@ -53,14 +68,13 @@ impl NoticeHub {
         for notice in notices {
             if notice.id.is_empty() {
                 for inbox in routes.values().flatten() {
-                    inbox.lagged.store(true, Ordering::Relaxed);
-                    let _ = inbox.tx.try_send(notice.clone());
+                    inbox.lag();
                 }
                 continue;
             }
             for inbox in routes.get(&notice.id).into_iter().flatten() {
                 if inbox.tx.try_send(notice.clone()).is_err() {
-                    inbox.lagged.store(true, Ordering::Relaxed);
+                    inbox.lag();
                 }
             }
         }
@@ -109,21 +123,36 @@ impl Listener {
     /// some were lost, a "look again" (sequence 0) for every watched id. Pending forever
     /// while nothing is watched.
     pub async fn next(&mut self) -> Vec<Notice> {
-        let Some(first) = self.rx.recv().await else { return std::future::pending().await };
-        if self.inbox.lagged.swap(false, Ordering::Relaxed) {
-            while self.rx.try_recv().is_ok() {}
-            return self.ids.iter().map(|id| Notice::bare(id.clone(), 0)).collect();
-        }
-        let mut notices = vec![first];
-        while let Ok(more) = self.rx.try_recv() {
-            notices.push(more);
-        }
-        for n in &mut notices {
-            if n.entry.is_some() && self.bare.contains(&n.id) {
-                n.entry = None;
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = self.inbox.wake.notified() => None,
+                n = self.rx.recv() => match n {
+                    Some(n) => Some(n),
+                    None => return std::future::pending().await,
+                },
+            };
+            if self.inbox.lagged.swap(false, Ordering::Acquire) {
+                while self.rx.try_recv().is_ok() {}
+                return self.ids.iter().map(|id| Notice::bare(id.clone(), 0)).collect();
             }
+            // Woken for a loss already answered: wait again.
+            let Some(first) = first else { continue };
+            let mut notices = vec![first];
+            while let Ok(more) = self.rx.try_recv() {
+                notices.push(more);
+            }
+            let mut entry_bytes = 0;
+            for n in &mut notices {
+                let size = n.entry.as_ref().map_or(0, |e| e.payload.len());
+                if size > 0 && (self.bare.contains(&n.id) || entry_bytes + size > BATCH_ENTRY_BYTES) {
+                    n.entry = None;
+                } else {
+                    entry_bytes += size;
+                }
+            }
+            return notices;
         }
-        notices
     }
 }
 
@@ -214,6 +243,33 @@ mod tests {
         let big = Notice::stored(&[1; 16], 2, &[9; 16], &[0; crate::store::MAX_PUSHED_PAYLOAD + 1], 1);
         assert!(small.entry.is_some());
         assert!(big.entry.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_batch_carries_a_bounded_amount_of_entries() {
+        let hub = Arc::new(NoticeHub::default());
+        let mut a = hub.listener();
+        a.watch(vec![1; 16], true);
+        let big = |seq| Notice::stored(&[1; 16], seq, &[9; 16], &[0; crate::store::MAX_PUSHED_PAYLOAD], 1);
+        let count = BATCH_ENTRY_BYTES / crate::store::MAX_PUSHED_PAYLOAD + 5;
+        hub.publish(&(1..=count as u64).map(big).collect::<Vec<_>>());
+        let pushed = a.next().await;
+        assert_eq!(pushed.len(), count, "every notice, in order");
+        let carried = pushed.iter().take_while(|n| n.entry.is_some()).count();
+        assert_eq!(carried, BATCH_ENTRY_BYTES / crate::store::MAX_PUSHED_PAYLOAD);
+        assert!(pushed[carried..].iter().all(|n| n.entry.is_none()), "the rest go without entries");
+    }
+
+    #[tokio::test]
+    async fn a_loss_after_the_inbox_was_emptied_still_wakes_the_session() {
+        let hub = Arc::new(NoticeHub::default());
+        let mut a = hub.listener();
+        a.watch(vec![1; 16], true);
+        // The session has taken everything; then a notice is lost (as when the inbox was full
+        // a moment before): it must still be told to look again.
+        a.inbox.lag();
+        let pushed = tokio::time::timeout(std::time::Duration::from_secs(1), a.next()).await;
+        assert_eq!(pushed.expect("woken"), vec![notice(1, 0)]);
     }
 
     #[tokio::test]
