@@ -953,13 +953,11 @@ impl Client {
         let c = conv_by_id(&self.conn, conv_id)?;
         let pushed = self.relays.get_mut(&c.relay_link).map(|rc| rc.take_pushed(&c.log_id, c.cursor));
         if let Some((entries, complete)) = pushed
-            && let Some(last) = entries.last().map(|e| e.seq)
+            && !entries.is_empty()
             && c.active
         {
-            self.handle_log_batch(conv_id, &entries, report)?;
+            self.process_log_batch(&c, conv_id, &entries, report).await?;
             report.from_notices += entries.len();
-            let ack = AckLog { log_id: c.log_id.clone(), cursor_id: c.cursor_id.clone(), up_to: last };
-            self.call(&c.relay_link, Op::AckLog(ack), Some(&c.log_key)).await?;
             if complete {
                 return Ok(());
             }
@@ -975,16 +973,30 @@ impl Client {
             let Reply::Entries(batch) = self.call(&c.relay_link, Op::ReadLog(read), Some(&c.log_key)).await? else {
                 return Err(ClientError::Protocol("expected Entries".into()));
             };
-            let Some(last) = batch.entries.last().map(|e| e.seq) else {
+            if batch.entries.is_empty() {
                 break;
-            };
-            self.handle_log_batch(conv_id, &batch.entries, report)?;
-            let ack = AckLog { log_id: c.log_id.clone(), cursor_id: c.cursor_id.clone(), up_to: last };
-            self.call(&c.relay_link, Op::AckLog(ack), Some(&c.log_key)).await?;
+            }
+            self.process_log_batch(&c, conv_id, &batch.entries, report).await?;
             if !batch.more {
                 break;
             }
         }
+        Ok(())
+    }
+
+    /// Processes a batch of log entries (in order, non-empty), then tells the relay this member
+    /// is past them.
+    async fn process_log_batch(
+        &mut self,
+        c: &ConvRow,
+        conv_id: i64,
+        entries: &[Entry],
+        report: &mut SyncReport,
+    ) -> Result<(), ClientError> {
+        self.handle_log_batch(conv_id, entries, report)?;
+        let up_to = entries.last().map_or(c.cursor, |e| e.seq);
+        let ack = AckLog { log_id: c.log_id.clone(), cursor_id: c.cursor_id.clone(), up_to };
+        self.call(&c.relay_link, Op::AckLog(ack), Some(&c.log_key)).await?;
         Ok(())
     }
 

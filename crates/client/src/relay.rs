@@ -10,7 +10,7 @@ use prost::Message;
 use tamizdat_transport::{TransportError, client::Connection, dial::Dialer, endpoint::Endpoint};
 use tamizdat_wire::{
     auth_payload, frame,
-    limits::{MAX_VERSION, MIN_VERSION},
+    limits::{MAX_PUSHED_PAYLOAD, MAX_VERSION, MIN_VERSION},
     proto::{
         ClientFrame, Command, Entry, ErrorCode, Hello, Notify, Op, RelayDescriptor, Reply, ServerFrame, Subscribe,
     },
@@ -26,8 +26,6 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// Most pushed entries kept per id between syncs; past it the sync reads.
 const MAX_PUSHED: usize = 1024;
-/// Largest pushed payload kept (what the relay pushes); anything larger is read instead.
-const MAX_PUSHED_PAYLOAD: usize = 2048;
 /// Pushed payload bytes one connection keeps between syncs, over all ids.
 const MAX_PUSHED_BYTES: usize = 4 * 1024 * 1024;
 /// Notices waiting to wake a sync; each one wakes the same full sync.

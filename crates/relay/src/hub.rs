@@ -239,8 +239,8 @@ mod tests {
 
     #[test]
     fn only_small_entries_are_pushed() {
-        let small = Notice::stored(&[1; 16], 1, &[9; 16], &[0; crate::store::MAX_PUSHED_PAYLOAD], 1);
-        let big = Notice::stored(&[1; 16], 2, &[9; 16], &[0; crate::store::MAX_PUSHED_PAYLOAD + 1], 1);
+        let small = Notice::stored(&[1; 16], 1, &[9; 16], &[0; tamizdat_wire::limits::MAX_PUSHED_PAYLOAD], 1);
+        let big = Notice::stored(&[1; 16], 2, &[9; 16], &[0; tamizdat_wire::limits::MAX_PUSHED_PAYLOAD + 1], 1);
         assert!(small.entry.is_some());
         assert!(big.entry.is_none());
     }
@@ -250,13 +250,13 @@ mod tests {
         let hub = Arc::new(NoticeHub::default());
         let mut a = hub.listener();
         a.watch(vec![1; 16], true);
-        let big = |seq| Notice::stored(&[1; 16], seq, &[9; 16], &[0; crate::store::MAX_PUSHED_PAYLOAD], 1);
-        let count = BATCH_ENTRY_BYTES / crate::store::MAX_PUSHED_PAYLOAD + 5;
+        let big = |seq| Notice::stored(&[1; 16], seq, &[9; 16], &[0; tamizdat_wire::limits::MAX_PUSHED_PAYLOAD], 1);
+        let count = BATCH_ENTRY_BYTES / tamizdat_wire::limits::MAX_PUSHED_PAYLOAD + 5;
         hub.publish(&(1..=count as u64).map(big).collect::<Vec<_>>());
         let pushed = a.next().await;
         assert_eq!(pushed.len(), count, "every notice, in order");
         let carried = pushed.iter().take_while(|n| n.entry.is_some()).count();
-        assert_eq!(carried, BATCH_ENTRY_BYTES / crate::store::MAX_PUSHED_PAYLOAD);
+        assert_eq!(carried, BATCH_ENTRY_BYTES / tamizdat_wire::limits::MAX_PUSHED_PAYLOAD);
         assert!(pushed[carried..].iter().all(|n| n.entry.is_none()), "the rest go without entries");
     }
 

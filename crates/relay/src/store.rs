@@ -177,10 +177,6 @@ pub struct Notice {
     pub entry: Option<Arc<Entry>>,
 }
 
-/// Largest payload a notice carries: a text message fits; past this, subscribers read. With
-/// a session's inbox of notices this bounds what a slow subscriber makes the relay hold.
-pub const MAX_PUSHED_PAYLOAD: usize = 2048;
-
 impl Notice {
     /// A notice without the entry: "look at `id`".
     pub fn bare(id: Vec<u8>, seq: u64) -> Self {
@@ -189,7 +185,7 @@ impl Notice {
 
     /// A notice for an entry just stored, carrying it if it is small.
     pub(crate) fn stored(id: &[u8], seq: u64, dedup_id: &[u8], payload: &[u8], hour: i64) -> Self {
-        let entry = (payload.len() <= MAX_PUSHED_PAYLOAD).then(|| {
+        let entry = (payload.len() <= tamizdat_wire::limits::MAX_PUSHED_PAYLOAD).then(|| {
             Arc::new(Entry { seq, dedup_id: dedup_id.to_vec(), payload: payload.to_vec(), received_hour: to_u64(hour) })
         });
         Notice { id: id.to_vec(), seq, entry }

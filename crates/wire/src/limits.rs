@@ -41,6 +41,10 @@ pub const MAX_PROVEN: usize = 4096;
 /// Most logs and queues one connection may subscribe to.
 pub const MAX_SUBSCRIPTIONS: usize = 4096;
 
+/// Largest payload a notice carries inside it (a text message fits); larger entries are read.
+/// The relay pushes no more; a client keeps no more.
+pub const MAX_PUSHED_PAYLOAD: usize = 2048;
+
 /// Length of an Ed25519 public key and signature.
 pub const KEY_LEN: usize = 32;
 /// Length of an Ed25519 signature.

@@ -140,21 +140,28 @@ pub fn render(app: &App, w: u16, h: u16) -> Buffer {
     terminal.backend().buffer().clone()
 }
 
+/// Row `y` as the cells a reader sees: `(column, symbol)`, skipping the cells a wide
+/// character covers.
+fn cells(buffer: &Buffer, y: u16) -> Vec<(u16, &str)> {
+    let mut out = Vec::new();
+    let mut skip = 0;
+    for x in 0..buffer.area.width {
+        if skip > 0 {
+            skip -= 1;
+            continue;
+        }
+        let symbol = buffer[(x, y)].symbol();
+        skip = symbol.width().saturating_sub(1);
+        out.push((x, symbol));
+    }
+    out
+}
+
 /// The screen as text, one line per row, trailing spaces dropped.
 pub fn text(buffer: &Buffer) -> String {
     let mut out = String::new();
     for y in 0..buffer.area.height {
-        let mut line = String::new();
-        let mut skip = 0;
-        for x in 0..buffer.area.width {
-            if skip > 0 {
-                skip -= 1;
-                continue;
-            }
-            let symbol = buffer[(x, y)].symbol();
-            skip = symbol.width().saturating_sub(1);
-            line.push_str(symbol);
-        }
+        let line: String = cells(buffer, y).into_iter().map(|(_, symbol)| symbol).collect();
         out.push_str(line.trim_end());
         out.push('\n');
     }
@@ -170,17 +177,8 @@ pub fn find(buffer: &Buffer, needle: &str) -> Option<(u16, u16)> {
     for y in 0..buffer.area.height {
         let mut line = String::new();
         let mut columns = Vec::new();
-        let mut skip = 0;
-        for x in 0..buffer.area.width {
-            if skip > 0 {
-                skip -= 1;
-                continue;
-            }
-            let symbol = buffer[(x, y)].symbol();
-            skip = symbol.width().saturating_sub(1);
-            for _ in symbol.chars() {
-                columns.push(x);
-            }
+        for (x, symbol) in cells(buffer, y) {
+            columns.extend(symbol.chars().map(|_| x));
             line.push_str(symbol);
         }
         if let Some(byte) = line.find(needle) {
