@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod conns;
+mod idle;
 mod jetstream;
 mod load;
 mod relay_proc;
@@ -39,7 +40,7 @@ enum Cmd {
     /// The whole suite and its table (the default): about 2 minutes; `--long` for the big
     /// connection counts.
     Suite {
-        /// 100,000 idle connections, a 20,000-client storm, longer runs, PostgreSQL.
+        /// 100,000 idle connections, a storm of up to 20,000 clients, longer runs, PostgreSQL.
         #[arg(long)]
         long: bool,
     },
@@ -57,11 +58,36 @@ enum Cmd {
         #[arg(long, default_value = "fsync")]
         durability: String,
     },
-    /// Idle sessions held by one relay, and the relay memory each costs.
+    /// Idle sessions held by one relay, and the relay memory each costs. Past what one
+    /// process may open, the relay runs as several nodes on PostgreSQL.
     Idle {
         /// Sessions to open.
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
+        /// Relay store: the embedded SQLite (for one node), or postgres://…
+        #[arg(long)]
+        store: Option<String>,
+        /// Sessions one process holds (default: its open-file limit less 1,000); more take
+        /// more relay nodes and holders.
+        #[arg(long)]
+        per_process: Option<usize>,
+    },
+    /// (Used by `idle`.) Opens sessions, prints how many it holds, and holds them until its
+    /// input closes.
+    #[command(hide = true)]
+    Hold {
+        /// The relay's link.
+        #[arg(long)]
+        link: String,
+        /// The nodes' addresses, comma-separated; sessions go round them.
+        #[arg(long, value_delimiter = ',')]
+        to: Vec<std::net::SocketAddr>,
+        /// Index of the first session (which source address it uses).
+        #[arg(long)]
+        first: usize,
+        /// Sessions to open.
+        #[arg(long)]
+        count: usize,
     },
     /// Full and resumed TLS handshakes per second.
     Handshakes {
@@ -178,6 +204,9 @@ fn main() -> anyhow::Result<()> {
     let mut bench = Bench { tamizdat, nats: cli.nats.clone(), results: serde_json::Map::new(), runs: Vec::new() };
     let started = Instant::now();
     let command = cli.command.unwrap_or(Cmd::Suite { long: false });
+    if let Cmd::Hold { link, to, first, count } = &command {
+        return rt.block_on(idle::hold(link, to, *first, *count));
+    }
     let table = rt.block_on(async {
         match command {
             Cmd::Suite { long } => suite(&mut bench, long).await,
@@ -190,12 +219,12 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(throughput_table(&bench.runs))
             }
-            Cmd::Idle { connections } => {
-                let relay = bench.relay(None, "fsync")?;
-                let idle = conns::idle(&relay, connections).await?;
+            Cmd::Idle { connections, store, per_process } => {
+                let idle = idle::idle(&bench.tamizdat, connections, store.as_deref(), per_process)?;
                 bench.record("idle", &idle);
                 Ok(format!("{idle:#?}\n"))
             }
+            Cmd::Hold { .. } => unreachable!("handled above"),
             Cmd::Handshakes { seconds, parallel } => {
                 let relay = bench.relay(None, "fsync")?;
                 let h = conns::handshakes(&relay, seconds, parallel).await?;
@@ -257,10 +286,9 @@ async fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
         ratio(t_groups.delivered_per_second, j_groups.delivered_per_second),
     );
     let idle_n = if long { 100_000 } else { 10_000 };
-    let storm_n = if long { 20_000 } else { 2_000 };
-    let relay = bench.relay(None, "fsync")?;
-    let idle = conns::idle(&relay, idle_n).await?;
-    drop(relay);
+    // Every client of a storm is in this process, and so are its sessions on the relay.
+    let storm_n = if long { idle::what_one_process_may_hold().min(20_000) } else { 2_000 };
+    let idle = idle::idle(&bench.tamizdat, idle_n, None, None)?;
     bench.record("idle", &idle);
     let relay = bench.relay(None, "fsync")?;
     let hs = conns::handshakes(&relay, if long { 10.0 } else { 5.0 }, 32).await?;
@@ -272,13 +300,14 @@ async fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
     bench.record("storm", &storm);
     out += &format!(
         "\n| connections | result |\n|---|---|\n\
-         | idle sessions held | {} of {} in {:.1} s; relay {:.0} → {:.0} MiB, {:.1} KiB each |\n\
+         | idle sessions held | {} of {} in {:.1} s by {} relay node(s); relay {:.0} → {:.0} MiB, {:.1} KiB each |\n\
          | TLS handshakes, full | {:.0}/s at {:.0}% relay CPU |\n\
          | TLS handshakes, resumed | {:.0}/s at {:.0}% relay CPU ({:.0}% did resume) |\n\
          | reconnect storm | {} of {} back in {:.1} s; p50 {:.0} ms, p99 {:.0} ms |\n",
         idle.held,
         idle.wanted,
         idle.open_seconds,
+        idle.nodes,
         idle.rss_before_mib,
         idle.rss_after_mib,
         idle.kib_per_connection,

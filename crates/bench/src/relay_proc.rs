@@ -4,8 +4,9 @@ use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read, Write},
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
@@ -16,7 +17,7 @@ pub struct RelayProcess {
     /// Its link.
     pub link: String,
     admin: SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for RelayProcess {
@@ -29,8 +30,28 @@ impl Drop for RelayProcess {
 impl RelayProcess {
     /// Starts `tamizdat relay serve` from `bin` with `store` (default: its embedded SQLite).
     /// `durability` is `fsync` or `os-buffered` (see the relay's configuration).
-    pub fn start(bin: &PathBuf, store: Option<&str>, max_connections: usize, durability: &str) -> anyhow::Result<Self> {
+    pub fn start(bin: &Path, store: Option<&str>, max_connections: usize, durability: &str) -> anyhow::Result<Self> {
+        Self::start_node(bin, store, max_connections, durability, None)
+    }
+
+    /// As [`RelayProcess::start`]; with `same_relay_as`, this process is another node of that
+    /// relay: the same keys (so the same certificate and link), on its own port. Nodes of one
+    /// relay need a shared store (PostgreSQL) to see each other's writes.
+    pub fn start_node(
+        bin: &Path,
+        store: Option<&str>,
+        max_connections: usize,
+        durability: &str,
+        same_relay_as: Option<&RelayProcess>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
+        let data = dir.path().join("relay");
+        if let Some(first) = same_relay_as {
+            std::fs::create_dir_all(&data)?;
+            for key in ["relay.json", "tls-cert.der", "tls-key.der"] {
+                std::fs::copy(first.data().join(key), data.join(key)).with_context(|| format!("copying {key}"))?;
+            }
+        }
         let config = dir.path().join("bench.toml");
         let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         std::fs::write(
@@ -41,9 +62,14 @@ impl RelayProcess {
                  max_connections = {max_connections}\n"
             ),
         )?;
+        // A node keeps the first one's advertised address unless told its own.
+        let listen = match same_relay_as {
+            Some(_) => std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string(),
+            None => "127.0.0.1:0".to_string(),
+        };
         let mut cmd = Command::new(bin);
-        cmd.args(["relay", "serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(dir.path().join("relay"))
+        cmd.args(["relay", "serve", "--listen", &listen, "--data"])
+            .arg(&data)
             .arg("--config")
             .arg(&config)
             .env("TAMIZDAT_LOG", "error")
@@ -51,6 +77,9 @@ impl RelayProcess {
             .stderr(Stdio::null());
         if let Some(store) = store {
             cmd.args(["--store", store]);
+        }
+        if same_relay_as.is_some() {
+            cmd.args(["--public", &listen]);
         }
         let mut child = cmd.spawn().with_context(|| {
             format!(
@@ -64,9 +93,28 @@ impl RelayProcess {
         if !link.starts_with("tamizdat:relay/") {
             bail!("the relay printed {link:?} instead of its link");
         }
-        let relay = Self { child, link, admin, _dir: dir };
+        let relay = Self { child, link, admin, dir };
         raise_fd_limit(relay.pid());
+        relay.wait_until_serving()?;
         Ok(relay)
+    }
+
+    /// The link is printed before the store opens; the admin listener starts after it. Nodes
+    /// started one after another then never race on the store's migrations.
+    fn wait_until_serving(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(self.admin).is_err() {
+            if Instant::now() > deadline {
+                bail!("the relay did not open its store within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Its data directory.
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("relay")
     }
 
     /// Its process id.
@@ -156,6 +204,13 @@ pub fn cpu_ticks() -> (u64, u64) {
 pub fn steal_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
     let all = after.1.saturating_sub(before.1);
     if all == 0 { 0.0 } else { after.0.saturating_sub(before.0) as f64 * 100.0 / all as f64 }
+}
+
+/// How many files a process may open (its soft limit), from `/proc/PID/limits`.
+pub fn open_file_limit(pid: u32) -> Option<usize> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
 }
 
 /// Lets a process hold many sockets: the soft and hard open-file limits go up when the

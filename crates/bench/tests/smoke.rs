@@ -59,6 +59,7 @@ fn the_jetstream_reference_runs_on_this_machine() {
 fn connection_measurements_hold_handshake_and_reconnect() {
     let idle = bench(&["idle", "--connections", "200"]);
     assert_eq!(number(&idle, &["idle", "held"]), 200.0);
+    assert_eq!(idle["idle"]["sessions_per_node"], serde_json::json!([200]), "the relay counts them too");
     assert!(number(&idle, &["idle", "kib_per_connection"]) > 0.0);
     let hs = bench(&["handshakes", "--seconds", "0.5", "--parallel", "4"]);
     assert!(number(&hs, &["handshakes", "full_per_second"]) > 10.0, "{hs}");
@@ -66,4 +67,19 @@ fn connection_measurements_hold_handshake_and_reconnect() {
     assert!(number(&hs, &["handshakes", "resumed_share"]) > 0.5, "most handshakes resumed: {hs}");
     let storm = bench(&["storm", "--clients", "100"]);
     assert_eq!(number(&storm, &["storm", "reconnected"]), 100.0);
+}
+
+#[test]
+fn sessions_past_one_process_go_to_several_nodes_of_one_relay() {
+    let reachable = std::net::TcpStream::connect("127.0.0.1:5432").is_ok();
+    if !reachable && std::env::var("CI").is_err() {
+        eprintln!("skipped: no PostgreSQL at 127.0.0.1:5432 (CI fails instead)");
+        return;
+    }
+    // As if a process could hold 120 sessions: 300 take three nodes and three holders.
+    let idle = bench(&["idle", "--connections", "300", "--per-process", "120"]);
+    assert_eq!(number(&idle, &["idle", "held"]), 300.0, "{idle}");
+    assert_eq!(number(&idle, &["idle", "nodes"]), 3.0, "{idle}");
+    assert_eq!(number(&idle, &["idle", "holders"]), 3.0, "{idle}");
+    assert_eq!(idle["idle"]["sessions_per_node"], serde_json::json!([100, 100, 100]), "spread evenly: {idle}");
 }

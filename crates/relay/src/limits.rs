@@ -24,7 +24,7 @@ pub struct Limits {
     /// Burst allowance for requests on one connection.
     pub requests_burst: f64,
     /// Connections the relay holds at once, from everyone; past it, new ones wait in the
-    /// kernel's backlog. An idle connection costs the relay about 20 KiB (docs/BENCHMARKS.md).
+    /// kernel's backlog. An idle connection costs the relay about 12 KiB (docs/BENCHMARKS.md).
     pub max_connections: usize,
     /// Largest blob (an attachment's ciphertext) one may create, in bytes.
     pub max_blob_bytes: u64,
