@@ -542,11 +542,7 @@ async fn migrate(conn: &mut AnyConnection, migrations: &[(i64, &'static str)]) -
 async fn listen_loop(mut listener: sqlx::postgres::PgListener, hub: Arc<NoticeHub>) {
     loop {
         match listener.recv().await {
-            Ok(n) => {
-                if let Some(notice) = parse_notice(n.payload()) {
-                    hub.publish(&[notice]);
-                }
-            }
+            Ok(n) => hub.publish(&parse_notices(n.payload())),
             Err(e) => {
                 tracing::warn!(error = %e, "notification listener failed; retrying");
                 // Notices may have been missed meanwhile: tell every session to look again.
@@ -557,13 +553,35 @@ async fn listen_loop(mut listener: sqlx::postgres::PgListener, hub: Arc<NoticeHu
     }
 }
 
-fn notice_payload(n: &Notice) -> String {
-    format!("{}:{}", hex::encode(&n.id), n.seq)
+/// Below PostgreSQL's 8,000-byte limit on one notification's payload.
+const MAX_NOTIFY_PAYLOAD: usize = 7_900;
+
+/// A batch's notices as few NOTIFY payloads as fit: one line `hex(id):seq` per notice. One
+/// NOTIFY per notice was a round trip to the database per message.
+fn notify_payloads(notices: &[Notice]) -> Vec<String> {
+    let mut payloads: Vec<String> = Vec::new();
+    for n in notices {
+        let line = format!("{}:{}", hex::encode(&n.id), n.seq);
+        match payloads.last_mut() {
+            Some(p) if p.len() + 1 + line.len() <= MAX_NOTIFY_PAYLOAD => {
+                p.push('\n');
+                p.push_str(&line);
+            }
+            _ => payloads.push(line),
+        }
+    }
+    payloads
 }
 
-fn parse_notice(payload: &str) -> Option<Notice> {
-    let (id, seq) = payload.split_once(':')?;
-    Some(Notice::bare(hex::decode(id).ok()?, seq.parse().ok()?))
+/// The notices in one payload; lines that do not parse are skipped.
+fn parse_notices(payload: &str) -> Vec<Notice> {
+    payload
+        .lines()
+        .filter_map(|line| {
+            let (id, seq) = line.split_once(':')?;
+            Some(Notice::bare(hex::decode(id).ok()?, seq.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Group commit on PostgreSQL: take everything waiting, apply it in one transaction, answer
@@ -640,12 +658,8 @@ async fn apply_batch(conn: &mut AnyConnection, jobs: &[Job]) -> Vec<Result<Outco
             for &i in &order {
                 outcomes[i] = Some(apply(&mut tx, &jobs[i].write, &mut notices).await?);
             }
-            for n in &notices {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(NOTIFY_CHANNEL)
-                    .bind(notice_payload(n))
-                    .execute(&mut *tx)
-                    .await?;
+            for payload in notify_payloads(&notices) {
+                sqlx::query("SELECT pg_notify($1, $2)").bind(NOTIFY_CHANNEL).bind(payload).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(outcomes)
@@ -896,23 +910,25 @@ async fn append(
     hour: i64,
 ) -> Result<Outcome, sqlx::Error> {
     for _ in 0..CAS_RETRIES {
-        let Some(row) = sqlx::query("SELECT group_id, epoch, next_seq FROM logs WHERE log_id = $1")
-            .bind(log_id.to_vec())
-            .fetch_optional(&mut *tx)
-            .await?
+        // Each statement is a round trip to the database, the PostgreSQL writer's main cost:
+        // the log's state and the duplicate check come in one.
+        let Some(row) = sqlx::query(
+            "SELECT l.group_id, l.epoch, l.next_seq, \
+             (SELECT e.seq FROM log_entries e WHERE e.log_id = l.log_id AND e.dedup_id = $2) \
+             FROM logs l WHERE l.log_id = $1",
+        )
+        .bind(log_id.to_vec())
+        .bind(dedup_id.to_vec())
+        .fetch_optional(&mut *tx)
+        .await?
         else {
             return Ok(Outcome::NotFound);
         };
         let group_id: Option<Vec<u8>> = row.try_get(0)?;
         let epoch = to_u64(row.try_get(1)?);
         let seq: i64 = row.try_get(2)?;
-        if let Some(dup) = sqlx::query("SELECT seq FROM log_entries WHERE log_id = $1 AND dedup_id = $2")
-            .bind(log_id.to_vec())
-            .bind(dedup_id.to_vec())
-            .fetch_optional(&mut *tx)
-            .await?
-        {
-            return Ok(Outcome::Stored { seq: to_u64(dup.try_get(0)?), epoch, duplicate: true });
+        if let Some(dup) = row.try_get::<Option<i64>, _>(3)? {
+            return Ok(Outcome::Stored { seq: to_u64(dup), epoch, duplicate: true });
         }
         let new_epoch = match next_epoch(group_id.as_deref(), epoch, header) {
             Ok(e) => e,
@@ -920,31 +936,28 @@ async fn append(
         };
         // Compare-and-swap on the sequence counter: the epoch moves with it, so of two commits
         // for one epoch (on any node) exactly one gets here first; the other re-reads and finds
-        // its epoch taken.
-        let moved =
-            sqlx::query("UPDATE logs SET next_seq = $1, epoch = $2, group_id = $3 WHERE log_id = $4 AND next_seq = $5")
-                .bind(seq + 1)
-                .bind(to_i64(new_epoch))
-                .bind(header.group_id.clone())
-                .bind(log_id.to_vec())
-                .bind(seq)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        if moved == 0 {
-            continue;
-        }
-        sqlx::query(
-            "INSERT INTO log_entries (log_id, seq, dedup_id, epoch, payload, received_hour) VALUES ($1, $2, $3, $4, $5, $6)",
+        // its epoch taken. The entry is inserted by the same statement, only if the counter
+        // moved.
+        let stored = sqlx::query(
+            "WITH moved AS (UPDATE logs SET next_seq = $2 + 1, epoch = $3, group_id = $4 \
+             WHERE log_id = $1 AND next_seq = $2 RETURNING log_id) \
+             INSERT INTO log_entries (log_id, seq, dedup_id, epoch, payload, received_hour) \
+             SELECT log_id, $2, $5, $6, $7, $8 FROM moved",
         )
         .bind(log_id.to_vec())
         .bind(seq)
+        .bind(to_i64(new_epoch))
+        .bind(header.group_id.clone())
         .bind(dedup_id.to_vec())
         .bind(to_i64(header.epoch))
         .bind(payload.to_vec())
         .bind(hour)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if stored == 0 {
+            continue;
+        }
         return Ok(Outcome::Stored { seq: to_u64(seq), epoch: new_epoch, duplicate: false });
     }
     Err(sqlx::Error::Protocol("log sequence contended past the retry limit".into()))
@@ -967,5 +980,31 @@ pub(crate) fn next_epoch(group_id: Option<&[u8]>, epoch: u64, header: &MlsHeader
         // commit and encrypts again.
         _ if header.epoch < epoch => Err(Outcome::StaleEpoch { current: epoch }),
         _ => Ok(epoch),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_batch_of_notices_fits_in_few_notifications_and_comes_back_whole() {
+        let notices: Vec<Notice> = (0..500u64).map(|i| Notice::bare(vec![i as u8; 32], i * 7)).collect();
+        let payloads = notify_payloads(&notices);
+        assert!(payloads.iter().all(|p| p.len() <= MAX_NOTIFY_PAYLOAD));
+        for pair in payloads.windows(2) {
+            let next_line = pair[1].lines().next().unwrap();
+            assert!(
+                pair[0].len() + 1 + next_line.len() > MAX_NOTIFY_PAYLOAD,
+                "a payload is full before the next begins"
+            );
+        }
+        assert!(payloads.len() > 1);
+        let back: Vec<(Vec<u8>, u64)> = payloads.iter().flat_map(|p| parse_notices(p)).map(|n| (n.id, n.seq)).collect();
+        assert_eq!(back, notices.into_iter().map(|n| (n.id, n.seq)).collect::<Vec<_>>());
+        assert!(notify_payloads(&[]).is_empty());
+        assert_eq!(parse_notices("zz:1\nabcd:2\nabcd:x").len(), 1, "lines that do not parse are skipped");
     }
 }
