@@ -2,10 +2,10 @@
 //!
 //! A process may open only so many files, and some machines give no right to raise that (one
 //! of ours stops at 20,000). When more sessions are asked for than one process can hold, the
-//! relay runs as it scales out: several nodes with one identity (so one link) on one
-//! PostgreSQL store, each on its own port. The sessions are opened and held by child
-//! processes of this tool ("holders"), spread over the nodes. The table says how many of each
-//! there were.
+//! relay runs as it scales out: several nodes with one identity (the same keys and
+//! certificate) on one PostgreSQL store, each on its own port. The sessions are opened and
+//! held by child processes of this tool ("holders"), spread over the nodes. The table says
+//! how many of each there were.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -32,19 +32,28 @@ const SPARE_FILES: usize = 1_000;
 /// Where several nodes of one relay keep their data.
 const SHARED_STORE: &str = "postgres://postgres@127.0.0.1:5432/test";
 
+/// More processes than this means the open-file limit is far too low for the count asked;
+/// better to say so than to start hundreds of relays.
+const MAX_NODES: usize = 16;
+
+/// How long one session may take to open before it counts as failed.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Idle sessions held by one relay.
 #[derive(Debug, Serialize)]
 pub struct Idle {
     /// Sessions asked for.
     pub wanted: usize,
-    /// Sessions open and greeted at the end, as the holders count them.
+    /// Sessions opened and greeted, as the holders count them (the nodes' own count at the
+    /// end is `sessions_per_node`).
     pub held: usize,
     /// Seconds to open them all.
     pub open_seconds: f64,
     /// Relay processes (nodes of one relay) that held them: one unless a process may not
     /// open enough files.
     pub nodes: usize,
-    /// Processes of this tool that opened and held them.
+    /// Processes of this tool that opened and held them: as many as nodes, since the same
+    /// limit binds both.
     pub holders: usize,
     /// Sessions each node counted open at the end (its `sessions_open` gauge).
     pub sessions_per_node: Vec<u64>,
@@ -66,7 +75,8 @@ struct Held {
 
 /// Sessions one process can hold here: its open-file limit, less the spare.
 pub fn what_one_process_may_hold() -> usize {
-    relay_proc::open_file_limit(std::process::id()).unwrap_or(1_024).saturating_sub(SPARE_FILES).max(1)
+    let (soft, _) = relay_proc::open_file_limits(std::process::id()).unwrap_or((1_024, 1_024));
+    soft.saturating_sub(SPARE_FILES).max(1)
 }
 
 /// Opens `n` sessions to a relay started from `tamizdat` (its embedded SQLite unless `store`
@@ -76,6 +86,12 @@ pub fn what_one_process_may_hold() -> usize {
 pub fn idle(tamizdat: &Path, n: usize, store: Option<&str>, per_process: Option<usize>) -> anyhow::Result<Idle> {
     let per_process = per_process.unwrap_or_else(what_one_process_may_hold).max(1);
     let nodes = n.div_ceil(per_process).max(1);
+    if nodes > MAX_NODES {
+        bail!(
+            "{n} sessions at {per_process} a process would take {nodes} relay nodes; raise the open-file limit \
+             (ulimit -n) or ask for fewer"
+        );
+    }
     let store = match store {
         Some(s) => Some(s),
         None if nodes > 1 => Some(SHARED_STORE),
@@ -93,7 +109,7 @@ pub fn idle(tamizdat: &Path, n: usize, store: Option<&str>, per_process: Option<
     let to = addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     let rss_before: u64 = relays.iter().map(|r| r.usage().rss_kib).sum();
 
-    let holders = n.div_ceil(per_process).max(1);
+    let holders = nodes;
     let exe = std::env::current_exe()?;
     let start = Instant::now();
     let mut children = Vec::new();
@@ -137,7 +153,7 @@ pub fn idle(tamizdat: &Path, n: usize, store: Option<&str>, per_process: Option<
     })
 }
 
-/// A holder process; dropping it closes its input, which lets it go.
+/// A holder process, stopped when dropped (on every path, so none is left holding sessions).
 struct Holder(Child);
 
 impl Holder {
@@ -152,7 +168,7 @@ impl Holder {
 
 impl Drop for Holder {
     fn drop(&mut self) {
-        drop(self.0.stdin.take());
+        let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
@@ -166,8 +182,14 @@ pub async fn hold(link: &str, to: &[SocketAddr], first: usize, count: usize) -> 
     }
     let d = RelayDescriptor::from_link(link)?;
     let config = client_config(&d, true)?;
+    let (d, config) = (&d, &config);
     let opened: Vec<_> = stream::iter(first..first + count)
-        .map(|i| open_session(&d, to[i % to.len()], source(i, PER_SOURCE), config.clone()))
+        .map(|i| async move {
+            let open = open_session(d, to[i % to.len()], source(i, PER_SOURCE), config.clone());
+            tokio::time::timeout(OPEN_TIMEOUT, open)
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no session in 30 s")))
+        })
         .buffer_unordered(256)
         .collect()
         .await;

@@ -35,7 +35,7 @@ impl RelayProcess {
     }
 
     /// As [`RelayProcess::start`]; with `same_relay_as`, this process is another node of that
-    /// relay: the same keys (so the same certificate and link), on its own port. Nodes of one
+    /// relay: the same keys (so the same certificate and door), on its own port, which its link names. Nodes of one
     /// relay need a shared store (PostgreSQL) to see each other's writes.
     pub fn start_node(
         bin: &Path,
@@ -74,7 +74,7 @@ impl RelayProcess {
             .arg(&config)
             .env("TAMIZDAT_LOG", "error")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(std::fs::File::create(dir.path().join("relay.log"))?);
         if let Some(store) = store {
             cmd.args(["--store", store]);
         }
@@ -90,10 +90,10 @@ impl RelayProcess {
         let mut line = String::new();
         BufReader::new(child.stdout.take().context("relay stdout")?).read_line(&mut line)?;
         let link = line.trim().to_string();
-        if !link.starts_with("tamizdat:relay/") {
-            bail!("the relay printed {link:?} instead of its link");
+        let mut relay = Self { child, link, admin, dir };
+        if !relay.link.starts_with("tamizdat:relay/") {
+            bail!("the relay printed {:?} instead of its link; it said: {}", relay.link, relay.log());
         }
-        let relay = Self { child, link, admin, dir };
         raise_fd_limit(relay.pid());
         relay.wait_until_serving()?;
         Ok(relay)
@@ -101,15 +101,23 @@ impl RelayProcess {
 
     /// The link is printed before the store opens; the admin listener starts after it. Nodes
     /// started one after another then never race on the store's migrations.
-    fn wait_until_serving(&self) -> anyhow::Result<()> {
+    fn wait_until_serving(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(self.admin).is_err() {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the relay exited ({status}); it said: {}", self.log());
+            }
             if Instant::now() > deadline {
-                bail!("the relay did not open its store within 60 s");
+                bail!("the relay did not open its store within 60 s; it said: {}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// What it wrote to its log (errors only).
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("relay.log")).unwrap_or_default().trim().to_string()
     }
 
     /// Its data directory.
@@ -206,19 +214,33 @@ pub fn steal_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
     if all == 0 { 0.0 } else { after.0.saturating_sub(before.0) as f64 * 100.0 / all as f64 }
 }
 
-/// How many files a process may open (its soft limit), from `/proc/PID/limits`.
-pub fn open_file_limit(pid: u32) -> Option<usize> {
+/// How many files a process may open, `(soft, hard)`, from `/proc/PID/limits`.
+pub fn open_file_limits(pid: u32) -> Option<(usize, usize)> {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
+    let mut values = line.trim_start_matches("Max open files").split_whitespace().map(|v| match v {
+        "unlimited" => Some(usize::MAX),
+        v => v.parse().ok(),
+    });
+    Some((values.next()??, values.next()??))
 }
 
-/// Lets a process hold many sockets: the soft and hard open-file limits go up when the
-/// kernel allows it (root). Best effort; `prlimit` is part of util-linux.
+/// Lets a process hold many sockets: both open-file limits go up to 1,048,576 when the
+/// kernel allows it (root with `CAP_SYS_RESOURCE`); otherwise the soft limit goes up to the
+/// hard one, which needs no privilege. Best effort; `prlimit` is part of util-linux.
 pub fn raise_fd_limit(pid: u32) {
-    let _ = Command::new("prlimit")
-        .args(["--pid", &pid.to_string(), "--nofile=1048576:1048576"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    let set = |value: &str| {
+        Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), &format!("--nofile={value}:{value}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !set("1048576")
+        && let Some((soft, hard)) = open_file_limits(pid)
+        && soft < hard
+    {
+        set(&if hard == usize::MAX { "unlimited".to_string() } else { hard.to_string() });
+    }
 }
