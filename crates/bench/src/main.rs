@@ -25,9 +25,11 @@ struct Cli {
     /// The JetStream server to compare with.
     #[arg(long, global = true, default_value = "127.0.0.1:4222")]
     nats: String,
-    /// Worker threads of the load generator (the rest of the machine is the servers').
-    #[arg(long, global = true, default_value_t = 1)]
-    client_threads: usize,
+    /// Worker threads of the load generator. Default: 1 for runs as fast as possible (the
+    /// other core is the servers'), 2 for paced runs, where one thread serving every client's
+    /// connection would add its own queueing to the latency it measures.
+    #[arg(long, global = true)]
+    client_threads: Option<usize>,
     /// Also write every result as JSON to this file.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
@@ -149,6 +151,7 @@ impl LoadArgs {
 struct Bench {
     tamizdat: PathBuf,
     nats: String,
+    client_threads: Option<usize>,
     results: serde_json::Map<String, serde_json::Value>,
     /// Throughput runs in the order they ran, for the table.
     runs: Vec<(String, Throughput)>,
@@ -159,7 +162,22 @@ impl Bench {
         RelayProcess::start(&self.tamizdat, store, 1_000_000, durability)
     }
 
-    async fn tamizdat(
+    /// Runs `work` on a runtime of its own with `threads` workers.
+    fn on_threads<T>(threads: usize, work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build()?.block_on(work)
+    }
+
+    /// The load generator's threads for a run of `spec` (see `--client-threads`).
+    fn threads_for(&self, spec: &Spec) -> usize {
+        self.client_threads.unwrap_or(if spec.rate > 0 { 2 } else { 1 })
+    }
+
+    /// Threads for the connection measurements.
+    fn threads(&self) -> usize {
+        self.client_threads.unwrap_or(1)
+    }
+
+    fn tamizdat(
         &mut self,
         label: &str,
         spec: &Spec,
@@ -167,20 +185,30 @@ impl Bench {
         durability: &str,
     ) -> anyhow::Result<Throughput> {
         let relay = self.relay(store, durability)?;
-        let ticks = relay_proc::cpu_ticks();
-        let mut t = load::run(&relay, spec).await.with_context(|| format!("{label}: Tamizdat run"))?;
-        t.steal_percent = relay_proc::steal_percent(ticks, relay_proc::cpu_ticks());
-        self.record(label, &t);
-        self.runs.push((label.to_string(), t.clone()));
-        Ok(t)
+        self.measure(label, spec, "Tamizdat", load::run(&relay, spec))
     }
 
-    async fn jetstream(&mut self, label: &str, spec: &Spec) -> anyhow::Result<Throughput> {
+    fn jetstream(&mut self, label: &str, spec: &Spec) -> anyhow::Result<Throughput> {
         let port = self.nats.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(4222);
         let pid = jetstream::server_pid(port).context("no nats-server process found for the JetStream address")?;
+        let nats = self.nats.clone();
+        self.measure(label, spec, "JetStream", jetstream::run(&nats, pid, spec))
+    }
+
+    /// Runs one throughput measurement and records it with the threads it ran on and the
+    /// CPU time stolen meanwhile.
+    fn measure(
+        &mut self,
+        label: &str,
+        spec: &Spec,
+        server: &str,
+        run: impl Future<Output = anyhow::Result<Throughput>>,
+    ) -> anyhow::Result<Throughput> {
+        let threads = self.threads_for(spec);
         let ticks = relay_proc::cpu_ticks();
-        let mut t = jetstream::run(&self.nats, pid, spec).await.with_context(|| format!("{label}: JetStream run"))?;
+        let mut t = Self::on_threads(threads, run).with_context(|| format!("{label}: {server} run"))?;
         t.steal_percent = relay_proc::steal_percent(ticks, relay_proc::cpu_ticks());
+        t.client_threads = threads;
         self.record(label, &t);
         self.runs.push((label.to_string(), t.clone()));
         Ok(t)
@@ -199,46 +227,47 @@ fn main() -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("tamizdat"),
     };
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(cli.client_threads.max(1)).enable_all().build()?;
-    let mut bench = Bench { tamizdat, nats: cli.nats.clone(), results: serde_json::Map::new(), runs: Vec::new() };
+    let mut bench = Bench {
+        tamizdat,
+        nats: cli.nats.clone(),
+        client_threads: cli.client_threads,
+        results: serde_json::Map::new(),
+        runs: Vec::new(),
+    };
     let started = Instant::now();
-    let command = cli.command.unwrap_or(Cmd::Suite { long: false });
-    if let Cmd::Hold { link, to, first, count } = &command {
-        return rt.block_on(idle::hold(link, to, *first, *count));
-    }
-    let table = rt.block_on(async {
-        match command {
-            Cmd::Suite { long } => suite(&mut bench, long).await,
-            Cmd::Load { load, jetstream, store, durability } => {
-                let spec = load.spec();
-                if jetstream {
-                    bench.jetstream("load", &spec).await?;
-                } else {
-                    bench.tamizdat("load", &spec, store.as_deref(), &durability).await?;
-                }
-                Ok(throughput_table(&bench.runs))
-            }
-            Cmd::Idle { connections, store, per_process } => {
-                let idle = idle::idle(&bench.tamizdat, connections, store.as_deref(), per_process)?;
-                bench.record("idle", &idle);
-                Ok(format!("{idle:#?}\n"))
-            }
-            Cmd::Hold { .. } => unreachable!("handled above"),
-            Cmd::Handshakes { seconds, parallel } => {
-                let relay = bench.relay(None, "fsync")?;
-                let h = conns::handshakes(&relay, seconds, parallel).await?;
-                bench.record("handshakes", &h);
-                Ok(format!("{h:#?}\n"))
-            }
-            Cmd::Storm { clients } => {
-                let relay = bench.relay(None, "fsync")?;
-                let s = conns::storm(&relay, clients).await?;
-                bench.record("storm", &s);
-                Ok(format!("{s:#?}\n"))
-            }
+    let table = match cli.command.unwrap_or(Cmd::Suite { long: false }) {
+        // A holder's output is its one line of report, nothing else.
+        Cmd::Hold { link, to, first, count } => {
+            return Bench::on_threads(bench.threads(), idle::hold(&link, &to, first, count));
         }
-    })?;
+        Cmd::Suite { long } => suite(&mut bench, long)?,
+        Cmd::Load { load, jetstream, store, durability } => {
+            let spec = load.spec();
+            if jetstream {
+                bench.jetstream("load", &spec)?;
+            } else {
+                bench.tamizdat("load", &spec, store.as_deref(), &durability)?;
+            }
+            throughput_table(&bench.runs)
+        }
+        Cmd::Idle { connections, store, per_process } => {
+            let idle = idle::idle(&bench.tamizdat, connections, store.as_deref(), per_process)?;
+            bench.record("idle", &idle);
+            format!("{idle:#?}\n")
+        }
+        Cmd::Handshakes { seconds, parallel } => {
+            let relay = bench.relay(None, "fsync")?;
+            let h = Bench::on_threads(bench.threads(), conns::handshakes(&relay, seconds, parallel))?;
+            bench.record("handshakes", &h);
+            format!("{h:#?}\n")
+        }
+        Cmd::Storm { clients } => {
+            let relay = bench.relay(None, "fsync")?;
+            let s = Bench::on_threads(bench.threads(), conns::storm(&relay, clients))?;
+            bench.record("storm", &s);
+            format!("{s:#?}\n")
+        }
+    };
     let mut out = std::io::stdout().lock();
     writeln!(out, "{table}")?;
     writeln!(out, "({:.0} s in all)", started.elapsed().as_secs_f64())?;
@@ -250,22 +279,22 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The suite: throughput and latency against JetStream, then the connection figures.
-async fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
+fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
     let seconds = if long { 30.0 } else { 10.0 };
     let one_to_one =
         Spec { conversations: 64, group_size: 2, payload: 256, window: 32, rate: 0, seconds, pushed_entries: true };
     let paced = Spec { rate: 20_000, ..one_to_one.clone() };
     let groups = Spec { conversations: 16, group_size: 8, ..one_to_one.clone() };
-    let t_fsync = bench.tamizdat("tamizdat 1:1 max, fsync", &one_to_one, None, "fsync").await?;
-    let t_os = bench.tamizdat("tamizdat 1:1 max, os-buffered", &one_to_one, None, "os-buffered").await?;
-    let j = bench.jetstream("jetstream 1:1 max (acked before fsync)", &one_to_one).await?;
-    let t_paced = bench.tamizdat("tamizdat 1:1 at 20k/s, fsync", &paced, None, "fsync").await?;
-    let j_paced = bench.jetstream("jetstream 1:1 at 20k/s", &paced).await?;
-    let t_groups = bench.tamizdat("tamizdat groups of 8, fsync", &groups, None, "fsync").await?;
-    let j_groups = bench.jetstream("jetstream groups of 8", &groups).await?;
+    let t_fsync = bench.tamizdat("tamizdat 1:1 max, fsync", &one_to_one, None, "fsync")?;
+    let t_os = bench.tamizdat("tamizdat 1:1 max, os-buffered", &one_to_one, None, "os-buffered")?;
+    let j = bench.jetstream("jetstream 1:1 max (acked before fsync)", &one_to_one)?;
+    let t_paced = bench.tamizdat("tamizdat 1:1 at 20k/s, fsync", &paced, None, "fsync")?;
+    let j_paced = bench.jetstream("jetstream 1:1 at 20k/s", &paced)?;
+    let t_groups = bench.tamizdat("tamizdat groups of 8, fsync", &groups, None, "fsync")?;
+    let j_groups = bench.jetstream("jetstream groups of 8", &groups)?;
     if long {
         let pg = "postgres://postgres@127.0.0.1:5432/test";
-        bench.tamizdat("tamizdat 1:1 max, PostgreSQL", &one_to_one, Some(pg), "fsync").await?;
+        bench.tamizdat("tamizdat 1:1 max, PostgreSQL", &one_to_one, Some(pg), "fsync")?;
     }
     let mut out = throughput_table(&bench.runs);
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
@@ -291,11 +320,11 @@ async fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
     let idle = idle::idle(&bench.tamizdat, idle_n, None, None)?;
     bench.record("idle", &idle);
     let relay = bench.relay(None, "fsync")?;
-    let hs = conns::handshakes(&relay, if long { 10.0 } else { 5.0 }, 32).await?;
+    let hs = Bench::on_threads(bench.threads(), conns::handshakes(&relay, if long { 10.0 } else { 5.0 }, 32))?;
     drop(relay);
     bench.record("handshakes", &hs);
     let relay = bench.relay(None, "fsync")?;
-    let storm = conns::storm(&relay, storm_n).await?;
+    let storm = Bench::on_threads(bench.threads(), conns::storm(&relay, storm_n))?;
     drop(relay);
     bench.record("storm", &storm);
     out += &format!(
@@ -328,12 +357,12 @@ async fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
 /// A Markdown table of throughput runs.
 fn throughput_table(rows: &[(String, Throughput)]) -> String {
     let mut out = String::from(
-        "| run | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server RSS MiB | wire B/msg | writes/commit | stolen % |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| run | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server RSS MiB | wire B/msg | writes/commit | stolen % | load threads |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (label, t) in rows {
         out += &format!(
-            "| {label} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {:.1} |\n",
+            "| {label} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {} |\n",
             t.sent_per_second,
             t.delivered_per_second,
             t.latency_ms_p50,
@@ -344,6 +373,7 @@ fn throughput_table(rows: &[(String, Throughput)]) -> String {
             t.wire_bytes_per_message,
             t.writes_per_commit.map(|w| format!("{w:.0}")).unwrap_or_else(|| "–".into()),
             t.steal_percent,
+            t.client_threads,
         );
     }
     out

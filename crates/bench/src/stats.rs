@@ -59,6 +59,8 @@ pub struct Throughput {
     pub writes_per_commit: Option<f64>,
     /// Percent of the machine's CPU time the hypervisor stole during the run.
     pub steal_percent: f64,
+    /// Worker threads of the load generator.
+    pub client_threads: usize,
 }
 
 impl Throughput {
@@ -89,6 +91,7 @@ impl Throughput {
             commits_per_second: None,
             writes_per_commit: None,
             steal_percent: 0.0,
+            client_threads: 0,
         }
     }
 
