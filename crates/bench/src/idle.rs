@@ -5,7 +5,7 @@
 //! relay runs as it scales out: several nodes with one identity (the same keys and
 //! certificate) on one PostgreSQL store, each on its own port. The sessions are opened and
 //! held by child processes of this tool ("holders"), spread over the nodes. The table says
-//! how many of each there were.
+//! how many nodes there were (and as many holders).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -50,11 +50,9 @@ pub struct Idle {
     /// Seconds to open them all.
     pub open_seconds: f64,
     /// Relay processes (nodes of one relay) that held them: one unless a process may not
-    /// open enough files.
+    /// open enough files. As many processes of this tool opened and held them, since the
+    /// same limit binds both.
     pub nodes: usize,
-    /// Processes of this tool that opened and held them: as many as nodes, since the same
-    /// limit binds both.
-    pub holders: usize,
     /// Sessions each node counted open at the end (its `sessions_open` gauge).
     pub sessions_per_node: Vec<u64>,
     /// Relay resident memory before, over all nodes (MiB).
@@ -109,12 +107,12 @@ pub fn idle(tamizdat: &Path, n: usize, store: Option<&str>, per_process: Option<
     let to = addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     let rss_before: u64 = relays.iter().map(|r| r.usage().rss_kib).sum();
 
-    let holders = nodes;
     let exe = std::env::current_exe()?;
     let start = Instant::now();
     let mut children = Vec::new();
-    for h in 0..holders {
-        let (first, end) = (h * n / holders, (h + 1) * n / holders);
+    // One holder per node; holder h opens its share of sessions round all the nodes.
+    for h in 0..nodes {
+        let (first, end) = (h * n / nodes, (h + 1) * n / nodes);
         let child = Command::new(&exe)
             .args(["hold", "--link", &relays[0].link, "--to", &to])
             .args(["--first", &first.to_string(), "--count", &(end - first).to_string()])
@@ -145,7 +143,6 @@ pub fn idle(tamizdat: &Path, n: usize, store: Option<&str>, per_process: Option<
         held,
         open_seconds,
         nodes,
-        holders,
         sessions_per_node,
         rss_before_mib: rss_before as f64 / 1024.0,
         rss_after_mib: rss_after as f64 / 1024.0,

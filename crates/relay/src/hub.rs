@@ -182,6 +182,16 @@ mod tests {
         Notice::stored(&[id; 16], seq, &[9; 16], b"ciphertext", 1)
     }
 
+    /// A hub with one listener watching `(id, with entries)` for each of `watched`.
+    fn listening(watched: &[(u8, bool)]) -> (Arc<NoticeHub>, Listener) {
+        let hub = Arc::new(NoticeHub::default());
+        let mut listener = hub.listener();
+        for &(id, entries) in watched {
+            listener.watch(vec![id; 16], entries);
+        }
+        (hub, listener)
+    }
+
     #[tokio::test]
     async fn a_notice_reaches_only_its_subscribers() {
         let hub = Arc::new(NoticeHub::default());
@@ -197,10 +207,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiting_notices_leave_together_in_order() {
-        let hub = Arc::new(NoticeHub::default());
-        let mut a = hub.listener();
-        a.watch(vec![1; 16], true);
-        a.watch(vec![2; 16], false);
+        let (hub, mut a) = listening(&[(1, true), (2, false)]);
         hub.publish(&[with_entry(1, 1), with_entry(2, 1), with_entry(1, 2)]);
         assert_eq!(a.next().await, vec![with_entry(1, 1), notice(2, 1), with_entry(1, 2)]);
         hub.publish(&[with_entry(1, 3)]);
@@ -209,10 +216,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_overflowing_inbox_turns_into_one_resync() {
-        let hub = Arc::new(NoticeHub::default());
-        let mut a = hub.listener();
-        a.watch(vec![1; 16], false);
-        a.watch(vec![3; 16], false);
+        let (hub, mut a) = listening(&[(1, false), (3, false)]);
         let flood: Vec<Notice> = (1..=INBOX as u64 + 10).map(|s| notice(1, s)).collect();
         hub.publish(&flood);
         let pushed = a.next().await;
@@ -247,9 +251,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_carries_a_bounded_amount_of_entries() {
-        let hub = Arc::new(NoticeHub::default());
-        let mut a = hub.listener();
-        a.watch(vec![1; 16], true);
+        let (hub, mut a) = listening(&[(1, true)]);
         let big = |seq| Notice::stored(&[1; 16], seq, &[9; 16], &[0; tamizdat_wire::limits::MAX_PUSHED_PAYLOAD], 1);
         let count = BATCH_ENTRY_BYTES / tamizdat_wire::limits::MAX_PUSHED_PAYLOAD + 5;
         hub.publish(&(1..=count as u64).map(big).collect::<Vec<_>>());
@@ -262,9 +264,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_loss_after_the_inbox_was_emptied_still_wakes_the_session() {
-        let hub = Arc::new(NoticeHub::default());
-        let mut a = hub.listener();
-        a.watch(vec![1; 16], true);
+        let (_hub, mut a) = listening(&[(1, true)]);
         // The session has taken everything; then a notice is lost (as when the inbox was full
         // a moment before): it must still be told to look again.
         a.inbox.lag();
@@ -274,9 +274,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_id_asks_everyone_to_look_again() {
-        let hub = Arc::new(NoticeHub::default());
-        let mut a = hub.listener();
-        a.watch(vec![1; 16], false);
+        let (hub, mut a) = listening(&[(1, false)]);
         hub.publish(&[Notice::bare(Vec::new(), 0)]);
         assert_eq!(a.next().await, vec![notice(1, 0)]);
     }
