@@ -207,9 +207,7 @@ impl Checker<'_> {
             Err(e) => {
                 let why = tls_failure(&e);
                 self.step("tls", false, why.clone(), started);
-                if let Endpoint::Domain { .. } = endpoint
-                    && self.tls_without_name(&target).await
-                {
+                if self.cut_for_its_name(endpoint, &target).await {
                     let detail = format!("TLS naming the relay is cut ({why}); without the name it works");
                     return (Verdict::SniBlocking, detail, None);
                 }
@@ -284,7 +282,12 @@ impl Checker<'_> {
         Ok((SocketAddr::new(addrs[0], port), problem))
     }
 
-    async fn tls_without_name(&self, target: &Endpoint) -> bool {
+    /// After a TLS handshake naming a domain endpoint was cut: whether one to the same
+    /// address without the name works, so the name is what the network cuts.
+    async fn cut_for_its_name(&self, endpoint: &Endpoint, target: &Endpoint) -> bool {
+        if !matches!(endpoint, Endpoint::Domain { .. }) {
+            return false;
+        }
         let Ok(stream) = self.dialer.open_stream(target).await else { return false };
         crate::dial::tls_handshake(self.relay, target, Box::new(stream)).await.is_ok()
     }
@@ -319,7 +322,18 @@ impl Checker<'_> {
                 None,
             ),
             Download::Stalled { .. } => (Verdict::Throttling, "the download got no byte at all".into(), None),
-            Download::Failed(why) => (Verdict::TlsBlocking, format!("the download was cut: {why}"), None),
+            // A censor that matches the name in single packets misses a handshake whose
+            // ClientHello splits the name across two (rustls orders extensions at random, and
+            // the post-quantum key share makes the hello longer than one packet): the first
+            // handshake can pass and this one be cut.
+            Download::HandshakeCut(why) if self.cut_for_its_name(endpoint, target).await => (
+                Verdict::SniBlocking,
+                format!("TLS naming the relay is cut at times ({why}); without the name it works"),
+                None,
+            ),
+            Download::HandshakeCut(why) | Download::Failed(why) => {
+                (Verdict::TlsBlocking, format!("the download was cut: {why}"), None)
+            }
         };
         self.step("throughput", verdict == Verdict::Ok, detail.clone(), started);
         let detail = if verdict == Verdict::Ok { "works".into() } else { detail };
@@ -336,7 +350,7 @@ impl Checker<'_> {
         let (io, received) = crate::dial::counted(stream);
         let mut tls = match crate::dial::tls_handshake(self.relay, endpoint, io).await {
             Ok(t) => t,
-            Err(e) => return Download::Failed(e.to_string()),
+            Err(e) => return Download::HandshakeCut(e.to_string()),
         };
         let request = format!(
             "GET {PROBE_PATH} HTTP/1.1\r\nHost: {}\r\nUser-Agent: Mozilla/5.0\r\nAccept: */*\r\nConnection: close\r\n\r\n",
@@ -370,7 +384,9 @@ enum Download {
     Done { body: Vec<u8>, took: Duration },
     /// No byte for [`STALL`], after this many raw bytes on the connection.
     Stalled { raw_bytes: usize },
-    /// An error (reset, closed).
+    /// The TLS handshake failed.
+    HandshakeCut(String),
+    /// An error after it (reset, closed), or no connection.
     Failed(String),
 }
 
