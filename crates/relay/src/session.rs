@@ -110,11 +110,13 @@ pub async fn run(mut ws: Box<ServerWs>, store: Store, limits: &Limits) {
         let idle = if session.listener.is_none() { IDLE } else { IDLE_SUBSCRIBED };
         let bytes = tokio::select! {
             biased;
+            // Whichever wakes the session, everything else ready (replies, then notices) leaves
+            // in the same flush: one TLS write instead of one per kind.
             Some(first) = committing.next(), if !committing.is_empty() => {
-                // Everything else already durable leaves in the same flush.
                 let mut out = vec![first];
-                while let Some(Some(more)) = committing.next().now_or_never() {
-                    out.push(more);
+                take_ready_replies(&mut committing, &mut out);
+                if let Some(notices) = next_notices(&mut session.listener).now_or_never() {
+                    push_notices(notices, &mut out);
                 }
                 if !send_within(&mut ws, out).await {
                     return;
@@ -122,15 +124,10 @@ pub async fn run(mut ws: Box<ServerWs>, store: Store, limits: &Limits) {
                 continue;
             }
             notices = next_notices(&mut session.listener) => {
-                let frames: Vec<Vec<u8>> = notices
-                    .into_iter()
-                    .filter_map(|n| {
-                        Metrics::inc(&m.notices_pushed_total);
-                        let notify = Notify { id: n.id, seq: n.seq, entry: n.entry.as_deref().cloned() };
-                        frame::encode(&ServerFrame { request_id: 0, reply: Some(Reply::Notify(notify)) }).ok()
-                    })
-                    .collect();
-                if !send_within(&mut ws, frames).await {
+                let mut out = Vec::new();
+                take_ready_replies(&mut committing, &mut out);
+                push_notices(notices, &mut out);
+                if !send_within(&mut ws, out).await {
                     return;
                 }
                 continue;
@@ -203,6 +200,23 @@ pub async fn run(mut ws: Box<ServerWs>, store: Store, limits: &Limits) {
 /// Writes are pipelined; everything else is answered after the session's earlier writes.
 fn is_write(op: &Op) -> bool {
     matches!(op, Op::Append(_) | Op::SendToQueue(_) | Op::AckLog(_) | Op::AckQueue(_))
+}
+
+/// Moves the replies at the head of the line that are already durable into `out`, in order.
+fn take_ready_replies(committing: &mut Replies, out: &mut Vec<Vec<u8>>) {
+    while let Some(Some(reply)) = committing.next().now_or_never() {
+        out.push(reply);
+    }
+}
+
+/// Encodes notices as frames into `out`.
+fn push_notices(notices: Vec<crate::store::Notice>, out: &mut Vec<Vec<u8>>) {
+    let m = metrics::global();
+    out.extend(notices.into_iter().filter_map(|n| {
+        Metrics::inc(&m.notices_pushed_total);
+        let notify = Notify { id: n.id, seq: n.seq, entry: n.entry.as_deref().cloned() };
+        frame::encode(&ServerFrame { request_id: 0, reply: Some(Reply::Notify(notify)) }).ok()
+    }));
 }
 
 /// Sends every reply still committing, in order.
