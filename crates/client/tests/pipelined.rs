@@ -1,5 +1,6 @@
 //! A client that pipelines appends to a log it also listens to: the relay sends a write's
-//! reply and the notices of the same commit in one flush, and neither stream loses its order.
+//! reply and the notices of the same commit in one flush, neither stream loses its order, and
+//! each write's reply comes before its notice.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::time::Duration;
@@ -53,6 +54,8 @@ async fn replies_keep_request_order_and_notices_keep_sequence_order_when_they_sh
                 assert_eq!(n.id, log.log_id);
                 let entry = n.entry.expect("a small entry rides in its notice");
                 assert_eq!(entry.seq, n.seq);
+                // Protocol §8: on the connection that made a write, its reply comes first.
+                assert!(replies.iter().any(|&(_, seq)| seq == n.seq), "notice {} before its reply", n.seq);
                 notices.push(n.seq);
             }
             other => panic!("unexpected {other:?}"),
