@@ -29,8 +29,9 @@ use crate::{
 /// store, the runtime), with room to spare.
 const SPARE_FILES: usize = 1_000;
 
-/// Where several nodes of one relay keep their data.
-const SHARED_STORE: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// Where several nodes of one relay keep their data, and where the long suite measures the
+/// PostgreSQL store: this machine's database.
+pub const SHARED_STORE: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// More processes than this means the open-file limit is far too low for the count asked;
 /// better to say so than to start hundreds of relays.
@@ -185,7 +186,7 @@ pub async fn hold(link: &str, to: &[SocketAddr], first: usize, count: usize) -> 
             let open = open_session(d, to[i % to.len()], source(i, PER_SOURCE), config.clone());
             tokio::time::timeout(OPEN_TIMEOUT, open)
                 .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("no session in 30 s")))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no session within {OPEN_TIMEOUT:?}")))
         })
         .buffer_unordered(256)
         .collect()

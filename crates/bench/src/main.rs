@@ -293,8 +293,7 @@ fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
     let t_groups = bench.tamizdat("tamizdat groups of 8, fsync", &groups, None, "fsync")?;
     let j_groups = bench.jetstream("jetstream groups of 8", &groups)?;
     if long {
-        let pg = "postgres://postgres@127.0.0.1:5432/test";
-        bench.tamizdat("tamizdat 1:1 max, PostgreSQL", &one_to_one, Some(pg), "fsync")?;
+        bench.tamizdat("tamizdat 1:1 max, PostgreSQL", &one_to_one, Some(idle::SHARED_STORE), "fsync")?;
     }
     let mut out = throughput_table(&bench.runs);
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };

@@ -35,8 +35,9 @@ impl RelayProcess {
     }
 
     /// As [`RelayProcess::start`]; with `same_relay_as`, this process is another node of that
-    /// relay: the same keys (so the same certificate and door), on its own port, which its link names. Nodes of one
-    /// relay need a shared store (PostgreSQL) to see each other's writes.
+    /// relay: the same keys (so the same certificate and door), on its own port, which its
+    /// link names. Nodes of one relay need a shared store (PostgreSQL) to see each other's
+    /// writes.
     pub fn start_node(
         bin: &Path,
         store: Option<&str>,

@@ -4,7 +4,7 @@
 use ed25519_dalek::SigningKey;
 use prost::Message;
 use tamizdat_client::{ClientError, relay::RelayClient};
-use tamizdat_relay::testing::{spawn_relay, spawn_relay_with};
+use tamizdat_relay::testing::{mls_message, spawn_relay, spawn_relay_with};
 use tamizdat_wire::{
     frame,
     limits::{MAX_BLOB_PIECE, MAX_PROVEN},
@@ -29,15 +29,6 @@ fn code(r: Result<Reply, ClientError>) -> ErrorCode {
         Err(ClientError::Relay { code, .. }) => code,
         other => panic!("expected a refusal, got {other:?}"),
     }
-}
-
-/// A minimal MLS PrivateMessage header: version 1, wire format 2, group id, epoch, type.
-fn mls(epoch: u64, content_type: u8) -> Vec<u8> {
-    let mut m = vec![0, 1, 0, 2, 3, b'g', b'i', b'd'];
-    m.extend_from_slice(&epoch.to_be_bytes());
-    m.push(content_type);
-    m.extend_from_slice(&[0; 24]);
-    m
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,13 +75,13 @@ async fn nothing_works_without_the_right_key() {
     let append = |dedup: u8, payload: Vec<u8>| {
         Op::Append(Append { log_id: l.log_id.clone(), dedup_id: vec![dedup; 16], payload })
     };
-    c.call(append(1, mls(0, 3)), Some(&log_key)).await.unwrap();
-    assert_eq!(code(s.call(append(2, mls(1, 3)), Some(&stranger)).await), ErrorCode::Unauthorized);
-    assert_eq!(code(s.call(append(2, mls(1, 3)), None).await), ErrorCode::Unauthorized);
+    c.call(append(1, mls_message(0, 3, 0)), Some(&log_key)).await.unwrap();
+    assert_eq!(code(s.call(append(2, mls_message(1, 3, 0)), Some(&stranger)).await), ErrorCode::Unauthorized);
+    assert_eq!(code(s.call(append(2, mls_message(1, 3, 0)), None).await), ErrorCode::Unauthorized);
     assert_eq!(code(c.call(append(3, b"not mls at all".to_vec()), Some(&log_key)).await), ErrorCode::NotMls);
     assert_eq!(code(c.call(append(4, vec![0; 600 * 1024]), Some(&log_key)).await), ErrorCode::TooLarge);
     // Commits may be larger than other messages (they grow with the group), but not beyond.
-    let mut big_message = mls(0, 1);
+    let mut big_message = mls_message(0, 1, 0);
     big_message.resize(200 * 1024, 0);
     assert_eq!(code(c.call(append(5, big_message), Some(&log_key)).await), ErrorCode::TooLarge);
     let read_log = Op::ReadLog(ReadLog { log_id: l.log_id.clone(), after: 0, limit: 10, max_bytes: 0 });
@@ -108,7 +99,7 @@ async fn nothing_works_without_the_right_key() {
     let both = Op::Subscribe(Subscribe { log_id: l.log_id.clone(), read_id: q.read_id.clone(), entries: true });
     assert_eq!(code(c.call(both, Some(&log_key)).await), ErrorCode::BadRequest);
     // Stale commits are refused with the current epoch.
-    match c.call(append(5, mls(0, 3)), Some(&log_key)).await {
+    match c.call(append(5, mls_message(0, 3, 0)), Some(&log_key)).await {
         Err(ClientError::Relay { code: ErrorCode::StaleEpoch, current_epoch: 1, .. }) => {}
         other => panic!("{other:?}"),
     }
@@ -193,7 +184,8 @@ async fn a_proof_the_relay_did_not_keep_is_given_again() {
     let create_log = Op::CreateLog(CreateLog { log_key: log_key.verifying_key().to_bytes().to_vec() });
     let Reply::LogCreated(l) = other.call(create_log, Some(&log_key)).await.unwrap() else { panic!() };
     for dedup in 1..=3u8 {
-        let append = Op::Append(Append { log_id: l.log_id.clone(), dedup_id: vec![dedup; 16], payload: mls(0, 1) });
+        let append =
+            Op::Append(Append { log_id: l.log_id.clone(), dedup_id: vec![dedup; 16], payload: mls_message(0, 1, 0) });
         assert!(matches!(c.call(append, Some(&log_key)).await.unwrap(), Reply::Appended(_)), "append {dedup}");
     }
 }

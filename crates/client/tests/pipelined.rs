@@ -1,6 +1,8 @@
-//! A client that pipelines appends to a log it also listens to: the relay sends a write's
-//! reply and the notices of the same commit in one flush, neither stream loses its order, and
-//! each write's reply comes before its notice.
+//! A client that pipelines appends to a log it also listens to, so its replies and notices are
+//! ready together and the relay sends them in shared flushes. What must hold whatever the
+//! flushes: neither stream loses its order or an item, and each write's reply comes before its
+//! notice. (That they share flushes is measured, not tested: `writev` calls per message in
+//! docs/BENCHMARKS.md.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::time::Duration;
@@ -8,20 +10,11 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use prost::Message;
 use tamizdat_client::relay::RelayClient;
-use tamizdat_relay::testing::spawn_relay;
+use tamizdat_relay::testing::{mls_message, spawn_relay};
 use tamizdat_wire::{
     frame,
     proto::{Append, ClientFrame, Command, CreateLog, Op, Reply, ServerFrame, Subscribe},
 };
-
-/// An MLS application message of epoch 0, as the relay reads its header.
-fn mls(filler: u8) -> Vec<u8> {
-    let mut m = vec![0, 1, 0, 2, 3, b'g', b'i', b'd'];
-    m.extend_from_slice(&0u64.to_be_bytes());
-    m.push(1);
-    m.extend_from_slice(&[filler; 40]);
-    m
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_keep_request_order_and_notices_keep_sequence_order_when_they_share_a_flush() {
@@ -37,8 +30,11 @@ async fn replies_keep_request_order_and_notices_keep_sequence_order_when_they_sh
     // Every append at once, unsigned: the subscription proved the log's key for this session.
     let (mut conn, _nonce, first_id) = client.into_parts();
     for i in 0..APPENDS {
-        let append =
-            Append { log_id: log.log_id.clone(), dedup_id: [i as u8, (i >> 8) as u8].repeat(8), payload: mls(i as u8) };
+        let append = Append {
+            log_id: log.log_id.clone(),
+            dedup_id: [i as u8, (i >> 8) as u8].repeat(8),
+            payload: mls_message(0, 1, i as u8),
+        };
         let command = Command { op: Some(Op::Append(append)) }.encode_to_vec();
         let request = ClientFrame { request_id: first_id + i, command, signature: Vec::new() };
         conn.send(frame::encode(&request).unwrap()).await.unwrap();

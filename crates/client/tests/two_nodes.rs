@@ -8,7 +8,7 @@ use ed25519_dalek::SigningKey;
 use tamizdat_client::{ClientError, relay::RelayClient};
 use tamizdat_relay::{
     Relay, RelayConfig,
-    testing::{Kind, TestDb},
+    testing::{Kind, TestDb, mls_message as mls},
 };
 use tamizdat_wire::proto::{Append, CreateLog, ErrorCode, Op, RelayDescriptor, Reply, Subscribe};
 
@@ -50,14 +50,6 @@ async fn nodes(
         stops.push(stop);
     }
     (dir, descriptors, stops)
-}
-
-fn mls(epoch: u64, content_type: u8, filler: u8) -> Vec<u8> {
-    let mut m = vec![0, 1, 0, 2, 3, b'g', b'i', b'd'];
-    m.extend_from_slice(&epoch.to_be_bytes());
-    m.push(content_type);
-    m.extend_from_slice(&[filler; 40]);
-    m
 }
 
 async fn new_log(c: &mut RelayClient, key: &SigningKey) -> Vec<u8> {

@@ -86,6 +86,16 @@ impl TestDb {
     }
 }
 
+/// A message the relay takes as MLS (group id "gid", `epoch`, `content_type`: 1 application,
+/// 3 commit), with 40 bytes of `filler` as its body.
+pub fn mls_message(epoch: u64, content_type: u8, filler: u8) -> Vec<u8> {
+    let mut m = vec![0, 1, 0, 2, 3, b'g', b'i', b'd'];
+    m.extend_from_slice(&epoch.to_be_bytes());
+    m.push(content_type);
+    m.extend_from_slice(&[filler; 40]);
+    m
+}
+
 /// A relay on a loopback port with its embedded store under `dir`, served until the test's
 /// runtime ends. Its descriptor lists only the bound address.
 pub async fn spawn_relay(dir: &std::path::Path) -> (tamizdat_wire::proto::RelayDescriptor, std::net::SocketAddr) {
