@@ -3,16 +3,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::{
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use tamizdat_client::{Client, doctor_link, relay::RelayClient};
 use tamizdat_relay::testing::spawn_relay;
-use tamizdat_transport::diagnose::Verdict;
-use tamizdat_transport::{bridge, dial::Dialer};
-use tamizdat_wire::proto::RelayDescriptor;
+use tamizdat_transport::{
+    bridge,
+    diagnose::{self, Verdict},
+    dial::Dialer,
+    dns::Resolver,
+};
+use tamizdat_wire::{endpoint::Endpoint, proto::RelayDescriptor};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -163,4 +167,90 @@ async fn the_way_that_worked_is_tried_first_next_time() {
     assert_eq!(known[0].endpoint, addr.to_string());
     assert!(known[0].last_ok.is_some());
     assert_eq!(known[1].last_ok, None);
+}
+
+/// A DNS-over-TCP server that answers every question with one A record: `ip`.
+async fn dns_over_tcp(ip: Ipv4Addr) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let len = s.read_u16().await.unwrap();
+                let mut answer = vec![0; usize::from(len)];
+                s.read_exact(&mut answer).await.unwrap();
+                answer[2] |= 0x80; // a response, keeping the query's id and question
+                answer[6..8].copy_from_slice(&1u16.to_be_bytes());
+                // The name points back at the question; type A, class IN, TTL 60, 4 bytes.
+                answer.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                answer.extend_from_slice(&ip.octets());
+                let mut msg = u16::try_from(answer.len()).unwrap().to_be_bytes().to_vec();
+                msg.extend_from_slice(&answer);
+                s.write_all(&msg).await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+/// A censor in front of `upstream` that reads each connection's first TLS record (the
+/// ClientHello, however many packets it spans) and closes connections whose hello carries
+/// `name`, after letting the first `let_through` such connections pass.
+async fn name_cutting_proxy(upstream: SocketAddr, name: &'static str, let_through: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let named = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        loop {
+            let (mut client, _) = l.accept().await.unwrap();
+            let named = named.clone();
+            tokio::spawn(async move {
+                let mut head = [0u8; 5];
+                if client.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let mut hello = head.to_vec();
+                hello.resize(5 + usize::from(u16::from_be_bytes([head[3], head[4]])), 0);
+                if client.read_exact(&mut hello[5..]).await.is_err() {
+                    return;
+                }
+                let names_it = hello.windows(name.len()).any(|w| w == name.as_bytes());
+                if names_it && named.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= let_through {
+                    return; // dropping the socket cuts the handshake
+                }
+                let mut server = TcpStream::connect(upstream).await.unwrap();
+                if server.write_all(&hello).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A censor that matches the relay's name in single packets misses a ClientHello that splits
+/// it, so a check can see one handshake pass and the next be cut. Both that and a censor
+/// that cuts every named handshake are SNI blocking; the same path without a censor is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doctor_tells_sni_blocking_even_when_only_some_handshakes_are_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, addr) = spawn_relay(dir.path()).await;
+    let dns = dns_over_tcp(Ipv4Addr::LOCALHOST).await;
+    let dialer = Dialer {
+        resolver: Resolver::new(&[], &[dns.to_string()], None).unwrap(),
+        ..Dialer::from_env(dir.path().join("pt")).unwrap()
+    };
+    for (let_through, verdict, step) in [
+        (usize::MAX, Verdict::Ok, None),
+        (0, Verdict::SniBlocking, Some("tls")),
+        (1, Verdict::SniBlocking, Some("throughput")),
+    ] {
+        let proxy = name_cutting_proxy(addr, "localhost", let_through).await;
+        let endpoint = Endpoint::Domain { host: "localhost".into(), port: proxy.port() };
+        let report = diagnose::check(&dialer, &d, &endpoint).await;
+        assert_eq!(report.verdict, verdict, "letting {let_through} through: {report:#?}");
+        let failed = report.steps.iter().find(|s| !s.ok).map(|s| s.step);
+        assert_eq!(failed, step, "letting {let_through} through: {report:#?}");
+    }
 }
