@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::{
     relay_proc::{RelayProcess, Usage, loopback_bytes},
-    stats::{Throughput, stamp, stamped_latency},
+    stats::{Throughput, histogram_quantile, stamp, stamped_latency},
 };
 
 /// What to run.
@@ -116,6 +116,7 @@ pub async fn run(relay: &RelayProcess, spec: &Spec) -> anyhow::Result<Throughput
     let counters = relay.counters();
     let delta = |k: &str| counters.get(k).copied().unwrap_or(0.0) - counters_before.get(k).copied().unwrap_or(0.0);
     let batches = delta("write_batches_total");
+    let p99_ms = |name: &str| histogram_quantile(&counters_before, &counters, name, 0.99).map(|s| s * 1e3);
     Ok(Throughput::new(
         sent,
         latencies,
@@ -124,7 +125,8 @@ pub async fn run(relay: &RelayProcess, spec: &Spec) -> anyhow::Result<Throughput
         Usage { rss_kib: after.rss_kib.max(peak_rss), ..after },
         loopback_bytes().saturating_sub(lo_before),
     )
-    .with_batches(batches / elapsed, if batches > 0.0 { delta("write_batch_items_total") / batches } else { 0.0 }))
+    .with_batches(batches / elapsed, if batches > 0.0 { delta("write_batch_items_total") / batches } else { 0.0 })
+    .with_relay_p99(p99_ms("write_seconds"), p99_ms("notice_seconds")))
 }
 
 /// Appends as fast as allowed, `window` in flight, until `deadline`; returns how many were

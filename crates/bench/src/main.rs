@@ -353,15 +353,20 @@ fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// A quantile read off a histogram: at most the bucket's upper bound.
+fn bucket_bound(ms: Option<f64>) -> String {
+    ms.map(|ms| format!("≤ {}", (ms * 100.0).round() / 100.0)).unwrap_or_else(|| "–".into())
+}
+
 /// A Markdown table of throughput runs.
 fn throughput_table(rows: &[(String, Throughput)]) -> String {
     let mut out = String::from(
-        "| run | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server RSS MiB | wire B/msg | writes/commit | stolen % | load threads |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| run | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server RSS MiB | wire B/msg | writes/commit | relay write p99 ms | relay notice p99 ms | stolen % | load threads |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (label, t) in rows {
         out += &format!(
-            "| {label} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {} |\n",
+            "| {label} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.1} | {} |\n",
             t.sent_per_second,
             t.delivered_per_second,
             t.latency_ms_p50,
@@ -371,6 +376,8 @@ fn throughput_table(rows: &[(String, Throughput)]) -> String {
             t.server_rss_mib,
             t.wire_bytes_per_message,
             t.writes_per_commit.map(|w| format!("{w:.0}")).unwrap_or_else(|| "–".into()),
+            bucket_bound(t.write_ms_p99),
+            bucket_bound(t.notice_ms_p99),
             t.steal_percent,
             t.client_threads,
         );

@@ -1,6 +1,9 @@
 //! What one throughput run measured, the same way for Tamizdat and for JetStream.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 
@@ -57,6 +60,14 @@ pub struct Throughput {
     /// Writes per transaction (Tamizdat only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub writes_per_commit: Option<f64>,
+    /// 99th percentile of the relay's own write latency, hand-off to durable, in ms: the
+    /// upper bound of the histogram bucket it falls in (Tamizdat only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_ms_p99: Option<f64>,
+    /// 99th percentile of the relay's own share of a pushed notice, hand-off to encoded for
+    /// the recipient's connection, in ms, the same way (Tamizdat only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notice_ms_p99: Option<f64>,
     /// Percent of the machine's CPU time the hypervisor stole during the run.
     pub steal_percent: f64,
     /// Worker threads of the load generator.
@@ -90,6 +101,8 @@ impl Throughput {
             wire_bytes_per_message: wire_bytes as f64 / delivered.max(1) as f64,
             commits_per_second: None,
             writes_per_commit: None,
+            write_ms_p99: None,
+            notice_ms_p99: None,
             steal_percent: 0.0,
             client_threads: 0,
         }
@@ -101,6 +114,40 @@ impl Throughput {
         self.writes_per_commit = Some(writes_per_commit);
         self
     }
+
+    /// Adds the relay's own latency p99s (ms), when its histograms counted anything.
+    pub fn with_relay_p99(mut self, write_ms_p99: Option<f64>, notice_ms_p99: Option<f64>) -> Self {
+        self.write_ms_p99 = write_ms_p99;
+        self.notice_ms_p99 = notice_ms_p99;
+        self
+    }
+}
+
+/// The upper bound (in the histogram's unit) of the bucket holding fraction `q` of what a
+/// Prometheus histogram `name` counted between two readings of its counters (`name_bucket{le="…"}`
+/// keys, as [`crate::relay_proc::RelayProcess::counters`] returns them). `None` without
+/// observations; infinity when the quantile is above every finite bound.
+pub fn histogram_quantile(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+    name: &str,
+    q: f64,
+) -> Option<f64> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = after
+        .iter()
+        .filter_map(|(key, count)| {
+            let le = key.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+            let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((bound, count - before.get(key).copied().unwrap_or(0.0)))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    buckets.iter().find(|(_, cumulative)| *cumulative >= q * total).map(|(bound, _)| *bound)
 }
 
 /// The value at fraction `p` of sorted samples.
@@ -110,4 +157,30 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(counts: &[(&str, f64)]) -> HashMap<String, f64> {
+        counts.iter().map(|(le, n)| (format!("w_bucket{{le=\"{le}\"}}"), *n)).collect()
+    }
+
+    #[test]
+    fn quantiles_come_from_the_buckets_counted_between_readings() {
+        let before = reading(&[("0.001", 50.0), ("0.01", 60.0), ("+Inf", 60.0)]);
+        // 100 new observations: 90 up to 1 ms, 9 more up to 10 ms, 1 above.
+        let after = reading(&[("0.001", 140.0), ("0.01", 159.0), ("+Inf", 160.0)]);
+        assert_eq!(histogram_quantile(&before, &after, "w", 0.5), Some(0.001));
+        assert_eq!(histogram_quantile(&before, &after, "w", 0.99), Some(0.01));
+        assert_eq!(histogram_quantile(&before, &after, "w", 0.999), Some(f64::INFINITY));
+        assert_eq!(
+            histogram_quantile(&HashMap::new(), &after, "w", 0.95),
+            Some(0.01),
+            "no earlier reading: 152 of 160"
+        );
+        assert_eq!(histogram_quantile(&after, &after, "w", 0.99), None, "nothing new");
+        assert_eq!(histogram_quantile(&before, &after, "other", 0.99), None);
+    }
 }

@@ -51,6 +51,8 @@ fn a_relay_load_delivers_what_was_acknowledged_with_latencies() {
     assert_eq!(number(&v, &["load", "delivered"]), 2.0 * sent, "two readers per conversation get every message");
     assert!(number(&v, &["load", "latency_ms_p99"]) > 0.0);
     assert!(number(&v, &["load", "wire_bytes_per_message"]) > 256.0);
+    assert!(number(&v, &["load", "write_ms_p99"]) > 0.0, "the relay's write histogram counted the run: {v}");
+    assert!(number(&v, &["load", "notice_ms_p99"]) > 0.0, "and its notice histogram: {v}");
 }
 
 #[test]

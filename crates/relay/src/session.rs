@@ -214,6 +214,9 @@ fn push_notices(notices: Vec<crate::store::Notice>, out: &mut Vec<Vec<u8>>) {
     let m = metrics::global();
     out.extend(notices.into_iter().filter_map(|n| {
         Metrics::inc(&m.notices_pushed_total);
+        if let Some(queued) = n.queued {
+            m.notice_seconds.observe(queued.elapsed());
+        }
         let notify = Notify { id: n.id, seq: n.seq, entry: n.entry.as_deref().cloned() };
         frame::encode(&ServerFrame { request_id: 0, reply: Some(Reply::Notify(notify)) }).ok()
     }));

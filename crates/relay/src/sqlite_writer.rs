@@ -58,7 +58,17 @@ pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<No
 
 fn apply_batch(conn: &mut Connection, jobs: &[Job], notices: &mut Vec<Notice>) -> rusqlite::Result<Vec<Outcome>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let outcomes = jobs.iter().map(|job| apply(&tx, &job.write, notices)).collect::<rusqlite::Result<Vec<_>>>()?;
+    let outcomes = jobs
+        .iter()
+        .map(|job| {
+            let before = notices.len();
+            let outcome = apply(&tx, &job.write, notices)?;
+            for notice in &mut notices[before..] {
+                notice.queued = Some(job.queued);
+            }
+            Ok(outcome)
+        })
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     tx.commit()?;
     Ok(outcomes)
 }

@@ -9,7 +9,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use sqlx::{AnyConnection, AnyPool, Connection, Row, any::AnyPoolOptions};
@@ -152,6 +152,8 @@ pub enum Outcome {
 pub(crate) struct Job {
     pub(crate) write: Write,
     pub(crate) reply: oneshot::Sender<Result<Outcome, RelayError>>,
+    /// When it was handed to the writer, for the write latency histogram.
+    pub(crate) queued: Instant,
 }
 
 /// The group-commit writer; await [`WriterTask::finished`] for a clean shutdown.
@@ -175,12 +177,15 @@ pub struct Notice {
     /// The entry itself, when it is small enough to push and was stored by this node; one
     /// allocation shared by every subscriber.
     pub entry: Option<Arc<Entry>>,
+    /// When the write behind it was handed to this node's writer, for the notice latency
+    /// histogram; unknown for notices from other nodes.
+    pub queued: Option<Instant>,
 }
 
 impl Notice {
     /// A notice without the entry: "look at `id`".
     pub fn bare(id: Vec<u8>, seq: u64) -> Self {
-        Notice { id, seq, entry: None }
+        Notice { id, seq, entry: None, queued: None }
     }
 
     /// A notice for an entry just stored, carrying it if it is small.
@@ -188,7 +193,7 @@ impl Notice {
         let entry = (payload.len() <= tamizdat_wire::limits::MAX_PUSHED_PAYLOAD).then(|| {
             Arc::new(Entry { seq, dedup_id: dedup_id.to_vec(), payload: payload.to_vec(), received_hour: to_u64(hour) })
         });
-        Notice { id: id.to_vec(), seq, entry }
+        Notice { id: id.to_vec(), seq, entry, queued: None }
     }
 }
 
@@ -360,7 +365,7 @@ impl Store {
     /// that order) and returns what resolves once it is durable.
     pub async fn submit(&self, write: Write) -> Result<Commit, RelayError> {
         let (reply, wait) = oneshot::channel();
-        self.writer.send(Job { write, reply }).await.map_err(|_| RelayError::ShuttingDown)?;
+        self.writer.send(Job { write, reply, queued: Instant::now() }).await.map_err(|_| RelayError::ShuttingDown)?;
         Ok(Commit(wait))
     }
 
@@ -637,6 +642,7 @@ pub(crate) fn answer(jobs: Vec<Job>, results: Vec<Result<Outcome, RelayError>>) 
     crate::metrics::Metrics::inc(&m.write_batches_total);
     m.write_batch_items_total.fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
     for (job, result) in jobs.into_iter().zip(results) {
+        m.write_seconds.observe(job.queued.elapsed());
         let _ = job.reply.send(result);
     }
 }
