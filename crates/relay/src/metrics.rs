@@ -1,4 +1,4 @@
-//! Counters, gauges and one latency histogram for operators, exported in Prometheus text
+//! Counters, gauges and latency histograms for operators, exported in Prometheus text
 //! format on a separate admin listener. They count events, open connections and how long
 //! writes take, nothing else: no queue or log id, no address, no label that could link people.
 
@@ -186,12 +186,15 @@ mod tests {
     }
 
     #[test]
-    fn the_write_histogram_is_exported() {
+    fn both_histograms_are_exported() {
         let m = Metrics::default();
         m.write_seconds.observe(Duration::from_millis(2));
+        m.notice_seconds.observe(Duration::from_millis(7));
         let text = m.render();
-        assert!(text.contains("# TYPE tamizdat_write_seconds histogram"), "{text}");
-        assert!(text.contains("tamizdat_write_seconds_bucket{le=\"0.002\"} 1"), "{text}");
-        assert!(text.contains("tamizdat_write_seconds_count 1"), "{text}");
+        for (name, le) in [("write_seconds", "0.002"), ("notice_seconds", "0.008")] {
+            assert!(text.contains(&format!("# TYPE tamizdat_{name} histogram")), "{text}");
+            assert!(text.contains(&format!("tamizdat_{name}_bucket{{le=\"{le}\"}} 1")), "{text}");
+            assert!(text.contains(&format!("tamizdat_{name}_count 1")), "{text}");
+        }
     }
 }
