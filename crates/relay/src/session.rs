@@ -212,10 +212,11 @@ fn take_ready_replies(committing: &mut Replies, out: &mut Vec<Vec<u8>>) {
 /// Encodes notices as frames into `out`.
 fn push_notices(notices: Vec<crate::store::Notice>, out: &mut Vec<Vec<u8>>) {
     let m = metrics::global();
+    let now = std::time::Instant::now();
     out.extend(notices.into_iter().filter_map(|n| {
         Metrics::inc(&m.notices_pushed_total);
         if let Some(queued) = n.queued {
-            m.notice_seconds.observe(queued.elapsed());
+            m.notice_seconds.observe(now.saturating_duration_since(queued));
         }
         let notify = Notify { id: n.id, seq: n.seq, entry: n.entry.as_deref().cloned() };
         frame::encode(&ServerFrame { request_id: 0, reply: Some(Reply::Notify(notify)) }).ok()

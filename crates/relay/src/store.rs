@@ -641,8 +641,10 @@ pub(crate) fn answer(jobs: Vec<Job>, results: Vec<Result<Outcome, RelayError>>) 
     let m = crate::metrics::global();
     crate::metrics::Metrics::inc(&m.write_batches_total);
     m.write_batch_items_total.fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    // One clock reading for the batch: its writes became durable together.
+    let durable = Instant::now();
     for (job, result) in jobs.into_iter().zip(results) {
-        m.write_seconds.observe(job.queued.elapsed());
+        m.write_seconds.observe(durable.saturating_duration_since(job.queued));
         let _ = job.reply.send(result);
     }
 }
