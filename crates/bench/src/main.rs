@@ -4,6 +4,7 @@ mod conns;
 mod idle;
 mod jetstream;
 mod load;
+mod machine;
 mod relay_proc;
 mod stats;
 
@@ -195,8 +196,8 @@ impl Bench {
         self.measure(label, spec, "JetStream", jetstream::run(&nats, pid, spec))
     }
 
-    /// Runs one throughput measurement and records it with the threads it ran on and the
-    /// CPU time stolen meanwhile.
+    /// Runs one throughput measurement and records it with the threads it ran on, how fast a
+    /// core was just before, and the CPU time stolen meanwhile.
     fn measure(
         &mut self,
         label: &str,
@@ -205,9 +206,11 @@ impl Bench {
         run: impl Future<Output = anyhow::Result<Throughput>>,
     ) -> anyhow::Result<Throughput> {
         let threads = self.threads_for(spec);
-        let ticks = relay_proc::cpu_ticks();
+        let cpu_probe_ms = machine::cpu_probe_ms();
+        let ticks = machine::cpu_ticks();
         let mut t = Self::on_threads(threads, run).with_context(|| format!("{label}: {server} run"))?;
-        t.steal_percent = relay_proc::steal_percent(ticks, relay_proc::cpu_ticks());
+        t.steal_percent = machine::steal_percent(ticks, machine::cpu_ticks());
+        t.cpu_probe_ms = cpu_probe_ms;
         t.client_threads = threads;
         self.record(label, &t);
         self.runs.push((label.to_string(), t.clone()));
@@ -361,12 +364,12 @@ fn bucket_bound(ms: Option<f64>) -> String {
 /// A Markdown table of throughput runs.
 fn throughput_table(rows: &[(String, Throughput)]) -> String {
     let mut out = String::from(
-        "| run | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server RSS MiB | wire B/msg | writes/commit | relay write p99 ms | relay notice p99 ms | stolen % | load threads |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| run | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server RSS MiB | wire B/msg | writes/commit | relay write p99 ms | relay notice p99 ms | stolen % | cpu probe ms | load threads |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (label, t) in rows {
         out += &format!(
-            "| {label} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.1} | {} |\n",
+            "| {label} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {} |\n",
             t.sent_per_second,
             t.delivered_per_second,
             t.latency_ms_p50,
@@ -379,6 +382,7 @@ fn throughput_table(rows: &[(String, Throughput)]) -> String {
             bucket_bound(t.write_ms_p99),
             bucket_bound(t.notice_ms_p99),
             t.steal_percent,
+            t.cpu_probe_ms,
             t.client_threads,
         );
     }

@@ -193,28 +193,6 @@ pub fn loopback_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-/// The machine's CPU time so far, in clock ticks: `(stolen by the hypervisor, all)`, from
-/// the first line of `/proc/stat`. On a virtual machine, stolen time is time this machine's
-/// cores wanted to run and the host ran something else: runs with much of it are noisy.
-pub fn cpu_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("cpu "))
-        .map(|rest| rest.split_whitespace().filter_map(|f| f.parse().ok()).collect())
-        .unwrap_or_default();
-    // user nice system idle iowait irq softirq steal (guest time is counted in user).
-    let all = fields.iter().take(8).sum();
-    (fields.get(7).copied().unwrap_or(0), all)
-}
-
-/// Percent of the CPU time between two [`cpu_ticks`] readings that the host stole.
-pub fn steal_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
-    let all = after.1.saturating_sub(before.1);
-    if all == 0 { 0.0 } else { after.0.saturating_sub(before.0) as f64 * 100.0 / all as f64 }
-}
-
 /// How many files a process may open, `(soft, hard)`, from `/proc/PID/limits`.
 pub fn open_file_limits(pid: u32) -> Option<(usize, usize)> {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;

@@ -70,6 +70,9 @@ pub struct Throughput {
     pub notice_ms_p99: Option<f64>,
     /// Percent of the machine's CPU time the hypervisor stole during the run.
     pub steal_percent: f64,
+    /// How long a fixed piece of work took one core just before the run (ms; see
+    /// `machine::cpu_probe_ms`): larger when the host is slower.
+    pub cpu_probe_ms: f64,
     /// Worker threads of the load generator.
     pub client_threads: usize,
 }
@@ -104,6 +107,7 @@ impl Throughput {
             write_ms_p99: None,
             notice_ms_p99: None,
             steal_percent: 0.0,
+            cpu_probe_ms: 0.0,
             client_threads: 0,
         }
     }

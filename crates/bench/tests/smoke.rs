@@ -53,6 +53,7 @@ fn a_relay_load_delivers_what_was_acknowledged_with_latencies() {
     assert!(number(&v, &["load", "wire_bytes_per_message"]) > 256.0);
     assert!(number(&v, &["load", "write_ms_p99"]) > 0.0, "the relay's write histogram counted the run: {v}");
     assert!(number(&v, &["load", "notice_ms_p99"]) > 0.0, "and its notice histogram: {v}");
+    assert!(number(&v, &["load", "cpu_probe_ms"]) > 0.0, "the machine was probed before the run: {v}");
 }
 
 #[test]
