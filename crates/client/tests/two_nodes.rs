@@ -38,6 +38,7 @@ async fn nodes(
             limits: Default::default(),
             durability: Default::default(),
             admin: None,
+            shards: 1,
         };
         let relay = Relay::bind(config).await.unwrap();
         let mut d = RelayDescriptor::from_link(&relay.link()).unwrap();

@@ -7,6 +7,7 @@ pub mod limits;
 pub mod metrics;
 mod server;
 mod session;
+mod shards;
 mod sqlite_writer;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -37,6 +38,9 @@ pub enum RelayError {
     /// TLS or listener setup failed.
     #[error(transparent)]
     Transport(#[from] tamizdat_transport::TransportError),
+    /// Connection shards could not be set up (see `RelayConfig::shards`).
+    #[error("connection shards: {0}")]
+    Shards(String),
     /// Listening failed.
     #[error("cannot listen on {addr}: {reason}")]
     Listen {
@@ -52,7 +56,7 @@ impl RelayError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             RelayError::Storage(_) | RelayError::ShuttingDown => ErrorKind::Retry,
-            RelayError::DataDir { .. } | RelayError::Listen { .. } => ErrorKind::BadInput,
+            RelayError::DataDir { .. } | RelayError::Listen { .. } | RelayError::Shards(_) => ErrorKind::BadInput,
             RelayError::Transport(e) => e.kind(),
         }
     }

@@ -25,6 +25,8 @@ macro_rules! metrics {
         pub struct Metrics {
             $(#[doc = $help] pub $name: AtomicU64,)*
             $(#[doc = $hist_help] pub $hist: Histogram,)*
+            /// Connections open on each connection shard, when the relay runs several.
+            pub shard_connections_open: std::sync::OnceLock<Box<[AtomicU64]>>,
         }
 
         impl Metrics {
@@ -41,6 +43,13 @@ macro_rules! metrics {
                     out.push_str(concat!("# TYPE tamizdat_", stringify!($hist), " histogram\n"));
                     self.$hist.render(concat!("tamizdat_", stringify!($hist)), &mut out);
                 )*
+                if let Some(shards) = self.shard_connections_open.get() {
+                    out.push_str("# HELP tamizdat_shard_connections_open TCP connections open now on each connection shard.\n");
+                    out.push_str("# TYPE tamizdat_shard_connections_open gauge\n");
+                    for (i, open) in shards.iter().enumerate() {
+                        out.push_str(&format!("tamizdat_shard_connections_open{{shard=\"{i}\"}} {}\n", open.load(Relaxed)));
+                    }
+                }
                 out
             }
         }

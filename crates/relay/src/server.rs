@@ -15,6 +15,7 @@ use crate::{
     limits::{AddressLimiter, Limits},
     metrics::{self, Metrics},
     session,
+    shards::{self, Shards},
     store::{Store, StoreLocation, Write},
 };
 
@@ -43,26 +44,50 @@ pub struct RelayConfig {
     pub limits: Limits,
     /// Where to serve Prometheus metrics (`GET /metrics`); keep it private.
     pub admin: Option<SocketAddr>,
+    /// Threads that accept and serve connections, each with its own table of open files:
+    /// one process then holds up to this many times its open-file limit, for hosts where the
+    /// limit cannot be raised. 0 or 1 serves from the main runtime.
+    pub shards: usize,
 }
 
 /// A relay bound to its address, ready to serve.
 pub struct Relay {
-    listener: TcpListener,
+    /// Non-blocking; registered with a runtime only where it is accepted from.
+    listener: std::net::TcpListener,
     identity: RelayIdentity,
     config: RelayConfig,
+    /// Split from the process's descriptor table at bind time, when `config.shards` > 1.
+    shards: Option<Shards>,
 }
 
 impl Relay {
-    /// Binds the listener and loads or creates the relay's identity.
+    /// Binds the listener, loads or creates the relay's identity and, with several shards,
+    /// starts their threads (before anything else opens files; see the `shards` module).
     pub async fn bind(config: RelayConfig) -> Result<Self, RelayError> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| RelayError::Listen { addr: config.listen.to_string(), reason: e.to_string() })?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| RelayError::Listen { addr: config.listen.to_string(), reason: e.to_string() })?;
+        shards::raise_open_file_limit();
+        let listen_error =
+            |e: std::io::Error| RelayError::Listen { addr: config.listen.to_string(), reason: e.to_string() };
+        let listener = TcpListener::bind(config.listen).await.and_then(TcpListener::into_std).map_err(listen_error)?;
+        let local = listener.local_addr().map_err(listen_error)?;
         let identity = RelayIdentity::load_or_create(&config.data, &config.public, &advertised(local))?;
-        Ok(Self { listener, identity, config })
+        let shards = match config.shards {
+            0 | 1 => None,
+            n => Some(Shards::split(&listener, n)?),
+        };
+        let room = match &shards {
+            Some(s) => s.capacity(),
+            None => shards::room_in_table().unwrap_or(usize::MAX),
+        };
+        tracing::info!(shards = config.shards.max(1), room, "connections: room in the open-file tables");
+        if room < config.limits.max_connections {
+            tracing::warn!(
+                max_connections = config.limits.max_connections,
+                room,
+                "the open-file limit leaves room for fewer connections than max_connections; raise it (ulimit -n) \
+                 or serve from more shards"
+            );
+        }
+        Ok(Self { listener, identity, config, shards })
     }
 
     /// The address actually bound.
@@ -93,56 +118,114 @@ impl Relay {
             Some(addr) => Some(metrics::serve_admin(addr).await?),
             None => None,
         };
-        let addresses = AddressLimiter::new(self.config.limits.clone());
-        let limits = Arc::new(self.config.limits.clone());
-        let m = metrics::global();
-        let permits = Arc::new(Semaphore::new(self.config.limits.max_connections.max(1)));
-        let mut sessions = JoinSet::new();
+        let serving = Arc::new(Serving {
+            door,
+            store: store.clone(),
+            limits: Arc::new(self.config.limits.clone()),
+            addresses: AddressLimiter::new(self.config.limits.clone()),
+            permits: Arc::new(Semaphore::new(self.config.limits.max_connections.max(1))),
+        });
         tracing::info!("relay serving");
-        tokio::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                _ = &mut shutdown => break,
-                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            };
-            let (tcp, peer) = tokio::select! {
-                _ = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            Metrics::inc(&m.connections_total);
-            // Over its limits, an address gets its connection closed before any TLS work.
-            let Some(address_permit) = addresses.admit(peer.ip()) else {
-                Metrics::inc(&m.connections_refused_total);
-                drop(tcp);
-                continue;
-            };
-            let (door, store, limits) = (door.clone(), store.clone(), limits.clone());
-            sessions.spawn(async move {
-                let _permits = (permit, address_permit);
-                serve_connection(door, tcp, store, limits).await;
-            });
-            while sessions.try_join_next().is_some() {}
+        match self.shards {
+            None => {
+                let listener = TcpListener::from_std(self.listener)
+                    .map_err(|e| RelayError::Listen { addr: self.config.listen.to_string(), reason: e.to_string() })?;
+                serve(listener, &serving, None, shutdown).await;
+            }
+            Some(shards) => {
+                metrics::global()
+                    .shard_connections_open
+                    .get_or_init(|| (0..shards.len()).map(|_| std::sync::atomic::AtomicU64::new(0)).collect());
+                let running = shards.start(&serving);
+                shutdown.await;
+                tracing::info!("relay stopping");
+                running.stop().await;
+                drop(self.listener);
+            }
         }
-        tracing::info!("relay stopping");
-        drop(self.listener);
         expiry.abort();
         if let Some(admin) = admin {
             admin.abort();
         }
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while sessions.join_next().await.is_some() {} }).await;
-        sessions.shutdown().await;
-        drop(store);
+        drop((serving, store));
         writer.finished().await;
         tracing::info!("relay stopped; all acknowledged writes are on disk");
         Ok(())
     }
+}
+
+/// What every connection needs, shared by every thread that accepts.
+pub(crate) struct Serving {
+    door: Arc<FrontDoor>,
+    store: Store,
+    limits: Arc<Limits>,
+    addresses: AddressLimiter,
+    /// The relay's connection limit, over all shards.
+    permits: Arc<Semaphore>,
+}
+
+/// Accepts and serves connections until `stop` resolves, then stops accepting and lets
+/// sessions finish for a moment. On a shard, `shard` is its index and its table's room for
+/// connections: a full shard stops accepting, and the kernel's backlog waits for another.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    serving: &Arc<Serving>,
+    shard: Option<(usize, Arc<Semaphore>)>,
+    stop: impl Future<Output = ()>,
+) {
+    let m = metrics::global();
+    let shard_gauge = shard.as_ref().and_then(|(i, _)| m.shard_connections_open.get()?.get(*i));
+    let mut sessions = JoinSet::new();
+    tokio::pin!(stop);
+    loop {
+        let room = match &shard {
+            None => None,
+            Some((_, room)) => tokio::select! {
+                _ = &mut stop => break,
+                p = room.clone().acquire_owned() => match p { Ok(p) => Some(p), Err(_) => break },
+            },
+        };
+        let permit = tokio::select! {
+            _ = &mut stop => break,
+            p = serving.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        Metrics::inc(&m.connections_total);
+        // Over its limits, an address gets its connection closed before any TLS work.
+        let Some(address_permit) = serving.addresses.admit(peer.ip()) else {
+            Metrics::inc(&m.connections_refused_total);
+            drop(tcp);
+            continue;
+        };
+        let (door, store, limits) = (serving.door.clone(), serving.store.clone(), serving.limits.clone());
+        sessions.spawn(async move {
+            let _permits = (room, permit, address_permit);
+            if let Some(gauge) = shard_gauge {
+                Metrics::inc(gauge);
+            }
+            serve_connection(door, tcp, store, limits).await;
+            if let Some(gauge) = shard_gauge {
+                Metrics::dec(gauge);
+            }
+        });
+        while sessions.try_join_next().is_some() {}
+    }
+    if shard.is_none() {
+        tracing::info!("relay stopping");
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while sessions.join_next().await.is_some() {} }).await;
+    sessions.shutdown().await;
 }
 
 /// An address clients can use when none was given: the bound one, with loopback standing in

@@ -116,6 +116,7 @@ pub async fn spawn_relay_with(
         limits,
         durability: Default::default(),
         admin: None,
+        shards: 1,
     };
     let relay = crate::Relay::bind(config).await.unwrap();
     let addr = relay.local_addr().unwrap();

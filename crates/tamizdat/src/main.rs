@@ -267,7 +267,8 @@ enum RelayCommand {
         /// Data directory.
         #[arg(long)]
         data: PathBuf,
-        /// A TOML file with any of: listen, public, store, retention, admin, [limits].
+        /// A TOML file with any of: listen, public, store, retention, admin, durability, shards,
+        /// [limits].
         #[arg(long)]
         config: Option<PathBuf>,
         /// Address to listen on (default 0.0.0.0:443).
@@ -290,6 +291,11 @@ enum RelayCommand {
         /// lyrebird) there and adds its bridge line to the link; repeatable.
         #[arg(long, value_parser = parse_pt)]
         pt: Vec<(String, SocketAddr)>,
+        /// Serve connections from N threads, each with its own table of open files, so one
+        /// process holds up to N times its open-file limit (for hosts where `ulimit -n` cannot
+        /// be raised); default 1.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        shards: Option<u16>,
     },
     /// Print the relay's link.
     Link {
@@ -1064,7 +1070,7 @@ async fn relay(cli: &Cli, command: &RelayCommand) -> Result<(), Failure> {
             println!("{}", relay_link(identity.descriptor(), &pt_bridge_lines(data), only)?);
             Ok(())
         }
-        RelayCommand::Serve { data, config, listen, admin, public, retention, store, pt } => {
+        RelayCommand::Serve { data, config, listen, admin, public, retention, store, pt, shards } => {
             let file = match config {
                 Some(path) => RelayFile::read(path)?,
                 None => RelayFile::default(),
@@ -1074,6 +1080,9 @@ async fn relay(cli: &Cli, command: &RelayCommand) -> Result<(), Failure> {
                 (None, Some(r)) => parse_duration(r).map_err(|e| Failure(format!("config retention: {e}")))?,
                 (None, None) => DEFAULT_RETENTION,
             };
+            if file.shards > 256 {
+                return Err(Failure(format!("config shards: {} is more than 256", file.shards)));
+            }
             let config = RelayConfig {
                 data: data.clone(),
                 listen: listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 443))),
@@ -1083,6 +1092,7 @@ async fn relay(cli: &Cli, command: &RelayCommand) -> Result<(), Failure> {
                 limits: file.limits.clone(),
                 durability: file.durability,
                 admin: admin.or(file.admin),
+                shards: shards.map_or(file.shards, usize::from).max(1),
             };
             let relay = Relay::bind(config).await?;
             // Pluggable transports listen on their own ports and forward to ours.
@@ -1156,6 +1166,7 @@ struct RelayFile {
     store: Option<String>,
     retention: Option<String>,
     admin: Option<SocketAddr>,
+    shards: usize,
     durability: tamizdat_relay::store::Durability,
     limits: tamizdat_relay::Limits,
 }

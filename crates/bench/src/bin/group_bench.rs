@@ -114,6 +114,7 @@ async fn start_relay(dir: &Path) -> anyhow::Result<String> {
         limits: tamizdat_relay::Limits { requests_per_second: 1e6, requests_burst: 1e6, ..Default::default() },
         durability: Default::default(),
         admin: None,
+        shards: 1,
     };
     let relay = Relay::bind(config).await?;
     let mut d = RelayDescriptor::from_link(&relay.link())?;

@@ -35,6 +35,19 @@ impl RelayProc {
 
     /// Starts a relay whose debug-level log goes to `log`.
     pub fn start_logged(data: &Path, addr: Option<&str>, extra: &[String], log: Option<&Path>) -> RelayProc {
+        RelayProc::spawn(Command::new(BIN), data, addr, extra, log)
+    }
+
+    /// Starts a relay that may open at most `open_files` files (soft and hard limit, so it
+    /// cannot raise them). A restart does not keep the limit.
+    pub fn start_limited(data: &Path, extra: &[String], open_files: u32, log: &Path) -> RelayProc {
+        let mut shell = Command::new("sh");
+        shell.args(["-c", &format!("ulimit -n {open_files} && exec \"$0\" \"$@\""), BIN]);
+        RelayProc::spawn(shell, data, None, extra, Some(log))
+    }
+
+    /// Runs `relay serve` through `command` (the binary itself, or a wrapper that ends in it).
+    fn spawn(mut command: Command, data: &Path, addr: Option<&str>, extra: &[String], log: Option<&Path>) -> RelayProc {
         let listen = addr.unwrap_or("127.0.0.1:0");
         let stderr = match log {
             // Appended, so restarts keep adding to one log.
@@ -43,7 +56,7 @@ impl RelayProc {
             }
             None => Stdio::null(),
         };
-        let mut child = Command::new(BIN)
+        let mut child = command
             .args(["relay", "serve", "--data"])
             .arg(data)
             .args(["--listen", listen])

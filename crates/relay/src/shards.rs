@@ -1,0 +1,205 @@
+//! Connection shards: threads that accept and serve connections, each with a table of open
+//! files of its own, so that one relay process holds more sockets than its open-file limit.
+//!
+//! Linux applies `RLIMIT_NOFILE` to each file-descriptor table, and a thread may leave the
+//! table it shares with the rest of its process (`unshare(CLONE_FILES)`) for a copy of its
+//! own. Where the limit cannot be raised (a container that drops `CAP_SYS_RESOURCE`), N
+//! shards hold N times the limit in one process, with one store, one identity and one port.
+//!
+//! A descriptor number means something only in the table it was made in. What keeps that
+//! sound:
+//! - Everything the threads share by number is made before the split: each shard's runtime
+//!   (its epoll and the eventfd other threads write to when they wake one of its tasks, such
+//!   as the store's writer announcing a message) and the runtimes' signal pipe.
+//! - After the split a shard's sockets are used and closed on its own thread only: it runs a
+//!   single-threaded runtime, and its sessions reach the rest of the relay through channels.
+//! - The split happens while the relay has opened little else: the store, the admin
+//!   listener and pluggable transports open afterwards, in the main table, so no shard holds
+//!   a copy that would keep one of them open (or, closed as the shard exits, release the
+//!   store's POSIX locks, which belong to the process).
+//!
+//! A few descriptors stay open after the shards stop (the main table's copies of their
+//! runtimes' epoll and eventfd), which is harmless for a process about to exit.
+
+use std::{
+    net::TcpListener as StdListener,
+    sync::{Arc, mpsc},
+    thread::JoinHandle,
+};
+
+use nix::sched::{CloneFlags, unshare};
+use tokio::sync::{Semaphore, oneshot, watch};
+
+use crate::{RelayError, server::Serving};
+
+/// Descriptors a shard keeps free beyond its connections: room for what its runtime may open
+/// while serving, so that a full shard leaves new connections in the kernel's backlog (for
+/// another shard to take) instead of failing to accept them.
+const SPARE: usize = 32;
+
+/// Shards split from the process's table, waiting for what they serve.
+pub(crate) struct Shards {
+    shards: Vec<Shard>,
+}
+
+struct Shard {
+    start: mpsc::Sender<Start>,
+    thread: JoinHandle<()>,
+    /// Connections it may hold: its table's room.
+    capacity: usize,
+}
+
+/// What a shard needs to serve, sent once the store is open.
+struct Start {
+    serving: Arc<Serving>,
+    capacity: usize,
+    stop: watch::Receiver<bool>,
+    done: oneshot::Sender<()>,
+}
+
+/// Running shards: stopped with [`Running::stop`].
+pub(crate) struct Running {
+    stop: watch::Sender<bool>,
+    done: Vec<oneshot::Receiver<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Shards {
+    /// Starts `count` threads, each with its own copy of the process's descriptor table,
+    /// accepting from `listener` once started. Returns when every one has split, so nothing
+    /// the caller opens afterwards is copied into their tables.
+    pub(crate) fn split(listener: &StdListener, count: usize) -> Result<Self, RelayError> {
+        let shared = Arc::new(listener.try_clone().map_err(|e| setup(format!("listener: {e}")))?);
+        // Every runtime is built before the first split, so each one's descriptors mean the
+        // same in every table: a session ending on one shard may wake another's accept loop.
+        let runtimes = (0..count)
+            .map(|_| tokio::runtime::Builder::new_current_thread().enable_all().build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| setup(format!("runtime: {e}")))?;
+        let mut shards = Vec::with_capacity(count);
+        for (index, runtime) in runtimes.into_iter().enumerate() {
+            let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
+            let (start_tx, start_rx) = mpsc::channel::<Start>();
+            let shared = shared.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-{index}"))
+                .spawn(move || {
+                    let own = unshare(CloneFlags::CLONE_FILES)
+                        .map_err(|e| format!("cannot give shard {index} its own descriptor table: {e}"))
+                        .and_then(|()| shared.try_clone().map_err(|e| format!("listener: {e}")));
+                    // The main table closes the shared listener; this table's copy of its
+                    // number is released with the table when the thread ends.
+                    drop(shared);
+                    let listener = match own {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(room_in_table());
+                    let Ok(start) = start_rx.recv() else { return };
+                    serve_shard(&runtime, index, listener, start);
+                    // Its sockets are closed here, on its own thread, in its own table.
+                    drop(runtime);
+                })
+                .map_err(|e| setup(format!("thread: {e}")))?;
+            let capacity = ready_rx
+                .recv()
+                .map_err(|_| setup(format!("shard {index} ended before it was ready")))?
+                .map_err(setup)?;
+            shards.push(Shard { start: start_tx, thread, capacity });
+        }
+        Ok(Self { shards })
+    }
+
+    /// Connections all shards together may hold.
+    pub(crate) fn capacity(&self) -> usize {
+        self.shards.iter().map(|s| s.capacity).sum()
+    }
+
+    /// How many there are.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Has every shard accept and serve connections with `serving`.
+    pub(crate) fn start(self, serving: &Arc<Serving>) -> Running {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut done = Vec::new();
+        let mut threads = Vec::new();
+        for shard in self.shards {
+            let (done_tx, done_rx) = oneshot::channel();
+            let start =
+                Start { serving: serving.clone(), capacity: shard.capacity, stop: stop_rx.clone(), done: done_tx };
+            // A shard that is gone has already said why in the log; its done channel closes.
+            let _ = shard.start.send(start);
+            done.push(done_rx);
+            threads.push(shard.thread);
+        }
+        Running { stop, done, threads }
+    }
+}
+
+impl Running {
+    /// Stops accepting, lets sessions finish for a moment, and returns once every shard has
+    /// dropped its connections and its handles to the store.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(true);
+        for done in self.done {
+            let _ = done.await;
+        }
+        for thread in self.threads {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// One shard's life once started: its accept loop on its own runtime, on its own thread.
+fn serve_shard(runtime: &tokio::runtime::Runtime, index: usize, listener: StdListener, start: Start) {
+    let Start { serving, capacity, mut stop, done } = start;
+    runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(shard = index, error = %e, "shard cannot listen");
+                return;
+            }
+        };
+        let room = Arc::new(Semaphore::new(capacity.max(1)));
+        // Stopped when told to, or when the relay is gone.
+        let stopped = async move {
+            let _ = stop.wait_for(|&stopping| stopping).await;
+        };
+        crate::server::serve(listener, &serving, Some((index, room)), stopped).await;
+    });
+    drop(serving);
+    let _ = done.send(());
+}
+
+/// Lets the relay use every descriptor its hard limit allows: the soft limit is often 1,024,
+/// and raising it up to the hard one needs no privilege. Best effort.
+pub(crate) fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// Connections the calling thread's table has room for: the open-file limit less what is
+/// open in it now and the spare.
+pub(crate) fn room_in_table() -> Result<usize, String> {
+    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_err(|e| format!("open-file limit: {e}"))?;
+    // This thread's own table (`/proc/self/fd` would show the main thread's); the listing's
+    // own descriptor is counted too, which errs on the safe side.
+    let open = std::fs::read_dir("/proc/thread-self/fd").map_err(|e| format!("/proc/thread-self/fd: {e}"))?.count();
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    Ok(soft.saturating_sub(open).saturating_sub(SPARE))
+}
+
+fn setup(reason: String) -> RelayError {
+    RelayError::Shards(reason)
+}
