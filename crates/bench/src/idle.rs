@@ -1,11 +1,11 @@
 //! Idle sessions held by one relay, and the relay memory each costs.
 //!
 //! A process may open only so many files, and some machines give no right to raise that (one
-//! of ours stops at 20,000). When more sessions are asked for than one process can hold, the
-//! relay runs as it scales out: several nodes with one identity (the same keys and
-//! certificate) on one PostgreSQL store, each on its own port. The sessions are opened and
-//! held by child processes of this tool ("holders"), spread over the nodes. The table says
-//! how many nodes there were (and as many holders).
+//! of ours stops at 20,000). When more sessions are asked for than one descriptor table can
+//! hold, the relay serves them from several connection shards (`relay serve --shards`):
+//! threads of the one relay process, each with a table of its own. The sessions are opened
+//! and held by child processes of this tool ("holders"), since the same limit binds this
+//! side too. The table says how many shards there were (and as many holders).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -25,17 +25,16 @@ use crate::{
     relay_proc::{self, RelayProcess},
 };
 
-/// Files a relay node or a holder keeps open for other things than sessions (listeners, the
+/// Files a relay shard or a holder keeps open for other things than sessions (listeners, the
 /// store, the runtime), with room to spare.
 const SPARE_FILES: usize = 1_000;
 
-/// Where several nodes of one relay keep their data, and where the long suite measures the
-/// PostgreSQL store: this machine's database.
+/// Where the long suite measures the PostgreSQL store: this machine's database.
 pub const SHARED_STORE: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-/// More processes than this means the open-file limit is far too low for the count asked;
-/// better to say so than to start hundreds of relays.
-const MAX_NODES: usize = 16;
+/// More shards than this means the open-file limit is far too low for the count asked;
+/// better to say so than to start hundreds of threads and holders.
+const MAX_SHARDS: usize = 16;
 
 /// How long one session may take to open before it counts as failed.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,18 +44,19 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Idle {
     /// Sessions asked for.
     pub wanted: usize,
-    /// Sessions opened and greeted, as the holders count them (the nodes' own count at the
-    /// end is `sessions_per_node`).
+    /// Sessions opened and greeted, as the holders count them.
     pub held: usize,
     /// Seconds to open them all.
     pub open_seconds: f64,
-    /// Relay processes (nodes of one relay) that held them: one unless a process may not
-    /// open enough files. As many processes of this tool opened and held them, since the
-    /// same limit binds both.
-    pub nodes: usize,
-    /// Sessions each node counted open at the end (its `sessions_open` gauge).
-    pub sessions_per_node: Vec<u64>,
-    /// Relay resident memory before, over all nodes (MiB).
+    /// Sessions the relay counted open at the end (its `sessions_open` gauge).
+    pub relay_sessions_open: u64,
+    /// Connection shards of the one relay process that held them: one unless a descriptor
+    /// table may not hold them all. As many processes of this tool opened and held them,
+    /// since the same limit binds this side.
+    pub shards: usize,
+    /// Connections each shard counted open at the end (empty with one shard).
+    pub connections_per_shard: Vec<u64>,
+    /// Relay resident memory before (MiB).
     pub rss_before_mib: f64,
     /// And with every session held.
     pub rss_after_mib: f64,
@@ -79,43 +79,29 @@ pub fn what_one_process_may_hold() -> usize {
 }
 
 /// Opens `n` sessions to a relay started from `tamizdat` (its embedded SQLite unless `store`
-/// says otherwise, or unless it takes several nodes) and holds them while the relay's memory
-/// is read. At most `per_process` sessions go to one node or one holder (default: what the
-/// open-file limit allows).
+/// says otherwise) and holds them while the relay's memory is read. At most `per_process`
+/// sessions go to one relay shard or one holder (default: what the open-file limit allows).
 pub fn idle(tamizdat: &Path, n: usize, store: Option<&str>, per_process: Option<usize>) -> anyhow::Result<Idle> {
     let per_process = per_process.unwrap_or_else(what_one_process_may_hold).max(1);
-    let nodes = n.div_ceil(per_process).max(1);
-    if nodes > MAX_NODES {
+    let shards = n.div_ceil(per_process).max(1);
+    if shards > MAX_SHARDS {
         bail!(
-            "{n} sessions at {per_process} a process would take {nodes} relay nodes; raise the open-file limit \
-             (ulimit -n) or ask for fewer"
+            "{n} sessions at {per_process} a process would take {shards} relay shards and holders; raise the \
+             open-file limit (ulimit -n) or ask for fewer"
         );
     }
-    let store = match store {
-        Some(s) => Some(s),
-        None if nodes > 1 => Some(SHARED_STORE),
-        None => None,
-    };
-    if nodes > 1 && !store.is_some_and(|s| s.starts_with("postgres")) {
-        bail!("{n} sessions take {nodes} relay nodes here, and nodes share only a PostgreSQL store");
-    }
-    let mut relays = vec![RelayProcess::start(tamizdat, store, 1_000_000, "fsync")?];
-    for _ in 1..nodes {
-        let node = RelayProcess::start_node(tamizdat, store, 1_000_000, "fsync", Some(&relays[0]))?;
-        relays.push(node);
-    }
-    let addresses: Vec<SocketAddr> = relays.iter().map(|r| target(r).map(|(_, a)| a)).collect::<Result<_, _>>()?;
-    let to = addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-    let rss_before: u64 = relays.iter().map(|r| r.usage().rss_kib).sum();
+    let relay = RelayProcess::start_sharded(tamizdat, store, 1_000_000, "fsync", shards)?;
+    let to = target(&relay)?.1.to_string();
+    let rss_before = relay.usage().rss_kib;
 
     let exe = std::env::current_exe()?;
     let start = Instant::now();
     let mut children = Vec::new();
-    // One holder per node; holder h opens its share of sessions round all the nodes.
-    for h in 0..nodes {
-        let (first, end) = (h * n / nodes, (h + 1) * n / nodes);
+    // One holder per shard, since each may open as many files as one shard.
+    for h in 0..shards {
+        let (first, end) = (h * n / shards, (h + 1) * n / shards);
         let child = Command::new(&exe)
-            .args(["hold", "--link", &relays[0].link, "--to", &to])
+            .args(["hold", "--link", &relay.link, "--to", &to])
             .args(["--first", &first.to_string(), "--count", &(end - first).to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -135,16 +121,19 @@ pub fn idle(tamizdat: &Path, n: usize, store: Option<&str>, per_process: Option<
     }
     // Let allocations settle (handshake buffers freed) before reading.
     std::thread::sleep(Duration::from_secs(2));
-    let rss_after: u64 = relays.iter().map(|r| r.usage().rss_kib).sum();
-    let sessions_per_node =
-        relays.iter().map(|r| r.counters().get("sessions_open").copied().unwrap_or(0.0) as u64).collect();
+    let rss_after = relay.usage().rss_kib;
+    let counters = relay.counters();
+    let connections_per_shard = (0..shards)
+        .map_while(|i| counters.get(&format!("shard_connections_open{{shard=\"{i}\"}}")).map(|&open| open as u64))
+        .collect();
     drop(children);
     Ok(Idle {
         wanted: n,
         held,
         open_seconds,
-        nodes,
-        sessions_per_node,
+        relay_sessions_open: counters.get("sessions_open").copied().unwrap_or(0.0) as u64,
+        shards,
+        connections_per_shard,
         rss_before_mib: rss_before as f64 / 1024.0,
         rss_after_mib: rss_after as f64 / 1024.0,
         kib_per_connection: rss_after.saturating_sub(rss_before) as f64 / held.max(1) as f64,
@@ -171,8 +160,8 @@ impl Drop for Holder {
     }
 }
 
-/// The holder's side: opens sessions `first..first + count` (256 at a time) over the relay
-/// nodes at `to`, prints what it holds as one JSON line, and holds them until its input
+/// The holder's side: opens sessions `first..first + count` (256 at a time) to the relay
+/// at `to` (or round several addresses), prints what it holds as one JSON line, and holds them until its input
 /// closes.
 pub async fn hold(link: &str, to: &[SocketAddr], first: usize, count: usize) -> anyhow::Result<()> {
     if to.is_empty() {

@@ -62,16 +62,16 @@ enum Cmd {
         durability: String,
     },
     /// Idle sessions held by one relay, and the relay memory each costs. Past what one
-    /// process may open, the relay runs as several nodes on PostgreSQL.
+    /// process may open, the relay serves them from several connection shards.
     Idle {
         /// Sessions to open.
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
-        /// Relay store: the embedded SQLite (for one node), or postgres://…
+        /// Relay store: the embedded SQLite, or postgres://…
         #[arg(long)]
         store: Option<String>,
         /// Sessions one process holds (default: its open-file limit less 1,000); more take
-        /// more relay nodes and holders.
+        /// more relay shards and holders.
         #[arg(long)]
         per_process: Option<usize>,
     },
@@ -82,7 +82,7 @@ enum Cmd {
         /// The relay's link.
         #[arg(long)]
         link: String,
-        /// The nodes' addresses, comma-separated; sessions go round them.
+        /// The relay's address (or several, comma-separated; sessions go round them).
         #[arg(long, value_delimiter = ',')]
         to: Vec<std::net::SocketAddr>,
         /// Index of the first session (which source address it uses).
@@ -331,14 +331,14 @@ fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
     bench.record("storm", &storm);
     out += &format!(
         "\n| connections | result |\n|---|---|\n\
-         | idle sessions held | {} of {} in {:.1} s by {} relay node(s); relay {:.0} → {:.0} MiB, {:.1} KiB each |\n\
+         | idle sessions held | {} of {} in {:.1} s by one relay process ({} shard(s)); relay {:.0} → {:.0} MiB, {:.1} KiB each |\n\
          | TLS handshakes, full | {:.0}/s at {:.0}% relay CPU |\n\
          | TLS handshakes, resumed | {:.0}/s at {:.0}% relay CPU ({:.0}% did resume) |\n\
          | reconnect storm | {} of {} back in {:.1} s; p50 {:.0} ms, p99 {:.0} ms |\n",
         idle.held,
         idle.wanted,
         idle.open_seconds,
-        idle.nodes,
+        idle.shards,
         idle.rss_before_mib,
         idle.rss_after_mib,
         idle.kib_per_connection,

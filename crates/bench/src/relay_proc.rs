@@ -4,7 +4,7 @@ use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read, Write},
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -31,45 +31,35 @@ impl RelayProcess {
     /// Starts `tamizdat relay serve` from `bin` with `store` (default: its embedded SQLite).
     /// `durability` is `fsync` or `os-buffered` (see the relay's configuration).
     pub fn start(bin: &Path, store: Option<&str>, max_connections: usize, durability: &str) -> anyhow::Result<Self> {
-        Self::start_node(bin, store, max_connections, durability, None)
+        Self::start_sharded(bin, store, max_connections, durability, 1)
     }
 
-    /// As [`RelayProcess::start`]; with `same_relay_as`, this process is another node of that
-    /// relay: the same keys (so the same certificate and door), on its own port, which its
-    /// link names. Nodes of one relay need a shared store (PostgreSQL) to see each other's
-    /// writes.
-    pub fn start_node(
+    /// As [`RelayProcess::start`], serving connections from `shards` threads with their own
+    /// descriptor tables (`relay serve --shards`): one process then holds up to `shards`
+    /// times its open-file limit.
+    pub fn start_sharded(
         bin: &Path,
         store: Option<&str>,
         max_connections: usize,
         durability: &str,
-        same_relay_as: Option<&RelayProcess>,
+        shards: usize,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("relay");
-        if let Some(first) = same_relay_as {
-            std::fs::create_dir_all(&data)?;
-            for key in ["relay.json", "tls-cert.der", "tls-key.der"] {
-                std::fs::copy(first.data().join(key), data.join(key)).with_context(|| format!("copying {key}"))?;
-            }
-        }
         let config = dir.path().join("bench.toml");
         let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        // Named only when asked for, so that relays from before shards (`--tamizdat`) still run.
+        let shards = if shards > 1 { format!("shards = {shards}\n") } else { String::new() };
         std::fs::write(
             &config,
             format!(
-                "admin = \"{admin}\"\ndurability = \"{durability}\"\n[limits]\nconnections_per_address = 1000000\nnew_connections_per_second = 1000000.0\n\
-                 new_connections_burst = 1000000.0\nrequests_per_second = 1000000000.0\nrequests_burst = 1000000000.0\n\
-                 max_connections = {max_connections}\n"
+                "admin = \"{admin}\"\ndurability = \"{durability}\"\n{shards}[limits]\nconnections_per_address = 1000000\n\
+                 new_connections_per_second = 1000000.0\nnew_connections_burst = 1000000.0\nrequests_per_second = 1000000000.0\n\
+                 requests_burst = 1000000000.0\nmax_connections = {max_connections}\n"
             ),
         )?;
-        // A node keeps the first one's advertised address unless told its own.
-        let listen = match same_relay_as {
-            Some(_) => std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string(),
-            None => "127.0.0.1:0".to_string(),
-        };
         let mut cmd = Command::new(bin);
-        cmd.args(["relay", "serve", "--listen", &listen, "--data"])
+        cmd.args(["relay", "serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(&data)
             .arg("--config")
             .arg(&config)
@@ -78,9 +68,6 @@ impl RelayProcess {
             .stderr(std::fs::File::create(dir.path().join("relay.log"))?);
         if let Some(store) = store {
             cmd.args(["--store", store]);
-        }
-        if same_relay_as.is_some() {
-            cmd.args(["--public", &listen]);
         }
         let mut child = cmd.spawn().with_context(|| {
             format!(
@@ -100,8 +87,7 @@ impl RelayProcess {
         Ok(relay)
     }
 
-    /// The link is printed before the store opens; the admin listener starts after it. Nodes
-    /// started one after another then never race on the store's migrations.
+    /// The link is printed before the store opens; the admin listener starts after it.
     fn wait_until_serving(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(self.admin).is_err() {
@@ -119,11 +105,6 @@ impl RelayProcess {
     /// What it wrote to its log (errors only).
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("relay.log")).unwrap_or_default().trim().to_string()
-    }
-
-    /// Its data directory.
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("relay")
     }
 
     /// Its process id.

@@ -71,7 +71,8 @@ fn the_jetstream_reference_runs_on_this_machine() {
 fn connection_measurements_hold_handshake_and_reconnect() {
     let idle = bench(&["idle", "--connections", "200"]);
     assert_eq!(number(&idle, &["idle", "held"]), 200.0);
-    assert_eq!(idle["idle"]["sessions_per_node"], serde_json::json!([200]), "the relay counts them too");
+    assert_eq!(number(&idle, &["idle", "relay_sessions_open"]), 200.0, "the relay counts them too");
+    assert_eq!(number(&idle, &["idle", "shards"]), 1.0, "{idle}");
     assert!(number(&idle, &["idle", "kib_per_connection"]) > 0.0);
     let hs = bench(&["handshakes", "--seconds", "0.5", "--parallel", "4"]);
     assert!(number(&hs, &["handshakes", "full_per_second"]) > 10.0, "{hs}");
@@ -82,13 +83,13 @@ fn connection_measurements_hold_handshake_and_reconnect() {
 }
 
 #[test]
-fn sessions_past_one_process_go_to_several_nodes_of_one_relay() {
-    if !service("PostgreSQL", "127.0.0.1:5432") {
-        return;
-    }
-    // As if a process could hold 120 sessions: 300 take three nodes (and three holders).
+fn sessions_past_one_process_go_to_several_shards_of_one_relay() {
+    // As if a process could hold 120 sessions: 300 take three shards of the one relay
+    // process (and three holders).
     let idle = bench(&["idle", "--connections", "300", "--per-process", "120"]);
     assert_eq!(number(&idle, &["idle", "held"]), 300.0, "{idle}");
-    assert_eq!(number(&idle, &["idle", "nodes"]), 3.0, "{idle}");
-    assert_eq!(idle["idle"]["sessions_per_node"], serde_json::json!([100, 100, 100]), "spread evenly: {idle}");
+    assert_eq!(number(&idle, &["idle", "relay_sessions_open"]), 300.0, "{idle}");
+    assert_eq!(number(&idle, &["idle", "shards"]), 3.0, "{idle}");
+    let per_shard: Vec<u64> = serde_json::from_value(idle["idle"]["connections_per_shard"].clone()).unwrap();
+    assert_eq!((per_shard.len(), per_shard.iter().sum::<u64>()), (3, 300), "every shard reported: {idle}");
 }

@@ -18,8 +18,10 @@
 //!   a copy that would keep one of them open (or, closed as the shard exits, release the
 //!   store's POSIX locks, which belong to the process).
 //!
-//! A few descriptors stay open after the shards stop (the main table's copies of their
-//! runtimes' epoll and eventfd), which is harmless for a process about to exit.
+//! Every shard's epoll watches the one listening socket, so a new connection wakes each
+//! shard's thread and one of them accepts it: a cost per connection, not per message. A few
+//! descriptors stay open after the shards stop (the main table's copies of their runtimes'
+//! epoll and eventfd), which is harmless for a process about to exit.
 
 use std::{
     net::TcpListener as StdListener,
