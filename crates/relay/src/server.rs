@@ -44,9 +44,13 @@ pub struct RelayConfig {
     pub limits: Limits,
     /// Where to serve Prometheus metrics (`GET /metrics`); keep it private.
     pub admin: Option<SocketAddr>,
-    /// Threads that accept and serve connections, each with its own table of open files:
-    /// one process then holds up to this many times its open-file limit, for hosts where the
-    /// limit cannot be raised. 0 or 1 serves from the main runtime.
+    /// Threads that accept and serve connections, each with its own table of open files, for
+    /// hosts where the open-file limit cannot be raised: each shard holds up to the limit
+    /// less what every table holds (stdio, the runtimes' few descriptors, a spare of 32), and
+    /// `max_connections` still caps the total. 0 or 1 serves from the main runtime. With
+    /// shards, whatever the process opened before [`Relay::bind`] stays open in every shard's
+    /// table until the relay stops, and binding raises the process's soft open-file limit to
+    /// its hard one (it does that in any case).
     pub shards: usize,
 }
 
@@ -65,10 +69,9 @@ impl Relay {
     /// starts their threads (before anything else opens files; see the `shards` module).
     pub async fn bind(config: RelayConfig) -> Result<Self, RelayError> {
         shards::raise_open_file_limit();
-        let listen_error =
-            |e: std::io::Error| RelayError::Listen { addr: config.listen.to_string(), reason: e.to_string() };
-        let listener = TcpListener::bind(config.listen).await.and_then(TcpListener::into_std).map_err(listen_error)?;
-        let local = listener.local_addr().map_err(listen_error)?;
+        let listen_error = listen_error(config.listen);
+        let listener = TcpListener::bind(config.listen).await.and_then(TcpListener::into_std).map_err(&listen_error)?;
+        let local = listener.local_addr().map_err(&listen_error)?;
         let identity = RelayIdentity::load_or_create(&config.data, &config.public, &advertised(local))?;
         let shards = match config.shards {
             0 | 1 => None,
@@ -118,40 +121,56 @@ impl Relay {
             Some(addr) => Some(metrics::serve_admin(addr).await?),
             None => None,
         };
-        let serving = Arc::new(Serving {
+        let mut serving = Serving {
             door,
             store: store.clone(),
             limits: Arc::new(self.config.limits.clone()),
             addresses: AddressLimiter::new(self.config.limits.clone()),
             permits: Arc::new(Semaphore::new(self.config.limits.max_connections.max(1))),
-        });
+        };
         tracing::info!("relay serving");
+        let shutdown = async {
+            shutdown.await;
+            tracing::info!("relay stopping");
+        };
+        let mut failure = None;
         match self.shards {
             None => {
-                let listener = TcpListener::from_std(self.listener)
-                    .map_err(|e| RelayError::Listen { addr: self.config.listen.to_string(), reason: e.to_string() })?;
-                serve(listener, &serving, None, shutdown).await;
+                let listener = TcpListener::from_std(self.listener).map_err(listen_error(self.config.listen))?;
+                serve(listener, &Arc::new(serving), None, shutdown).await;
             }
             Some(shards) => {
                 metrics::global()
                     .shard_connections_open
                     .get_or_init(|| (0..shards.len()).map(|_| std::sync::atomic::AtomicU64::new(0)).collect());
-                let running = shards.start(&serving);
-                shutdown.await;
-                tracing::info!("relay stopping");
-                running.stop().await;
+                // Shards read on this runtime, whose descriptor table holds the pool's connections.
+                serving.store = serving.store.reading_on(tokio::runtime::Handle::current());
+                let mut running = shards.start(&Arc::new(serving));
+                // The shards accept from listeners of their own.
                 drop(self.listener);
+                tokio::select! {
+                    () = shutdown => {}
+                    Some(index) = running.stopped_early() => {
+                        tracing::error!(shard = index, "a connection shard stopped; stopping the relay");
+                        failure = Some(RelayError::Shards(format!("shard {index} stopped unexpectedly")));
+                    }
+                }
+                running.stop().await;
             }
         }
         expiry.abort();
         if let Some(admin) = admin {
             admin.abort();
         }
-        drop((serving, store));
+        drop(store);
         writer.finished().await;
         tracing::info!("relay stopped; all acknowledged writes are on disk");
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
+}
+
+fn listen_error(addr: SocketAddr) -> impl Fn(std::io::Error) -> RelayError {
+    move |e| RelayError::Listen { addr: addr.to_string(), reason: e.to_string() }
 }
 
 /// What every connection needs, shared by every thread that accepts.
@@ -208,28 +227,35 @@ pub(crate) async fn serve(
             continue;
         };
         let (door, store, limits) = (serving.door.clone(), serving.store.clone(), serving.limits.clone());
+        let counted = shard_gauge.map(OpenOnShard::new);
         sessions.spawn(async move {
-            let _permits = (room, permit, address_permit);
-            if let Some(gauge) = shard_gauge {
-                Metrics::inc(gauge);
-            }
+            let _held = (room, permit, address_permit, counted);
             serve_connection(door, tcp, store, limits).await;
-            if let Some(gauge) = shard_gauge {
-                Metrics::dec(gauge);
-            }
         });
         while sessions.try_join_next().is_some() {}
-    }
-    if shard.is_none() {
-        tracing::info!("relay stopping");
     }
     drop(listener);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while sessions.join_next().await.is_some() {} }).await;
     sessions.shutdown().await;
 }
 
-/// An address clients can use when none was given: the bound one, with loopback standing in
-/// for "all interfaces".
+/// A connection counted on its shard's gauge for as long as its task lives (an aborted one
+/// included).
+struct OpenOnShard(&'static std::sync::atomic::AtomicU64);
+
+impl OpenOnShard {
+    fn new(gauge: &'static std::sync::atomic::AtomicU64) -> Self {
+        Metrics::inc(gauge);
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenOnShard {
+    fn drop(&mut self) {
+        Metrics::dec(self.0);
+    }
+}
+
 /// One accepted connection: the front door, then a protocol session if it asked for one.
 ///
 /// The front door's handshake and HTTP state live in their own allocation, freed when the
@@ -250,6 +276,8 @@ async fn serve_connection(door: Arc<FrontDoor>, tcp: TcpStream, store: Store, li
     Metrics::dec(&m.connections_open);
 }
 
+/// An address clients can use when none was given: the bound one, with loopback standing in
+/// for "all interfaces".
 fn advertised(local: SocketAddr) -> String {
     let ip = if local.ip().is_unspecified() {
         if local.is_ipv4() { "127.0.0.1".parse().ok() } else { "::1".parse().ok() }

@@ -12,11 +12,19 @@
 //!   (its epoll and the eventfd other threads write to when they wake one of its tasks, such
 //!   as the store's writer announcing a message) and the runtimes' signal pipe.
 //! - After the split a shard's sockets are used and closed on its own thread only: it runs a
-//!   single-threaded runtime, and its sessions reach the rest of the relay through channels.
+//!   single-threaded runtime. Its sessions hand writes to the store's writer through a
+//!   channel, and run their reads as tasks on the main runtime
+//!   ([`Store::reading_on`](crate::store::Store)), so every database connection, file and
+//!   worker thread lives in the main table.
 //! - The split happens while the relay has opened little else: the store, the admin
 //!   listener and pluggable transports open afterwards, in the main table, so no shard holds
-//!   a copy that would keep one of them open (or, closed as the shard exits, release the
-//!   store's POSIX locks, which belong to the process).
+//!   a copy that would keep one of them open, or take part in SQLite's file locks (Linux
+//!   keeps a POSIX lock per descriptor table, so each table counts as another owner).
+//! - A shard closes its inherited copies of the listening socket once it has its own, so the
+//!   port closes as soon as the shards stop accepting.
+//!
+//! The host must allow `unshare(CLONE_FILES)`: Docker's default seccomp profile allows
+//! `unshare` only with `CAP_SYS_ADMIN`, and the relay then refuses to start with shards.
 //!
 //! Every shard's epoll watches the one listening socket, so a new connection wakes each
 //! shard's thread and one of them accepts it: a cost per connection, not per message. A few
@@ -25,23 +33,29 @@
 
 use std::{
     net::TcpListener as StdListener,
+    os::fd::{AsRawFd, RawFd},
     sync::{Arc, mpsc},
     thread::JoinHandle,
 };
 
 use nix::sched::{CloneFlags, unshare};
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc as async_mpsc, watch};
 
 use crate::{RelayError, server::Serving};
+
+/// More shards than this is a mistake: each costs a thread and a few descriptors in every
+/// table.
+pub const MAX_SHARDS: usize = 256;
 
 /// Descriptors a shard keeps free beyond its connections: room for what its runtime may open
 /// while serving, so that a full shard leaves new connections in the kernel's backlog (for
 /// another shard to take) instead of failing to accept them.
 const SPARE: usize = 32;
 
-/// Shards split from the process's table, waiting for what they serve.
+/// Shards split from the process's descriptor table, waiting for what they serve.
 pub(crate) struct Shards {
     shards: Vec<Shard>,
+    exited: async_mpsc::UnboundedReceiver<usize>,
 }
 
 struct Shard {
@@ -56,13 +70,38 @@ struct Start {
     serving: Arc<Serving>,
     capacity: usize,
     stop: watch::Receiver<bool>,
-    done: oneshot::Sender<()>,
+}
+
+/// A shard's runtime, shut down without waiting wherever it is dropped: on its own thread
+/// once it has served, or on the caller's (inside async code) if setting up shards failed.
+struct ShardRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for ShardRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Tells the relay a shard's thread ended, however it ended (a panic included).
+struct Exit {
+    index: usize,
+    exited: async_mpsc::UnboundedSender<usize>,
+}
+
+impl Drop for Exit {
+    fn drop(&mut self) {
+        let _ = self.exited.send(self.index);
+    }
 }
 
 /// Running shards: stopped with [`Running::stop`].
 pub(crate) struct Running {
     stop: watch::Sender<bool>,
-    done: Vec<oneshot::Receiver<()>>,
+    exited: async_mpsc::UnboundedReceiver<usize>,
+    /// Shards whose thread has not been seen to end.
+    running: usize,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -71,35 +110,39 @@ impl Shards {
     /// accepting from `listener` once started. Returns when every one has split, so nothing
     /// the caller opens afterwards is copied into their tables.
     pub(crate) fn split(listener: &StdListener, count: usize) -> Result<Self, RelayError> {
+        if count > MAX_SHARDS {
+            return Err(setup(format!("{count} shards is more than {MAX_SHARDS}")));
+        }
         let shared = Arc::new(listener.try_clone().map_err(|e| setup(format!("listener: {e}")))?);
+        // Numbers each shard's table inherits and closes once it has a listener of its own.
+        let inherited = [listener.as_raw_fd(), shared.as_raw_fd()];
         // Every runtime is built before the first split, so each one's descriptors mean the
         // same in every table: a session ending on one shard may wake another's accept loop.
-        let runtimes = (0..count)
-            .map(|_| tokio::runtime::Builder::new_current_thread().enable_all().build())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| setup(format!("runtime: {e}")))?;
+        let mut runtimes = Vec::with_capacity(count);
+        for _ in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            runtimes.push(ShardRuntime(Some(runtime.map_err(|e| setup(format!("runtime: {e}")))?)));
+        }
+        let (exited_tx, exited) = async_mpsc::unbounded_channel();
         let mut shards = Vec::with_capacity(count);
         for (index, runtime) in runtimes.into_iter().enumerate() {
             let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
             let (start_tx, start_rx) = mpsc::channel::<Start>();
-            let shared = shared.clone();
+            let (shared, exit) = (shared.clone(), Exit { index, exited: exited_tx.clone() });
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{index}"))
                 .spawn(move || {
-                    let own = unshare(CloneFlags::CLONE_FILES)
-                        .map_err(|e| format!("cannot give shard {index} its own descriptor table: {e}"))
-                        .and_then(|()| shared.try_clone().map_err(|e| format!("listener: {e}")));
-                    // The main table closes the shared listener; this table's copy of its
-                    // number is released with the table when the thread ends.
+                    let _exit = exit;
+                    let ready = own_table(index, &shared, inherited);
                     drop(shared);
-                    let listener = match own {
-                        Ok(l) => l,
+                    let (listener, room) = match ready {
+                        Ok(ready) => ready,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
                             return;
                         }
                     };
-                    let _ = ready_tx.send(room_in_table());
+                    let _ = ready_tx.send(Ok(room));
                     let Ok(start) = start_rx.recv() else { return };
                     serve_shard(&runtime, index, listener, start);
                     // Its sockets are closed here, on its own thread, in its own table.
@@ -112,7 +155,7 @@ impl Shards {
                 .map_err(setup)?;
             shards.push(Shard { start: start_tx, thread, capacity });
         }
-        Ok(Self { shards })
+        Ok(Self { shards, exited })
     }
 
     /// Connections all shards together may hold.
@@ -128,28 +171,33 @@ impl Shards {
     /// Has every shard accept and serve connections with `serving`.
     pub(crate) fn start(self, serving: &Arc<Serving>) -> Running {
         let (stop, stop_rx) = watch::channel(false);
-        let mut done = Vec::new();
+        let running = self.shards.len();
         let mut threads = Vec::new();
         for shard in self.shards {
-            let (done_tx, done_rx) = oneshot::channel();
-            let start =
-                Start { serving: serving.clone(), capacity: shard.capacity, stop: stop_rx.clone(), done: done_tx };
-            // A shard that is gone has already said why in the log; its done channel closes.
+            let start = Start { serving: serving.clone(), capacity: shard.capacity, stop: stop_rx.clone() };
+            // A shard that is gone has reported its exit already.
             let _ = shard.start.send(start);
-            done.push(done_rx);
             threads.push(shard.thread);
         }
-        Running { stop, done, threads }
+        Running { stop, exited: self.exited, running, threads }
     }
 }
 
 impl Running {
+    /// Resolves when a shard stops before it was told to (it panicked, or could not listen),
+    /// with its index.
+    pub(crate) async fn stopped_early(&mut self) -> Option<usize> {
+        let index = self.exited.recv().await?;
+        self.running -= 1;
+        Some(index)
+    }
+
     /// Stops accepting, lets sessions finish for a moment, and returns once every shard has
     /// dropped its connections and its handles to the store.
-    pub(crate) async fn stop(self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.stop.send(true);
-        for done in self.done {
-            let _ = done.await;
+        while self.running > 0 && self.exited.recv().await.is_some() {
+            self.running -= 1;
         }
         for thread in self.threads {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -157,9 +205,29 @@ impl Running {
     }
 }
 
+/// On a shard's thread: leaves the shared descriptor table, takes a listener of its own and
+/// closes the inherited copies of the relay's, and says how many connections fit.
+fn own_table(index: usize, shared: &StdListener, inherited: [RawFd; 2]) -> Result<(StdListener, usize), String> {
+    unshare(CloneFlags::CLONE_FILES).map_err(|e| format!("cannot give shard {index} its own descriptor table: {e}"))?;
+    let listener = shared.try_clone().map_err(|e| format!("listener: {e}"))?;
+    // These numbers, in this table only, are copies nothing here owns: the main thread
+    // closes its own, and the shared one is dropped there too.
+    for fd in inherited {
+        let _ = nix::unistd::close(fd);
+    }
+    let room = room_in_table()?;
+    if room == 0 {
+        return Err(format!(
+            "shard {index} has no room for connections: raise the open-file limit or use fewer shards"
+        ));
+    }
+    Ok((listener, room))
+}
+
 /// One shard's life once started: its accept loop on its own runtime, on its own thread.
-fn serve_shard(runtime: &tokio::runtime::Runtime, index: usize, listener: StdListener, start: Start) {
-    let Start { serving, capacity, mut stop, done } = start;
+fn serve_shard(runtime: &ShardRuntime, index: usize, listener: StdListener, start: Start) {
+    let Start { serving, capacity, mut stop } = start;
+    let Some(runtime) = &runtime.0 else { return };
     runtime.block_on(async {
         let listener = match tokio::net::TcpListener::from_std(listener) {
             Ok(l) => l,
@@ -168,15 +236,13 @@ fn serve_shard(runtime: &tokio::runtime::Runtime, index: usize, listener: StdLis
                 return;
             }
         };
-        let room = Arc::new(Semaphore::new(capacity.max(1)));
+        let room = Arc::new(Semaphore::new(capacity));
         // Stopped when told to, or when the relay is gone.
         let stopped = async move {
             let _ = stop.wait_for(|&stopping| stopping).await;
         };
         crate::server::serve(listener, &serving, Some((index, room)), stopped).await;
     });
-    drop(serving);
-    let _ = done.send(());
 }
 
 /// Lets the relay use every descriptor its hard limit allows: the soft limit is often 1,024,

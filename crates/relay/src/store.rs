@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sqlx::{AnyConnection, AnyPool, Connection, Row, any::AnyPoolOptions};
+use sqlx::{
+    Any, AnyConnection, AnyPool, Connection, Row,
+    any::{AnyArguments, AnyPoolOptions, AnyRow},
+};
 use tamizdat_wire::{
     mls::{ContentType, MlsHeader},
     proto::Entry,
@@ -204,9 +207,15 @@ const NOTIFY_CHANNEL: &str = "tamizdat_relay";
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Where reads run when they must not run on the caller's thread; see
+    /// [`Store::reading_on`].
+    reads_on: Option<tokio::runtime::Handle>,
     writer: mpsc::Sender<Job>,
     hub: Arc<NoticeHub>,
 }
+
+/// A read query whose text and arguments it owns, so it can run on another runtime.
+type Read = sqlx::query::Query<'static, Any, AnyArguments>;
 
 /// A write handed to the writer, in order; resolves once its batch is durable.
 pub struct Commit(oneshot::Receiver<Result<Outcome, RelayError>>);
@@ -347,7 +356,37 @@ impl Store {
                 WriterTask(tokio::spawn(writer_task(writer, rx, url.clone(), durability)))
             }
         };
-        Ok((Self { pool, writer: tx, hub }, task))
+        Ok((Self { pool, reads_on: None, writer: tx, hub }, task))
+    }
+
+    /// This handle, with its reads run as tasks on `runtime`. The pool's connections (their
+    /// sockets, files and worker threads) are opened, used and closed wherever a read runs,
+    /// and connection shards each have a descriptor table of their own: a shard's sessions
+    /// read through the runtime the store was opened on, so every pool connection lives in
+    /// that one table.
+    pub(crate) fn reading_on(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.reads_on = Some(runtime);
+        self
+    }
+
+    async fn fetch_optional(&self, query: Read) -> Result<Option<AnyRow>, RelayError> {
+        let pool = self.pool.clone();
+        self.run_read(async move { query.fetch_optional(&pool).await }).await
+    }
+
+    async fn fetch_all(&self, query: Read) -> Result<Vec<AnyRow>, RelayError> {
+        let pool = self.pool.clone();
+        self.run_read(async move { query.fetch_all(&pool).await }).await
+    }
+
+    async fn run_read<T: Send + 'static>(
+        &self,
+        read: impl Future<Output = Result<T, sqlx::Error>> + Send + 'static,
+    ) -> Result<T, RelayError> {
+        match &self.reads_on {
+            None => read.await.map_err(db_err),
+            Some(runtime) => runtime.spawn(read).await.map_err(|_| RelayError::ShuttingDown)?.map_err(db_err),
+        }
     }
 
     /// A listener for newly committed entries under the ids it watches, from this node and
@@ -371,41 +410,33 @@ impl Store {
 
     /// The public key of a queue's reader, by read id.
     pub async fn queue_key(&self, read_id: &[u8]) -> Result<Option<Vec<u8>>, RelayError> {
-        let row = sqlx::query("SELECT read_key FROM queues WHERE read_id = $1")
-            .bind(read_id.to_vec())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let row = self
+            .fetch_optional(sqlx::query("SELECT read_key FROM queues WHERE read_id = $1").bind(read_id.to_vec()))
+            .await?;
         row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose().map_err(db_err)
     }
 
     /// The members' public key of a log.
     pub async fn log_key(&self, log_id: &[u8]) -> Result<Option<Vec<u8>>, RelayError> {
-        let row = sqlx::query("SELECT log_key FROM logs WHERE log_id = $1")
-            .bind(log_id.to_vec())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let row = self
+            .fetch_optional(sqlx::query("SELECT log_key FROM logs WHERE log_id = $1").bind(log_id.to_vec()))
+            .await?;
         row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose().map_err(db_err)
     }
 
     /// The uploader's public key of a blob.
     pub async fn blob_key(&self, blob_id: &[u8]) -> Result<Option<Vec<u8>>, RelayError> {
-        let row = sqlx::query("SELECT write_key FROM blobs WHERE blob_id = $1")
-            .bind(blob_id.to_vec())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let row = self
+            .fetch_optional(sqlx::query("SELECT write_key FROM blobs WHERE blob_id = $1").bind(blob_id.to_vec()))
+            .await?;
         row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose().map_err(db_err)
     }
 
     /// A blob's stored length and final size.
     pub async fn blob_status(&self, blob_id: &[u8]) -> Result<Option<(u64, u64)>, RelayError> {
-        let row = sqlx::query("SELECT length, size FROM blobs WHERE blob_id = $1")
-            .bind(blob_id.to_vec())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let row = self
+            .fetch_optional(sqlx::query("SELECT length, size FROM blobs WHERE blob_id = $1").bind(blob_id.to_vec()))
+            .await?;
         row.map(|r| Ok((to_u64(r.try_get(0)?), to_u64(r.try_get(1)?)))).transpose().map_err(db_err)
     }
 
@@ -430,10 +461,8 @@ impl Store {
         )
         .bind(blob_id.to_vec())
         .bind(to_i64(offset))
-        .bind(to_i64(end))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
+        .bind(to_i64(end));
+        let rows = self.fetch_all(rows).await?;
         let mut data = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
         for row in rows {
             let pos = to_u64(row.try_get(0).map_err(db_err)?);
@@ -488,13 +517,8 @@ impl Store {
             Ok(0) | Err(_) => tamizdat_wire::limits::READ_REPLY_BUDGET,
             Ok(n) => n.min(tamizdat_wire::limits::READ_REPLY_BUDGET),
         };
-        let rows = sqlx::query(sql)
-            .bind(id.to_vec())
-            .bind(to_i64(after))
-            .bind(i64::from(limit) + 1)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let rows = sqlx::query(sql).bind(id.to_vec()).bind(to_i64(after)).bind(i64::from(limit) + 1);
+        let rows = self.fetch_all(rows).await?;
         let mut more = rows.len() > limit as usize;
         let mut entries = Vec::new();
         let mut bytes = 0usize;

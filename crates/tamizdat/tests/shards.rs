@@ -1,23 +1,25 @@
 //! One relay process holding more sessions than its open-file limit allows one descriptor
-//! table, by serving them from shards (`relay serve --shards N`): every session works, what
-//! one shard's session writes is pushed at once to subscribers on the others, and the relay
-//! still stops cleanly.
+//! table, by serving them from shards (`relay serve --shards N`), on either store: every
+//! session works, concurrent reads from every shard work, what one shard's session writes is
+//! pushed at once to subscribers on the others, no shard's table ever holds the store's
+//! files or database connections, and the relay still stops cleanly.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap, HashSet},
     io::{Read, Write},
     net::SocketAddr,
+    path::Path,
     time::{Duration, Instant},
 };
 
 use common::*;
 use ed25519_dalek::SigningKey;
 use tamizdat_client::relay::RelayClient;
-use tamizdat_relay::testing::mls_message;
-use tamizdat_wire::proto::{Append, CreateLog, Op, RelayDescriptor, Reply, Subscribe};
+use tamizdat_relay::testing::{Kind, TestDb, mls_message};
+use tamizdat_wire::proto::{Append, CreateLog, Op, ReadLog, RelayDescriptor, Reply, Subscribe};
 
 /// The relay's open-file limit: far fewer than the sessions it is asked to hold.
 const OPEN_FILES: u32 = 128;
@@ -36,16 +38,66 @@ fn metrics(admin: SocketAddr) -> HashMap<String, f64> {
         .collect()
 }
 
+fn per_shard(m: &HashMap<String, f64>) -> Vec<f64> {
+    (0..SHARDS).map(|i| m[&format!("shard_connections_open{{shard=\"{i}\"}}")]).collect()
+}
+
 fn open_file_limit(pid: u32) -> String {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string()
 }
 
-#[test]
-fn one_process_holds_more_sessions_than_its_open_file_limit() {
-    let root = tempfile::tempdir().unwrap();
+/// Socket inodes of TCP connections to PostgreSQL's port.
+fn postgres_sockets() -> HashSet<String> {
+    let mut inodes = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() > 9 && fields[2].ends_with(":1538") {
+                inodes.insert(fields[9].to_string());
+            }
+        }
+    }
+    inodes
+}
+
+/// What the shard threads' descriptor tables hold of the store: files of `db`, or sockets
+/// to PostgreSQL. The store must live in the main table only.
+fn store_descriptors_on_shards(pid: u32, db: &Path) -> (usize, Vec<String>) {
+    let pg = postgres_sockets();
+    let (mut shards, mut found) = (0, Vec::new());
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if !comm.starts_with("shard-") {
+            continue;
+        }
+        shards += 1;
+        for fd in std::fs::read_dir(task.join("fd")).unwrap() {
+            let Ok(target) = std::fs::read_link(fd.unwrap().path()) else { continue };
+            let target = target.to_string_lossy().to_string();
+            let pg_socket =
+                target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')).is_some_and(|i| pg.contains(i));
+            if target.starts_with(&db.to_string_lossy().to_string()) || pg_socket {
+                found.push(format!("{}: {target}", comm.trim()));
+            }
+        }
+    }
+    (shards, found)
+}
+
+async fn connect(d: &RelayDescriptor, wait: Duration) -> Result<RelayClient, String> {
+    tokio::time::timeout(wait, RelayClient::connect(d))
+        .await
+        .map_err(|_| format!("no answer in {wait:?}"))
+        .and_then(|c| c.map_err(|e| e.to_string()))
+}
+
+/// A relay limited to [`OPEN_FILES`], with `shards`, on `store` (default SQLite in its data
+/// directory); returns it, its descriptor and its admin address.
+fn limited_relay(root: &Path, shards: usize, store: Option<&str>) -> (RelayProc, RelayDescriptor, SocketAddr) {
     let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let config = root.path().join("relay.toml");
+    let config = root.join("relay.toml");
     // Every session comes from 127.0.0.1: lift the per-address limits.
     std::fs::write(
         &config,
@@ -53,81 +105,153 @@ fn one_process_holds_more_sessions_than_its_open_file_limit() {
          new_connections_burst = 100000.0\n",
     )
     .unwrap();
-    let log = root.path().join("relay.log");
-    let extra: Vec<String> =
-        ["--shards", &SHARDS.to_string(), "--admin", &admin.to_string(), "--config", config.to_str().unwrap()]
+    let mut extra: Vec<String> =
+        ["--shards", &shards.to_string(), "--admin", &admin.to_string(), "--config", config.to_str().unwrap()]
             .iter()
             .map(|s| s.to_string())
             .collect();
-    let mut relay = RelayProc::start_limited(&root.path().join("relay"), &extra, OPEN_FILES, &log);
+    if let Some(store) = store {
+        extra.extend(["--store".to_string(), store.to_string()]);
+    }
+    let relay = RelayProc::start_limited(&root.join("relay"), &extra, OPEN_FILES, &root.join("relay.log"));
     let limit = open_file_limit(relay.child.id());
-    assert!(limit.split_whitespace().filter(|w| *w == OPEN_FILES.to_string()).count() == 2, "{limit}");
+    assert_eq!(limit.split_whitespace().filter(|w| *w == OPEN_FILES.to_string()).count(), 2, "{limit}");
+    // The admin listener opens once the store has.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(admin).is_err() {
+        assert!(Instant::now() < deadline, "no metrics: {}", std::fs::read_to_string(root.join("relay.log")).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut d = RelayDescriptor::from_link(&relay.link).unwrap();
     d.endpoints = vec![relay.addr.clone()];
+    (relay, d, admin)
+}
 
+fn holds_more_sessions_than_its_open_file_limit(kind: Kind) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let db = runtime.block_on(TestDb::new(kind));
+    let store = matches!(kind, Kind::Postgres).then(|| db.store_arg());
+    let (mut relay, d, admin) = limited_relay(root.path(), SHARDS, store.as_deref());
+    let log = root.path().join("relay.log");
+    let relay_log = || std::fs::read_to_string(&log).unwrap();
+    let db_file = root.path().join("relay").join("relay.db");
+
     runtime.block_on(async {
-        // Opened one after another: each is a TLS + WebSocket session that answered hello.
+        // Opened one after another: each is a TLS + WebSocket session that answered hello,
+        // and the gauges say which shard took it.
         let mut clients = Vec::new();
+        let mut before = per_shard(&metrics(admin));
         for i in 0..SESSIONS {
-            let c = tokio::time::timeout(Duration::from_secs(10), RelayClient::connect(&d))
+            let c = connect(&d, Duration::from_secs(10))
                 .await
-                .map_err(|_| "no answer in 10 s".to_string())
-                .and_then(|c| c.map_err(|e| e.to_string()))
-                .unwrap_or_else(|e| {
-                    panic!("session {i} of {SESSIONS}: {e}; relay log: {}", std::fs::read_to_string(&log).unwrap())
-                });
-            clients.push(c);
+                .unwrap_or_else(|e| panic!("session {i} of {SESSIONS}: {e}; relay log: {}", relay_log()));
+            let after = per_shard(&metrics(admin));
+            let shard = (0..SHARDS).find(|&s| after[s] == before[s] + 1.0).expect("one shard took it");
+            clients.push((shard, c));
+            before = after;
         }
         let m = metrics(admin);
         assert_eq!(m["sessions_open"], SESSIONS as f64, "{m:?}");
-        let per_shard: Vec<f64> = (0..SHARDS).map(|i| m[&format!("shard_connections_open{{shard=\"{i}\"}}")]).collect();
-        assert_eq!(per_shard.iter().sum::<f64>(), SESSIONS as f64, "{per_shard:?}");
-        assert!(per_shard.iter().all(|&n| n < f64::from(OPEN_FILES)), "each shard within the limit: {per_shard:?}");
+        let used: BTreeSet<usize> = clients.iter().map(|(s, _)| *s).collect();
+        assert!(used.len() >= 3, "{SESSIONS} sessions cannot fit fewer tables of {OPEN_FILES}: {:?}", per_shard(&m));
 
-        // A log written from the last session, watched from sessions spread over the rest
-        // (and so over the shards, which fill as connections arrive).
+        // A log written from the last session, watched from one session on every shard.
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
-        let mut writer = clients.pop().unwrap();
-        let Reply::LogCreated(created) = writer
-            .call(Op::CreateLog(CreateLog { log_key: key.verifying_key().to_bytes().to_vec() }), Some(&key))
-            .await
-            .unwrap()
-        else {
-            panic!("no log")
-        };
+        let (writer_shard, mut writer) = clients.pop().unwrap();
+        let op = Op::CreateLog(CreateLog { log_key: key.verifying_key().to_bytes().to_vec() });
+        let Reply::LogCreated(created) = writer.call(op, Some(&key)).await.unwrap() else { panic!("no log") };
         let log_id = created.log_id;
-        let (mut readers, mut _idle) = (Vec::new(), Vec::new());
-        for (i, c) in clients.into_iter().enumerate() {
-            if i % 20 == 0 { readers.push(c) } else { _idle.push(c) }
+        let mut readers = Vec::new();
+        let mut others = Vec::new();
+        for (shard, c) in clients {
+            if readers.iter().all(|(s, _)| *s != shard) { readers.push((shard, c)) } else { others.push(c) }
         }
-        for r in &mut readers {
+        assert!(readers.iter().filter(|(s, _)| *s != writer_shard).count() >= 2, "readers on other shards");
+        for (_, r) in &mut readers {
             r.subscribe(Subscribe { log_id: log_id.clone(), read_id: vec![], entries: true }, &key).await.unwrap();
         }
         for round in 0..3u8 {
-            let op = Op::Append(Append {
-                log_id: log_id.clone(),
-                dedup_id: vec![round; 16],
-                payload: mls_message(0, 1, round),
-            });
+            let payload = mls_message(0, 1, round);
+            let op = Op::Append(Append { log_id: log_id.clone(), dedup_id: vec![round; 16], payload });
             let Reply::Appended(a) = writer.call(op, Some(&key)).await.unwrap() else { panic!("not appended") };
-            for (n, r) in readers.iter_mut().enumerate() {
+            for (shard, r) in &mut readers {
                 let notice = tokio::time::timeout(Duration::from_secs(5), r.next_notice())
                     .await
-                    .unwrap_or_else(|_| panic!("reader {n} was not told of entry {} in time", a.seq))
+                    .unwrap_or_else(|_| panic!("the reader on shard {shard} was not told of entry {} in time", a.seq))
                     .unwrap();
                 assert_eq!((notice.id.as_slice(), notice.seq), (log_id.as_slice(), a.seq));
             }
         }
+
+        // Every other session reads the log at once: the store's pool grows past one
+        // connection, whichever shards the reads come from.
+        let reads = others.iter_mut().map(|c| {
+            let op = Op::ReadLog(ReadLog { log_id: log_id.clone(), after: 0, limit: 10, max_bytes: 0 });
+            c.call(op, Some(&key))
+        });
+        for reply in futures_util::future::join_all(reads).await {
+            let Reply::Entries(e) = reply.unwrap() else { panic!("not entries") };
+            assert_eq!(e.entries.len(), 3);
+        }
+        let (shard_threads, found) = store_descriptors_on_shards(relay.child.id(), &db_file);
+        assert_eq!(shard_threads, SHARDS);
+        assert!(found.is_empty(), "the store's descriptors in shard tables: {found:?}");
+        drop((readers, others, writer));
     });
-    drop(runtime);
 
     // SIGTERM: the shards stop, and the writer finishes.
     let started = Instant::now();
     assert!(std::process::Command::new("kill").arg(relay.child.id().to_string()).status().unwrap().success());
     let status = relay.child.wait().unwrap();
-    assert!(status.success(), "{status}: {}", std::fs::read_to_string(&log).unwrap());
+    assert!(status.success(), "{status}: {}", relay_log());
     assert!(started.elapsed() < Duration::from_secs(10));
-    let log = std::fs::read_to_string(&log).unwrap();
-    assert!(log.contains("all acknowledged writes are on disk"), "{log}");
+    let text = relay_log();
+    assert!(text.contains("all acknowledged writes are on disk"), "{text}");
+    assert!(!text.contains("accept failed"), "no shard ran out of descriptors: {text}");
+    runtime.block_on(db.finish());
+}
+
+#[test]
+fn on_sqlite_one_process_holds_more_sessions_than_its_open_file_limit() {
+    holds_more_sessions_than_its_open_file_limit(Kind::Sqlite);
+}
+
+#[test]
+fn on_postgres_one_process_holds_more_sessions_than_its_open_file_limit() {
+    holds_more_sessions_than_its_open_file_limit(Kind::Postgres);
+}
+
+/// Without shards the same limit holds fewer than [`OPEN_FILES`] sessions: the test above
+/// measures what shards add.
+#[test]
+fn one_table_holds_fewer_than_its_open_file_limit() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, d, _admin) = limited_relay(root.path(), 1, None);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let held = runtime.block_on(async {
+        let mut clients = Vec::new();
+        while let Ok(c) = connect(&d, Duration::from_secs(2)).await {
+            clients.push(c);
+            assert!(clients.len() < SESSIONS, "one table held {SESSIONS} sessions under a limit of {OPEN_FILES}");
+        }
+        clients.len()
+    });
+    assert!(held > 50 && held < OPEN_FILES as usize, "held {held}");
+}
+
+/// Shards that cannot have room under the limit are refused with a clear error when the relay
+/// starts, never a panic or a relay that accepts nothing.
+#[test]
+fn shards_without_room_are_a_clear_error() {
+    let root = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n 48 && exec \"$0\" \"$@\"", BIN, "relay", "serve", "--listen", "127.0.0.1:0"])
+        .args(["--shards", "6", "--data"])
+        .arg(root.path().join("relay"))
+        .output()
+        .unwrap();
+    let err = one_line_failure(&out);
+    assert!(err.contains("connection shards: shard 0 has no room for connections"), "{err}");
+    assert!(out.stdout.is_empty(), "no link for a relay that cannot serve");
 }
