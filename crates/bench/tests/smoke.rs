@@ -85,7 +85,8 @@ fn connection_measurements_hold_handshake_and_reconnect() {
 #[test]
 fn sessions_past_one_process_go_to_several_shards_of_one_relay() {
     // As if a process could hold 120 sessions: 300 take three shards of the one relay
-    // process (and three holders).
+    // process (and three holders). The relay's limit is not lowered here, so which shards
+    // take them is the kernel's race; crates/tamizdat/tests/shards.rs tests the limit.
     let idle = bench(&["idle", "--connections", "300", "--per-process", "120"]);
     assert_eq!(number(&idle, &["idle", "held"]), 300.0, "{idle}");
     assert_eq!(number(&idle, &["idle", "relay_sessions_open"]), 300.0, "{idle}");

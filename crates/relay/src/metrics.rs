@@ -25,7 +25,8 @@ macro_rules! metrics {
         pub struct Metrics {
             $(#[doc = $help] pub $name: AtomicU64,)*
             $(#[doc = $hist_help] pub $hist: Histogram,)*
-            /// Connections open on each connection shard, when the relay runs several.
+            /// Connections open on each connection shard, when the relay runs several (sized
+            /// by the first relay in the process to start shards).
             pub shard_connections_open: std::sync::OnceLock<Box<[AtomicU64]>>,
         }
 
