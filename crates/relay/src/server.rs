@@ -50,7 +50,8 @@ pub struct RelayConfig {
     /// `max_connections` still caps the total. 0 or 1 serves from the main runtime. With
     /// shards, whatever the process opened before [`Relay::bind`] stays open in every shard's
     /// table until the relay stops, and binding raises the process's soft open-file limit to
-    /// its hard one (it does that in any case).
+    /// its hard one (it does that in any case). [`Relay::run`] must then run on a runtime
+    /// built before `bind`: shards wake it by a descriptor number their tables must share.
     pub shards: usize,
 }
 
@@ -77,6 +78,12 @@ impl Relay {
             0 | 1 => None,
             n => Some(Shards::split(&listener, n)?),
         };
+        if let Some(shards) = &shards {
+            // Before the admin listener opens, so every scrape shows them.
+            metrics::global()
+                .shard_connections_open
+                .get_or_init(|| (0..shards.len()).map(|_| std::sync::atomic::AtomicU64::new(0)).collect());
+        }
         let room = match &shards {
             Some(s) => s.capacity(),
             None => shards::room_in_table().unwrap_or(usize::MAX),
@@ -140,22 +147,21 @@ impl Relay {
                 serve(listener, &Arc::new(serving), None, shutdown).await;
             }
             Some(shards) => {
-                metrics::global()
-                    .shard_connections_open
-                    .get_or_init(|| (0..shards.len()).map(|_| std::sync::atomic::AtomicU64::new(0)).collect());
                 // Shards read on this runtime, whose descriptor table holds the pool's connections.
                 serving.store = serving.store.reading_on(tokio::runtime::Handle::current());
                 let mut running = shards.start(&Arc::new(serving));
                 // The shards accept from listeners of their own.
                 drop(self.listener);
-                tokio::select! {
-                    () = shutdown => {}
-                    Some(index) = running.stopped_early() => {
-                        tracing::error!(shard = index, "a connection shard stopped; stopping the relay");
-                        failure = Some(RelayError::Shards(format!("shard {index} stopped unexpectedly")));
-                    }
+                let early = tokio::select! {
+                    biased;
+                    Some(index) = running.stopped_early() => Some(index),
+                    () = shutdown => None,
+                };
+                let stopped_before = running.stop().await;
+                if let Some(index) = early.or(stopped_before) {
+                    tracing::error!(shard = index, "a connection shard stopped unexpectedly; the relay stopped");
+                    failure = Some(RelayError::Shards(format!("shard {index} stopped unexpectedly")));
                 }
-                running.stop().await;
             }
         }
         expiry.abort();

@@ -4,13 +4,16 @@
 //! Linux applies `RLIMIT_NOFILE` to each file-descriptor table, and a thread may leave the
 //! table it shares with the rest of its process (`unshare(CLONE_FILES)`) for a copy of its
 //! own. Where the limit cannot be raised (a container that drops `CAP_SYS_RESOURCE`), N
-//! shards hold N times the limit in one process, with one store, one identity and one port.
+//! shards hold nearly N times the limit in one process, with one store, one identity and one
+//! port.
 //!
 //! A descriptor number means something only in the table it was made in. What keeps that
 //! sound:
 //! - Everything the threads share by number is made before the split: each shard's runtime
 //!   (its epoll and the eventfd other threads write to when they wake one of its tasks, such
-//!   as the store's writer announcing a message) and the runtimes' signal pipe.
+//!   as the store's writer announcing a message), the runtimes' signal pipe, and the runtime
+//!   that then runs the relay, which shards wake for their reads and when they end: it must
+//!   exist before [`Relay::bind`](crate::Relay::bind), as it does in the binary.
 //! - After the split a shard's sockets are used and closed on its own thread only: it runs a
 //!   single-threaded runtime. Its sessions hand writes to the store's writer through a
 //!   channel, and run their reads as tasks on the main runtime
@@ -29,7 +32,7 @@
 //! Every shard's epoll watches the one listening socket, so a new connection wakes each
 //! shard's thread and one of them accepts it: a cost per connection, not per message. A few
 //! descriptors stay open after the shards stop (the main table's copies of their runtimes'
-//! epoll and eventfd), which is harmless for a process about to exit.
+//! epoll, eventfd and signal pipe), which is harmless for a process about to exit.
 
 use std::{
     net::TcpListener as StdListener,
@@ -193,8 +196,13 @@ impl Running {
     }
 
     /// Stops accepting, lets sessions finish for a moment, and returns once every shard has
-    /// dropped its connections and its handles to the store.
-    pub(crate) async fn stop(mut self) {
+    /// dropped its connections and its handles to the store; with the index of a shard that
+    /// had already stopped on its own, if one had.
+    pub(crate) async fn stop(mut self) -> Option<usize> {
+        let early = self.exited.try_recv().ok();
+        if early.is_some() {
+            self.running -= 1;
+        }
         let _ = self.stop.send(true);
         while self.running > 0 && self.exited.recv().await.is_some() {
             self.running -= 1;
@@ -202,6 +210,7 @@ impl Running {
         for thread in self.threads {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        early
     }
 }
 
@@ -270,4 +279,37 @@ pub(crate) fn room_in_table() -> Result<usize, String> {
 
 fn setup(reason: String) -> RelayError {
     RelayError::Shards(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn running_one(thread: impl FnOnce(Exit) + Send + 'static) -> Running {
+        let (exited_tx, exited) = async_mpsc::unbounded_channel();
+        let exit = Exit { index: 3, exited: exited_tx };
+        let thread = std::thread::spawn(move || thread(exit));
+        Running { stop: watch::channel(false).0, exited, running: 1, threads: vec![thread] }
+    }
+
+    #[tokio::test]
+    async fn a_shard_that_ends_early_is_reported_then_stopped() {
+        let mut running = running_one(drop);
+        assert_eq!(running.stopped_early().await, Some(3));
+        assert_eq!(running.stop().await, None, "already reported");
+    }
+
+    #[tokio::test]
+    async fn a_shard_that_panics_is_reported_even_at_shutdown() {
+        let running = running_one(|exit| {
+            let _exit = exit;
+            panic!("a shard fails");
+        });
+        // Wait until its exit is queued, as if shutdown came in the same wake-up.
+        while running.exited.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(running.stop().await, Some(3));
+    }
 }

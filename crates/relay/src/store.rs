@@ -385,7 +385,13 @@ impl Store {
     ) -> Result<T, RelayError> {
         match &self.reads_on {
             None => read.await.map_err(db_err),
-            Some(runtime) => runtime.spawn(read).await.map_err(|_| RelayError::ShuttingDown)?.map_err(db_err),
+            Some(runtime) => runtime
+                .spawn(read)
+                .await
+                .map_err(
+                    |e| if e.is_cancelled() { RelayError::ShuttingDown } else { RelayError::Storage(e.to_string()) },
+                )?
+                .map_err(db_err),
         }
     }
 

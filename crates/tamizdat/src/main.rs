@@ -294,7 +294,7 @@ enum RelayCommand {
         /// Serve connections from N threads (at most 256), each with its own table of open
         /// files, so one process holds nearly N times its open-file limit (for hosts where
         /// `ulimit -n` cannot be raised); default 1.
-        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
         shards: Option<u16>,
     },
     /// Print the relay's link.

@@ -47,13 +47,17 @@ fn open_file_limit(pid: u32) -> String {
     limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string()
 }
 
-/// Socket inodes of TCP connections to PostgreSQL's port.
-fn postgres_sockets() -> HashSet<String> {
+/// Socket inodes of TCP sockets whose `field` (1 local, 2 remote address) has `port`, in
+/// TCP state `state` if given (`0A` is listening).
+fn tcp_sockets(field: usize, port: u16, state: Option<&str>) -> HashSet<String> {
     let mut inodes = HashSet::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() > 9 && fields[2].ends_with(":1538") {
+            if fields.len() > 9
+                && fields[field].ends_with(&format!(":{port:04X}"))
+                && state.is_none_or(|s| fields[3] == s)
+            {
                 inodes.insert(fields[9].to_string());
             }
         }
@@ -61,29 +65,53 @@ fn postgres_sockets() -> HashSet<String> {
     inodes
 }
 
-/// What the shard threads' descriptor tables hold of the store: files of `db`, or sockets
-/// to PostgreSQL. The store must live in the main table only.
-fn store_descriptors_on_shards(pid: u32, db: &Path) -> (usize, Vec<String>) {
-    let pg = postgres_sockets();
-    let (mut shards, mut found) = (0, Vec::new());
+/// Each thread's name and what its descriptor table holds, for the relay's main thread and
+/// its shards.
+fn tables(pid: u32) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let task = task.unwrap().path();
-        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-        if !comm.starts_with("shard-") {
+        let main = task.file_name().unwrap().to_string_lossy() == pid.to_string();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default().trim().to_string();
+        if !main && !comm.starts_with("shard-") {
             continue;
         }
-        shards += 1;
-        for fd in std::fs::read_dir(task.join("fd")).unwrap() {
-            let Ok(target) = std::fs::read_link(fd.unwrap().path()) else { continue };
-            let target = target.to_string_lossy().to_string();
-            let pg_socket =
-                target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')).is_some_and(|i| pg.contains(i));
-            if target.starts_with(&db.to_string_lossy().to_string()) || pg_socket {
-                found.push(format!("{}: {target}", comm.trim()));
-            }
-        }
+        let links = std::fs::read_dir(task.join("fd"))
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.unwrap().path()).ok())
+            .map(|l| l.to_string_lossy().to_string())
+            .collect();
+        out.push((if main { "main".to_string() } else { comm }, links));
     }
-    (shards, found)
+    out
+}
+
+fn socket_in(link: &str, inodes: &HashSet<String>) -> bool {
+    link.strip_prefix("socket:[").and_then(|l| l.strip_suffix(']')).is_some_and(|i| inodes.contains(i))
+}
+
+/// What the shards' descriptor tables hold of the store (files of `db`, or sockets to
+/// PostgreSQL), and how many copies of the listening socket each table holds. The store
+/// must live in the main table only, and each shard's table holds the one listener it
+/// accepts from.
+fn survey(pid: u32, db: &Path, listen_port: u16) -> (Vec<String>, Vec<(String, usize)>) {
+    let pg_port = tamizdat_relay::testing::postgres_admin_url()
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next()?.parse().ok())
+        .unwrap_or(5432);
+    let (pg, listening) = (tcp_sockets(2, pg_port, None), tcp_sockets(1, listen_port, Some("0A")));
+    let db = db.to_string_lossy().to_string();
+    let (mut store, mut listeners) = (Vec::new(), Vec::new());
+    for (name, links) in tables(pid) {
+        if name != "main" {
+            store.extend(
+                links.iter().filter(|l| l.starts_with(&db) || socket_in(l, &pg)).map(|l| format!("{name}: {l}")),
+            );
+        }
+        listeners.push((name, links.iter().filter(|l| socket_in(l, &listening)).count()));
+    }
+    listeners.sort();
+    (store, listeners)
 }
 
 async fn connect(d: &RelayDescriptor, wait: Duration) -> Result<RelayClient, String> {
@@ -130,12 +158,15 @@ fn limited_relay(root: &Path, shards: usize, store: Option<&str>) -> (RelayProc,
 fn holds_more_sessions_than_its_open_file_limit(kind: Kind) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let root = tempfile::tempdir().unwrap();
+    // As the relay's descriptors name it, symbolic links resolved.
+    let root_path = root.path().canonicalize().unwrap();
     let db = runtime.block_on(TestDb::new(kind));
     let store = matches!(kind, Kind::Postgres).then(|| db.store_arg());
-    let (mut relay, d, admin) = limited_relay(root.path(), SHARDS, store.as_deref());
-    let log = root.path().join("relay.log");
+    let (mut relay, d, admin) = limited_relay(&root_path, SHARDS, store.as_deref());
+    let log = root_path.join("relay.log");
     let relay_log = || std::fs::read_to_string(&log).unwrap();
-    let db_file = root.path().join("relay").join("relay.db");
+    let db_file = root_path.join("relay").join("relay.db");
+    let listen_port: u16 = relay.addr.rsplit_once(':').unwrap().1.parse().unwrap();
 
     runtime.block_on(async {
         // Opened one after another: each is a TLS + WebSocket session that answered hello,
@@ -194,9 +225,12 @@ fn holds_more_sessions_than_its_open_file_limit(kind: Kind) {
             let Reply::Entries(e) = reply.unwrap() else { panic!("not entries") };
             assert_eq!(e.entries.len(), 3);
         }
-        let (shard_threads, found) = store_descriptors_on_shards(relay.child.id(), &db_file);
-        assert_eq!(shard_threads, SHARDS);
-        assert!(found.is_empty(), "the store's descriptors in shard tables: {found:?}");
+        let (store_on_shards, listeners) = survey(relay.child.id(), &db_file, listen_port);
+        assert!(store_on_shards.is_empty(), "the store's descriptors in shard tables: {store_on_shards:?}");
+        let mut want: Vec<(String, usize)> = (0..SHARDS).map(|i| (format!("shard-{i}"), 1)).collect();
+        want.push(("main".to_string(), 0));
+        want.sort();
+        assert_eq!(listeners, want, "copies of the listening socket in each table");
         drop((readers, others, writer));
     });
 
@@ -238,6 +272,8 @@ fn one_table_holds_fewer_than_its_open_file_limit() {
         clients.len()
     });
     assert!(held > 50 && held < OPEN_FILES as usize, "held {held}");
+    let log = std::fs::read_to_string(root.path().join("relay.log")).unwrap();
+    assert!(log.contains("accept failed"), "it stopped for want of descriptors: {log}");
 }
 
 /// Shards that cannot have room under the limit are refused with a clear error when the relay
