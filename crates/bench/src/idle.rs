@@ -29,9 +29,6 @@ use crate::{
 /// store, the runtime), with room to spare.
 const SPARE_FILES: usize = 1_000;
 
-/// Where the long suite measures the PostgreSQL store: this machine's database.
-pub const SHARED_STORE: &str = "postgres://postgres@127.0.0.1:5432/test";
-
 /// More shards than this means the open-file limit is far too low for the count asked;
 /// better to say so than to start hundreds of threads and holders.
 const MAX_SHARDS: usize = 16;
@@ -161,18 +158,14 @@ impl Drop for Holder {
 }
 
 /// The holder's side: opens sessions `first..first + count` (256 at a time) to the relay
-/// at `to` (or round several addresses), prints what it holds as one JSON line, and holds them until its input
-/// closes.
-pub async fn hold(link: &str, to: &[SocketAddr], first: usize, count: usize) -> anyhow::Result<()> {
-    if to.is_empty() {
-        bail!("no relay address to hold sessions on");
-    }
+/// at `to`, prints what it holds as one JSON line, and holds them until its input closes.
+pub async fn hold(link: &str, to: SocketAddr, first: usize, count: usize) -> anyhow::Result<()> {
     let d = RelayDescriptor::from_link(link)?;
     let config = client_config(&d, true)?;
     let (d, config) = (&d, &config);
     let opened: Vec<_> = stream::iter(first..first + count)
         .map(|i| async move {
-            let open = open_session(d, to[i % to.len()], source(i, PER_SOURCE), config.clone());
+            let open = open_session(d, to, source(i, PER_SOURCE), config.clone());
             tokio::time::timeout(OPEN_TIMEOUT, open)
                 .await
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("no session within {OPEN_TIMEOUT:?}")))

@@ -82,9 +82,9 @@ enum Cmd {
         /// The relay's link.
         #[arg(long)]
         link: String,
-        /// The relay's address (or several, comma-separated; sessions go round them).
-        #[arg(long, value_delimiter = ',')]
-        to: Vec<std::net::SocketAddr>,
+        /// The relay's address.
+        #[arg(long)]
+        to: std::net::SocketAddr,
         /// Index of the first session (which source address it uses).
         #[arg(long)]
         first: usize,
@@ -241,7 +241,7 @@ fn main() -> anyhow::Result<()> {
     let table = match cli.command.unwrap_or(Cmd::Suite { long: false }) {
         // A holder's output is its one line of report, nothing else.
         Cmd::Hold { link, to, first, count } => {
-            return Bench::on_threads(bench.threads(), idle::hold(&link, &to, first, count));
+            return Bench::on_threads(bench.threads(), idle::hold(&link, to, first, count));
         }
         Cmd::Suite { long } => suite(&mut bench, long)?,
         Cmd::Load { load, jetstream, store, durability } => {
@@ -281,6 +281,9 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the long suite measures the PostgreSQL store: this machine's database.
+const POSTGRES_STORE: &str = "postgres://postgres@127.0.0.1:5432/test";
+
 /// The suite: throughput and latency against JetStream, then the connection figures.
 fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
     let seconds = if long { 30.0 } else { 10.0 };
@@ -296,7 +299,7 @@ fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
     let t_groups = bench.tamizdat("tamizdat groups of 8, fsync", &groups, None, "fsync")?;
     let j_groups = bench.jetstream("jetstream groups of 8", &groups)?;
     if long {
-        bench.tamizdat("tamizdat 1:1 max, PostgreSQL", &one_to_one, Some(idle::SHARED_STORE), "fsync")?;
+        bench.tamizdat("tamizdat 1:1 max, PostgreSQL", &one_to_one, Some(POSTGRES_STORE), "fsync")?;
     }
     let mut out = throughput_table(&bench.runs);
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };

@@ -35,7 +35,7 @@ impl RelayProcess {
     }
 
     /// As [`RelayProcess::start`], serving connections from `shards` threads with their own
-    /// descriptor tables (`relay serve --shards`): one process then holds up to `shards`
+    /// descriptor tables (`relay serve --shards`): one process then holds nearly `shards`
     /// times its open-file limit.
     pub fn start_sharded(
         bin: &Path,

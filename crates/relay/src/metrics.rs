@@ -128,9 +128,20 @@ impl Metrics {
         counter.fetch_add(1, Relaxed);
     }
 
-    /// Subtracts one (gauges).
-    pub fn dec(counter: &AtomicU64) {
-        counter.fetch_sub(1, Relaxed);
+    /// Adds one to a gauge until the returned hold is dropped, however that happens (a task
+    /// aborted at shutdown included).
+    pub fn hold(gauge: &'static AtomicU64) -> GaugeHold {
+        gauge.fetch_add(1, Relaxed);
+        GaugeHold(gauge)
+    }
+}
+
+/// One unit of a gauge, given back when dropped.
+pub struct GaugeHold(&'static AtomicU64);
+
+impl Drop for GaugeHold {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 

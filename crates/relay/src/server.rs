@@ -144,7 +144,9 @@ impl Relay {
         match self.shards {
             None => {
                 let listener = TcpListener::from_std(self.listener).map_err(listen_error(self.config.listen))?;
-                serve(listener, &Arc::new(serving), None, shutdown).await;
+                serve(listener, &serving, None, shutdown).await;
+                // Its store handle too must be gone before the writer can finish.
+                drop(serving);
             }
             Some(shards) => {
                 // Shards read on this runtime, whose descriptor table holds the pool's connections.
@@ -194,7 +196,7 @@ pub(crate) struct Serving {
 /// connections: a full shard stops accepting, and the kernel's backlog waits for another.
 pub(crate) async fn serve(
     listener: TcpListener,
-    serving: &Arc<Serving>,
+    serving: &Serving,
     shard: Option<(usize, Arc<Semaphore>)>,
     stop: impl Future<Output = ()>,
 ) {
@@ -233,7 +235,7 @@ pub(crate) async fn serve(
             continue;
         };
         let (door, store, limits) = (serving.door.clone(), serving.store.clone(), serving.limits.clone());
-        let counted = shard_gauge.map(OpenOnShard::new);
+        let counted = shard_gauge.map(Metrics::hold);
         sessions.spawn(async move {
             let _held = (room, permit, address_permit, counted);
             serve_connection(door, tcp, store, limits).await;
@@ -245,23 +247,6 @@ pub(crate) async fn serve(
     sessions.shutdown().await;
 }
 
-/// A connection counted on its shard's gauge for as long as its task lives (an aborted one
-/// included).
-struct OpenOnShard(&'static std::sync::atomic::AtomicU64);
-
-impl OpenOnShard {
-    fn new(gauge: &'static std::sync::atomic::AtomicU64) -> Self {
-        Metrics::inc(gauge);
-        Self(gauge)
-    }
-}
-
-impl Drop for OpenOnShard {
-    fn drop(&mut self) {
-        Metrics::dec(self.0);
-    }
-}
-
 /// One accepted connection: the front door, then a protocol session if it asked for one.
 ///
 /// The front door's handshake and HTTP state live in their own allocation, freed when the
@@ -269,17 +254,15 @@ impl Drop for OpenOnShard {
 /// holds an idle session.
 async fn serve_connection(door: Arc<FrontDoor>, tcp: TcpStream, store: Store, limits: Arc<Limits>) {
     let m = metrics::global();
-    Metrics::inc(&m.connections_open);
+    let _open = Metrics::hold(&m.connections_open);
     match Box::pin(door.accept(tcp)).await {
         Ok(Accepted::Protocol(ws)) => {
             Metrics::inc(&m.sessions_total);
-            Metrics::inc(&m.sessions_open);
+            let _session = Metrics::hold(&m.sessions_open);
             session::run(ws, store, &limits).await;
-            Metrics::dec(&m.sessions_open);
         }
         _ => Metrics::inc(&m.cover_connections_total),
     }
-    Metrics::dec(&m.connections_open);
 }
 
 /// An address clients can use when none was given: the bound one, with loopback standing in

@@ -461,14 +461,14 @@ impl Store {
         }
         // The piece holding `offset`, and the ones after it up to `end`. Pieces are never
         // changed once stored, so reading them outside the status query's snapshot is safe.
-        let rows = sqlx::query(
+        let query = sqlx::query(
             "SELECT pos, data FROM blob_pieces WHERE blob_id = $1 AND pos < $3 \
              AND pos >= (SELECT MAX(pos) FROM blob_pieces WHERE blob_id = $1 AND pos <= $2) ORDER BY pos",
         )
         .bind(blob_id.to_vec())
         .bind(to_i64(offset))
         .bind(to_i64(end));
-        let rows = self.fetch_all(rows).await?;
+        let rows = self.fetch_all(query).await?;
         let mut data = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
         for row in rows {
             let pos = to_u64(row.try_get(0).map_err(db_err)?);
@@ -523,8 +523,8 @@ impl Store {
             Ok(0) | Err(_) => tamizdat_wire::limits::READ_REPLY_BUDGET,
             Ok(n) => n.min(tamizdat_wire::limits::READ_REPLY_BUDGET),
         };
-        let rows = sqlx::query(sql).bind(id.to_vec()).bind(to_i64(after)).bind(i64::from(limit) + 1);
-        let rows = self.fetch_all(rows).await?;
+        let query = sqlx::query(sql).bind(id.to_vec()).bind(to_i64(after)).bind(i64::from(limit) + 1);
+        let rows = self.fetch_all(query).await?;
         let mut more = rows.len() > limit as usize;
         let mut entries = Vec::new();
         let mut bytes = 0usize;

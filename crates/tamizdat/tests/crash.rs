@@ -148,16 +148,7 @@ fn sigterm_shuts_down_cleanly() {
     let mut relay = RelayProc::start_logged(&root.path().join("relay"), None, &[], Some(&log));
     let (alice, bob) = pair(root.path(), &relay, "Alice", "Bob");
     alice.ok(&["send", "Bob", "before the stop"]);
-    let status = std::process::Command::new("kill").args(["-TERM", &relay.child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let started = Instant::now();
-    let exit = loop {
-        if let Some(exit) = relay.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(started.elapsed() < Duration::from_secs(15), "the relay did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = relay.terminate(Duration::from_secs(15));
     assert!(exit.success(), "clean exit: {exit:?}");
     assert!(std::fs::read_to_string(&log).unwrap().contains("all acknowledged writes are on disk"));
     relay.restart();

@@ -41,9 +41,7 @@ impl RelayProc {
     /// Starts a relay that may open at most `open_files` files (soft and hard limit, so it
     /// cannot raise them). A restart does not keep the limit.
     pub fn start_limited(data: &Path, extra: &[String], open_files: u32, log: &Path) -> RelayProc {
-        let mut shell = Command::new("sh");
-        shell.args(["-c", &format!("ulimit -n {open_files} && exec \"$0\" \"$@\""), BIN]);
-        RelayProc::spawn(shell, data, None, extra, Some(log))
+        RelayProc::spawn(limited(open_files), data, None, extra, Some(log))
     }
 
     /// Runs `relay serve` through `command` (the binary itself, or a wrapper that ends in it).
@@ -82,6 +80,20 @@ impl RelayProc {
         }
     }
 
+    /// SIGTERM, then waits up to `within` for the relay to exit; its exit status.
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let kill = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(kill.success());
+        let started = Instant::now();
+        loop {
+            if let Some(exit) = self.child.try_wait().expect("wait") {
+                return exit;
+            }
+            assert!(started.elapsed() < within, "the relay did not stop within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill(&mut self) {
         self.child.kill().expect("kill");
@@ -106,6 +118,14 @@ impl Drop for RelayProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The binary, run by a shell that first limits it to `open_files` open files (soft and hard
+/// limit, so it cannot raise them); arguments added to the command go to the binary.
+pub fn limited(open_files: u32) -> Command {
+    let mut shell = Command::new("sh");
+    shell.args(["-c", &format!("ulimit -n {open_files} && exec \"$0\" \"$@\""), BIN]);
+    shell
 }
 
 /// The first endpoint of a relay link, decoded with the project's own parser.
