@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use crate::{
     load::Spec,
     relay_proc::{Usage, loopback_bytes},
-    stats::{Throughput, stamp, stamped_latency},
+    stats::{Throughput, received, stamp},
 };
 
 /// The JetStream server's process id, found by its listening port in its command line.
@@ -78,7 +78,7 @@ pub async fn run(url: &str, pid: u32, spec: &Spec) -> anyhow::Result<Throughput>
     for (consumer, expected) in consumers {
         readers.push(tokio::spawn(async move {
             let mut messages = consumer.messages().await?;
-            let mut latencies = Vec::new();
+            let mut copies = Vec::new();
             let mut got = 0usize;
             loop {
                 let want = expected.load(Ordering::Acquire);
@@ -88,11 +88,11 @@ pub async fn run(url: &str, pid: u32, spec: &Spec) -> anyhow::Result<Throughput>
                 let next = tokio::time::timeout(Duration::from_millis(200), messages.next()).await;
                 let Ok(Some(m)) = next else { continue };
                 let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
-                latencies.push(stamped_latency(&m.payload, start, Instant::now()));
+                copies.push(received(&m.payload, start, Instant::now()));
                 got += 1;
                 m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             }
-            anyhow::Ok(latencies)
+            anyhow::Ok(copies)
         }));
     }
     let mut writers = Vec::new();
@@ -149,10 +149,10 @@ pub async fn run(url: &str, pid: u32, spec: &Spec) -> anyhow::Result<Throughput>
         expected.store(n, Ordering::Release);
         sent += n;
     }
-    let mut latencies = Vec::new();
+    let mut copies = Vec::new();
     for r in readers {
         match tokio::time::timeout(Duration::from_secs(30), r).await {
-            Ok(done) => latencies.extend(done??),
+            Ok(done) => copies.extend(done??),
             Err(_) => anyhow::bail!("a JetStream consumer did not receive everything within 30 s"),
         }
     }
@@ -160,7 +160,8 @@ pub async fn run(url: &str, pid: u32, spec: &Spec) -> anyhow::Result<Throughput>
     let after = Usage::of(pid);
     let result = Throughput::new(
         sent,
-        latencies,
+        &copies,
+        start,
         elapsed,
         before.cpu_percent(after, elapsed),
         after,

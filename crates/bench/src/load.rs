@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::{
     relay_proc::{RelayProcess, Usage, loopback_bytes},
-    stats::{Throughput, histogram_quantile, stamp, stamped_latency},
+    stats::{Received, RelayLatency, Throughput, histogram_quantile, received, stamp},
 };
 
 /// What to run.
@@ -107,26 +107,32 @@ pub async fn run(relay: &RelayProcess, spec: &Spec) -> anyhow::Result<Throughput
         sent += w.await??;
         peak_rss = peak_rss.max(relay.usage().rss_kib);
     }
-    let mut latencies = Vec::new();
+    let mut copies = Vec::new();
     for r in readers {
-        latencies.extend(r.await??);
+        copies.extend(r.await??);
     }
     let elapsed = start.elapsed().as_secs_f64();
     let after = relay.usage();
     let counters = relay.counters();
     let delta = |k: &str| counters.get(k).copied().unwrap_or(0.0) - counters_before.get(k).copied().unwrap_or(0.0);
     let batches = delta("write_batches_total");
-    let p99_ms = |name: &str| histogram_quantile(&counters_before, &counters, name, 0.99).map(|s| s * 1e3);
+    let ms = |name: &str, q: f64| histogram_quantile(&counters_before, &counters, name, q).map(|s| s * 1e3);
     Ok(Throughput::new(
         sent,
-        latencies,
+        &copies,
+        start,
         elapsed,
         before.cpu_percent(after, elapsed),
         Usage { rss_kib: after.rss_kib.max(peak_rss), ..after },
         loopback_bytes().saturating_sub(lo_before),
     )
     .with_batches(batches / elapsed, if batches > 0.0 { delta("write_batch_items_total") / batches } else { 0.0 })
-    .with_relay_p99(p99_ms("write_seconds"), p99_ms("notice_seconds")))
+    .with_relay_latency(RelayLatency {
+        write_p99: ms("write_seconds", 0.99),
+        notice_p99: ms("notice_seconds", 0.99),
+        commit_max: ms("commit_seconds", 1.0),
+        checkpoint_max: ms("checkpoint_seconds", 1.0),
+    }))
 }
 
 /// Appends as fast as allowed, `window` in flight, until `deadline`; returns how many were
@@ -203,18 +209,18 @@ async fn writer(
 /// Takes each message from its notice when the relay pushed it there and it follows the last
 /// one held, and reads (`ReadLog`) otherwise; acknowledges what it holds with one `AckLog` in
 /// flight at a time, without waiting for it before taking the next message, as a client that
-/// stores first and acknowledges after does. Returns each message's latency from its send
-/// time; stops once it has everything the writer stored.
+/// stores first and acknowledges after does. Returns each message's send time and latency;
+/// stops once it has everything the writer stored.
 async fn reader(
     rc: RelayClient,
     log_id: Vec<u8>,
     cursor_id: Vec<u8>,
     mut done: watch::Receiver<Option<u64>>,
     start: Instant,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<Vec<Received>> {
     // The subscription proved the log's key for this session: later requests go unsigned.
     let (mut conn, _nonce, mut next_id) = rc.into_parts();
-    let mut latencies = Vec::new();
+    let mut copies = Vec::new();
     // Held up to `last`; the relay announced up to `announced`; acknowledged up to `acked`.
     let (mut last, mut announced, mut acked) = (0u64, 0u64, 0u64);
     let (mut reading, mut acking, mut writer_running) = (false, false, true);
@@ -255,7 +261,7 @@ async fn reader(
                 announced = announced.max(if n.seq == 0 { last + 1 } else { n.seq });
                 match n.entry {
                     Some(e) if !reading && e.seq == last + 1 => {
-                        latencies.push(stamped_latency(&e.payload, start, now));
+                        copies.push(received(&e.payload, start, now));
                         last = e.seq;
                     }
                     _ => {}
@@ -265,7 +271,7 @@ async fn reader(
                 reading = false;
                 for entry in &e.entries {
                     if entry.seq > last {
-                        latencies.push(stamped_latency(&entry.payload, start, now));
+                        copies.push(received(&entry.payload, start, now));
                         last = entry.seq;
                     }
                 }
@@ -278,5 +284,5 @@ async fn reader(
         }
     }
     conn.close().await;
-    Ok(latencies)
+    Ok(copies)
 }

@@ -2,8 +2,19 @@
 //! cores is right now. Both go beside every throughput run, so that a slow host shows in the
 //! table instead of passing for a slow relay.
 
-use std::time::Instant;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
+use nix::{
+    sched::{CpuSet, sched_getaffinity, sched_setaffinity},
+    unistd::{Pid, gettid},
+};
 use sha2::{Digest, Sha256};
 
 /// The machine's CPU time so far, in clock ticks: `(stolen by the hypervisor, all)`, from
@@ -53,6 +64,98 @@ fn hashing_ms(mib: usize) -> f64 {
     tries[tries.len() / 2]
 }
 
+/// How long a meter thread sleeps between looks at the clock.
+const TICK: Duration = Duration::from_millis(1);
+
+/// A wake-up at least this late is a stall.
+const STALL: Duration = Duration::from_millis(1);
+
+/// A moment a core could not run a meter thread that was due.
+#[derive(Clone, Copy, Debug)]
+pub struct Stall {
+    /// When the thread finally ran.
+    pub at: Instant,
+    /// How late it was.
+    pub late: Duration,
+    /// The core it is pinned to.
+    pub cpu: usize,
+}
+
+/// One thread pinned to each core, at real-time priority, sleeping 1 ms at a time and noting
+/// every wake-up that came 1 ms or more late. A thread that preempts everything else on its
+/// core can be that late only when the core itself was taken: the hypervisor ran something
+/// else, or the kernel held the core (interrupts, softirqs). So late messages sent during a
+/// stall were slowed by the machine; late messages without one queued among the threads of
+/// the run.
+pub struct StallMeter {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<(Vec<Stall>, bool)>>,
+}
+
+/// What a [`StallMeter`] saw.
+#[derive(Clone, Debug, Default)]
+pub struct Stalls {
+    pub stalls: Vec<Stall>,
+    /// Every meter thread ran at real-time priority. Without it (no `chrt`, or not allowed)
+    /// a late wake-up also counts waiting behind ordinary threads, and means less.
+    pub realtime: bool,
+}
+
+impl StallMeter {
+    /// Starts a meter thread on each core this process may run on.
+    pub fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cpus = sched_getaffinity(Pid::from_raw(0))
+            .map(|set| (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect())
+            .unwrap_or_else(|_| Vec::new());
+        let threads = cpus
+            .into_iter()
+            .filter_map(|cpu| {
+                let stop = stop.clone();
+                std::thread::Builder::new().name(format!("stall-meter-{cpu}")).spawn(move || meter(cpu, &stop)).ok()
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    /// Stops the threads and returns the stalls they saw, in no particular order.
+    pub fn stop(self) -> Stalls {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut seen = Stalls { stalls: Vec::new(), realtime: !self.threads.is_empty() };
+        for thread in self.threads {
+            let (stalls, realtime) = thread.join().unwrap_or_default();
+            seen.stalls.extend(stalls);
+            seen.realtime &= realtime;
+        }
+        seen
+    }
+}
+
+/// One meter thread: pins itself to `cpu`, asks for real-time priority, and times its sleeps
+/// until told to stop. Returns its stalls and whether it got the priority.
+fn meter(cpu: usize, stop: &AtomicBool) -> (Vec<Stall>, bool) {
+    let mut only = CpuSet::new();
+    let pinned = only.set(cpu).is_ok() && sched_setaffinity(Pid::from_raw(0), &only).is_ok();
+    // `chrt` changes one thread's policy given its id; the standard library has no call for it.
+    let realtime = pinned
+        && std::process::Command::new("chrt")
+            .args(["--fifo", "--pid", "10", &gettid().to_string()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    let mut stalls = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let asleep = Instant::now();
+        std::thread::sleep(TICK);
+        let at = Instant::now();
+        let late = at.duration_since(asleep).saturating_sub(TICK);
+        if late >= STALL {
+            stalls.push(Stall { at, late, cpu });
+        }
+    }
+    (stalls, realtime)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +164,46 @@ mod tests {
     fn steal_is_a_share_of_the_time_between_readings() {
         assert_eq!(steal_percent((10, 1_000), (30, 1_200)), 10.0);
         assert_eq!(steal_percent((10, 1_000), (10, 1_000)), 0.0);
+    }
+
+    #[test]
+    fn the_meter_sees_a_core_taken_from_it() {
+        // A busy loop at a higher real-time priority, pinned to the meter's first core, holds
+        // that core for 30 ms: the meter thread there must see one stall of about that length.
+        // Without the priority (not root) the test has nothing to take the core with.
+        let meter = StallMeter::start();
+        std::thread::sleep(Duration::from_millis(50));
+        let cpu = sched_getaffinity(Pid::from_raw(0))
+            .map(|set| (0..CpuSet::count()).find(|&c| set.is_set(c).unwrap_or(false)).unwrap_or(0))
+            .unwrap();
+        let hog = std::thread::spawn(move || {
+            let mut only = CpuSet::new();
+            only.set(cpu).unwrap();
+            sched_setaffinity(Pid::from_raw(0), &only).unwrap();
+            let realtime = std::process::Command::new("chrt")
+                .args(["--fifo", "--pid", "20", &gettid().to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            let until = Instant::now() + Duration::from_millis(30);
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            realtime
+        });
+        let hogged = hog.join().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let seen = meter.stop();
+        if !(seen.realtime && hogged) {
+            assert!(std::env::var("CI").is_err(), "CI runs as root, where real-time priority must be allowed");
+            eprintln!("no real-time priority here: nothing to measure");
+            return;
+        }
+        let longest = seen.stalls.iter().filter(|s| s.cpu == cpu).map(|s| s.late).max().unwrap_or_default();
+        assert!(
+            longest >= Duration::from_millis(20) && longest < Duration::from_millis(200),
+            "longest stall on cpu {cpu}: {longest:?} ({:?})",
+            seen.stalls
+        );
     }
 
     #[test]

@@ -197,7 +197,7 @@ impl Bench {
     }
 
     /// Runs one throughput measurement and records it with the threads it ran on, how fast a
-    /// core was just before, and the CPU time stolen meanwhile.
+    /// core was just before, the CPU time stolen meanwhile, and the cores' stalls.
     fn measure(
         &mut self,
         label: &str,
@@ -208,7 +208,11 @@ impl Bench {
         let threads = self.threads_for(spec);
         let cpu_probe_ms = machine::cpu_probe_ms();
         let ticks = machine::cpu_ticks();
-        let mut t = Self::on_threads(threads, run).with_context(|| format!("{label}: {server} run"))?;
+        let meter = machine::StallMeter::start();
+        let run = Self::on_threads(threads, run);
+        let stalls = meter.stop();
+        let mut t = run.with_context(|| format!("{label}: {server} run"))?;
+        t.tail = t.tail.with_stalls(&stalls);
         t.steal_percent = machine::steal_percent(ticks, machine::cpu_ticks());
         t.cpu_probe_ms = cpu_probe_ms;
         t.client_threads = threads;
@@ -364,15 +368,28 @@ fn bucket_bound(ms: Option<f64>) -> String {
     ms.map(|ms| format!("≤ {}", (ms * 100.0).round() / 100.0)).unwrap_or_else(|| "–".into())
 }
 
+/// The stall meter's figures for a run, marked when its threads could not run at real-time
+/// priority (their stalls then include waiting behind the run's own threads).
+fn stalls_cell(tail: &stats::Tail) -> String {
+    match (tail.stalls, tail.stall_ms_max, tail.stall_ms_in_worst_half_second, tail.stalled_cores_in_worst_half_second)
+    {
+        (Some(n), Some(max), Some(worst), Some(cores)) => {
+            let mark = if tail.stall_meter_realtime == Some(true) { "" } else { " (not real-time)" };
+            format!("{n}, {max:.1}, {worst:.1} on {cores} core(s){mark}")
+        }
+        _ => "–".into(),
+    }
+}
+
 /// A Markdown table of throughput runs.
 fn throughput_table(rows: &[(String, Throughput)]) -> String {
     let mut out = String::from(
-        "| run | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server RSS MiB | wire B/msg | writes/commit | relay write p99 ms | relay notice p99 ms | stolen % | cpu probe ms | load threads |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| run | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server RSS MiB | wire B/msg | writes/commit | relay write p99 ms | relay notice p99 ms | relay commit max ms | relay checkpoint max ms | stolen % | cpu probe ms | load threads | late > 10 ms % | of them in worst 0.5 s % | core stalls ≥ 1 ms: count, longest ms, longest in worst 0.5 s |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (label, t) in rows {
         out += &format!(
-            "| {label} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {} |\n",
+            "| {label} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} | {:.2} | {:.0} | {} |\n",
             t.sent_per_second,
             t.delivered_per_second,
             t.latency_ms_p50,
@@ -384,9 +401,14 @@ fn throughput_table(rows: &[(String, Throughput)]) -> String {
             t.writes_per_commit.map(|w| format!("{w:.0}")).unwrap_or_else(|| "–".into()),
             bucket_bound(t.write_ms_p99),
             bucket_bound(t.notice_ms_p99),
+            bucket_bound(t.commit_ms_max),
+            bucket_bound(t.checkpoint_ms_max),
             t.steal_percent,
             t.cpu_probe_ms,
             t.client_threads,
+            t.tail.late_percent,
+            t.tail.late_in_worst_half_second_percent,
+            stalls_cell(&t.tail),
         );
     }
     out

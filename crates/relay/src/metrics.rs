@@ -82,6 +82,8 @@ metrics! {
     histograms {
         write_seconds: "Time from a write's hand-off to the writer until it is durable: queueing, the group commit and its fsync.";
         notice_seconds: "Time from a write's hand-off to the writer until its notice is encoded for a subscriber's connection (embedded store): the write, then the session's wake-up.";
+        commit_seconds: "Time the embedded store's COMMIT of one group-commit batch took: writing its log frames and the fsync. Long ones while the cores are idle point at the disk.";
+        checkpoint_seconds: "Time a checkpoint of the embedded store's log took (copying its pages into the database file, and the fsyncs); the writer runs one after a commit once the log holds 1,000 pages, and the batch's writes wait for it.";
     }
 }
 
@@ -107,6 +109,11 @@ impl Histogram {
         let bucket = BUCKET_BOUNDS.iter().position(|&bound| seconds <= bound).unwrap_or(BUCKET_BOUNDS.len());
         self.buckets[bucket].fetch_add(1, Relaxed);
         self.sum_micros.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
     }
 
     /// Appends the cumulative `_bucket`, `_sum` and `_count` lines.
@@ -207,12 +214,19 @@ mod tests {
     }
 
     #[test]
-    fn both_histograms_are_exported() {
+    fn every_histogram_is_exported() {
         let m = Metrics::default();
         m.write_seconds.observe(Duration::from_millis(2));
         m.notice_seconds.observe(Duration::from_millis(7));
+        m.commit_seconds.observe(Duration::from_millis(40));
+        m.checkpoint_seconds.observe(Duration::from_millis(90));
         let text = m.render();
-        for (name, le) in [("write_seconds", "0.002"), ("notice_seconds", "0.008")] {
+        for (name, le) in [
+            ("write_seconds", "0.002"),
+            ("notice_seconds", "0.008"),
+            ("commit_seconds", "0.05"),
+            ("checkpoint_seconds", "0.1"),
+        ] {
             assert!(text.contains(&format!("# TYPE tamizdat_{name} histogram")), "{text}");
             assert!(text.contains(&format!("tamizdat_{name}_bucket{{le=\"{le}\"}} 1")), "{text}");
             assert!(text.contains(&format!("tamizdat_{name}_count 1")), "{text}");

@@ -23,6 +23,8 @@
 //!   listener and pluggable transports open afterwards, in the main table, so no shard holds
 //!   a copy that would keep one of them open, or take part in SQLite's file locks (Linux
 //!   keeps a POSIX lock per descriptor table, so each table counts as another owner).
+//! - Randomness is drawn once before the split, for the same reason: a generator that falls
+//!   back from `getrandom(2)` to a device file keeps that file open by number.
 //! - A shard closes its inherited copies of the listening socket once it has its own, so the
 //!   port closes as soon as the shards stop accepting.
 //!
@@ -116,6 +118,7 @@ impl Shards {
         if count > MAX_SHARDS {
             return Err(setup(format!("{count} shards is more than {MAX_SHARDS}")));
         }
+        draw_randomness_before_split()?;
         let shared = Arc::new(listener.try_clone().map_err(|e| setup(format!("listener: {e}")))?);
         // Numbers each shard's table inherits and closes once it has a listener of its own.
         let inherited = [listener.as_raw_fd(), shared.as_raw_fd()];
@@ -275,6 +278,17 @@ pub(crate) fn room_in_table() -> Result<usize, String> {
     let open = std::fs::read_dir("/proc/thread-self/fd").map_err(|e| format!("/proc/thread-self/fd: {e}"))?.count();
     let soft = usize::try_from(soft).unwrap_or(usize::MAX);
     Ok(soft.saturating_sub(open).saturating_sub(SPARE))
+}
+
+/// Draws from both random generators the relay uses (the sessions' and the TLS provider's)
+/// before any shard leaves the shared table. Where `getrandom(2)` is missing, each falls back
+/// to a device file it opens on first use and keeps by number; opened now, that number means
+/// the same file in every shard's copy of the table.
+fn draw_randomness_before_split() -> Result<(), RelayError> {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes).map_err(|e| setup(format!("no randomness: {e}")))?;
+    tamizdat_transport::tls::getrandom(&mut bytes).map_err(|e| setup(e.to_string()))
 }
 
 fn setup(reason: String) -> RelayError {

@@ -77,7 +77,7 @@ impl RelayCert {
 }
 
 /// Random bytes from the operating system, through the TLS provider's generator.
-pub(crate) fn getrandom(out: &mut [u8]) -> Result<(), TransportError> {
+pub fn getrandom(out: &mut [u8]) -> Result<(), TransportError> {
     rustls::crypto::aws_lc_rs::default_provider()
         .secure_random
         .fill(out)
