@@ -82,11 +82,12 @@ pub struct Stall {
 }
 
 /// One thread pinned to each core, at real-time priority, sleeping 1 ms at a time and noting
-/// every wake-up that came 1 ms or more late. A thread that preempts everything else on its
-/// core can be that late only when the core itself was taken: the hypervisor ran something
-/// else, or the kernel held the core (interrupts, softirqs). So late messages sent during a
-/// stall were slowed by the machine; late messages without one queued among the threads of
-/// the run.
+/// every wake-up that came 1 ms or more late. A thread that preempts every ordinary thread on
+/// its core is that late only when the core was taken from it by something above the run's
+/// threads: the hypervisor, or the kernel (interrupts and softirqs, which may be doing the
+/// run's own network or disk work, and paths that cannot be preempted). Every core stalled at
+/// once, for tens of milliseconds, is the machine pausing; late copies with no stall queued
+/// among the run's threads.
 pub struct StallMeter {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<(Vec<Stall>, bool)>>,
@@ -96,6 +97,8 @@ pub struct StallMeter {
 #[derive(Clone, Debug, Default)]
 pub struct Stalls {
     pub stalls: Vec<Stall>,
+    /// Cores it watched.
+    pub cores: usize,
     /// Every meter thread ran at real-time priority. Without it (no `chrt`, or not allowed)
     /// a late wake-up also counts waiting behind ordinary threads, and means less.
     pub realtime: bool,
@@ -105,10 +108,7 @@ impl StallMeter {
     /// Starts a meter thread on each core this process may run on.
     pub fn start() -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let cpus = sched_getaffinity(Pid::from_raw(0))
-            .map(|set| (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect())
-            .unwrap_or_else(|_| Vec::new());
-        let threads = cpus
+        let threads = allowed_cpus()
             .into_iter()
             .filter_map(|cpu| {
                 let stop = stop.clone();
@@ -119,16 +119,31 @@ impl StallMeter {
     }
 
     /// Stops the threads and returns the stalls they saw, in no particular order.
-    pub fn stop(self) -> Stalls {
+    pub fn stop(mut self) -> Stalls {
         self.stop.store(true, Ordering::Relaxed);
-        let mut seen = Stalls { stalls: Vec::new(), realtime: !self.threads.is_empty() };
-        for thread in self.threads {
+        let threads = std::mem::take(&mut self.threads);
+        let mut seen = Stalls { stalls: Vec::new(), cores: threads.len(), realtime: !threads.is_empty() };
+        for thread in threads {
             let (stalls, realtime) = thread.join().unwrap_or_default();
             seen.stalls.extend(stalls);
             seen.realtime &= realtime;
         }
         seen
     }
+}
+
+impl Drop for StallMeter {
+    /// A meter dropped without [`StallMeter::stop`] (a run that failed) still ends its threads.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The cores this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    sched_getaffinity(Pid::from_raw(0))
+        .map(|set| (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect())
+        .unwrap_or_default()
 }
 
 /// One meter thread: pins itself to `cpu`, asks for real-time priority, and times its sleeps
@@ -169,13 +184,12 @@ mod tests {
     #[test]
     fn the_meter_sees_a_core_taken_from_it() {
         // A busy loop at a higher real-time priority, pinned to the meter's first core, holds
-        // that core for 30 ms: the meter thread there must see one stall of about that length.
+        // that core for 30 ms: the longest stall the meter thread there sees must be about
+        // that long (20–200 ms, for a busy host).
         // Without the priority (not root) the test has nothing to take the core with.
         let meter = StallMeter::start();
         std::thread::sleep(Duration::from_millis(50));
-        let cpu = sched_getaffinity(Pid::from_raw(0))
-            .map(|set| (0..CpuSet::count()).find(|&c| set.is_set(c).unwrap_or(false)).unwrap_or(0))
-            .unwrap();
+        let cpu = allowed_cpus()[0];
         let hog = std::thread::spawn(move || {
             let mut only = CpuSet::new();
             only.set(cpu).unwrap();

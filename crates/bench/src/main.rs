@@ -365,17 +365,28 @@ fn suite(bench: &mut Bench, long: bool) -> anyhow::Result<String> {
 
 /// A quantile read off a histogram: at most the bucket's upper bound.
 fn bucket_bound(ms: Option<f64>) -> String {
-    ms.map(|ms| format!("≤ {}", (ms * 100.0).round() / 100.0)).unwrap_or_else(|| "–".into())
+    match ms {
+        // Above every finite bucket: longer than the largest bound.
+        Some(ms) if ms.is_infinite() => {
+            format!("> {}", tamizdat_relay::metrics::BUCKET_BOUNDS.last().map_or(0.0, |s| s * 1e3))
+        }
+        Some(ms) => format!("≤ {}", (ms * 100.0).round() / 100.0),
+        None => "–".into(),
+    }
 }
 
 /// The stall meter's figures for a run, marked when its threads could not run at real-time
 /// priority (their stalls then include waiting behind the run's own threads).
 fn stalls_cell(tail: &stats::Tail) -> String {
-    match (tail.stalls, tail.stall_ms_max, tail.stall_ms_in_worst_half_second, tail.stalled_cores_in_worst_half_second)
-    {
-        (Some(n), Some(max), Some(worst), Some(cores)) => {
+    match (
+        tail.stalls,
+        tail.stall_ms_max,
+        tail.stall_ms_in_worst_half_second,
+        tail.all_cores_stalled_ms_in_worst_half_second,
+    ) {
+        (Some(n), Some(max), Some(worst), Some(together)) => {
             let mark = if tail.stall_meter_realtime == Some(true) { "" } else { " (not real-time)" };
-            format!("{n}, {max:.1}, {worst:.1} on {cores} core(s){mark}")
+            format!("{n}, {max:.1}, {worst:.1}, {together:.1}{mark}")
         }
         _ => "–".into(),
     }
@@ -384,7 +395,7 @@ fn stalls_cell(tail: &stats::Tail) -> String {
 /// A Markdown table of throughput runs.
 fn throughput_table(rows: &[(String, Throughput)]) -> String {
     let mut out = String::from(
-        "| run | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server RSS MiB | wire B/msg | writes/commit | relay write p99 ms | relay notice p99 ms | relay commit max ms | relay checkpoint max ms | stolen % | cpu probe ms | load threads | late > 10 ms % | of them in worst 0.5 s % | core stalls ≥ 1 ms: count, longest ms, longest in worst 0.5 s |\n\
+        "| run | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server RSS MiB | wire B/msg | writes/commit | relay write p99 ms | relay notice p99 ms | relay commit max ms | relay checkpoint max ms | stolen % | cpu probe ms | load threads | late > 10 ms % | of them in worst 0.5 s % | core stalls ≥ 1 ms: count, longest ms, longest in worst 0.5 s, all cores at once in it |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (label, t) in rows {

@@ -40,74 +40,62 @@ pub fn received(payload: &[u8], start: Instant, now: Instant) -> Received {
 }
 
 /// The latency goal at 20,000 messages a second: a copy later than this is late.
-pub const LATE: Duration = Duration::from_millis(10);
+const LATE: Duration = Duration::from_millis(10);
 
-/// Late copies are counted by when they were sent, in windows this long.
-const WINDOW: Duration = Duration::from_millis(100);
+/// The stretch of a run [`Tail`] looks at: the one in which the most late copies were sent.
+const WORST: Duration = Duration::from_millis(500);
 
-/// How many of the windows holding the most late copies [`Tail`] looks at: half a second.
-const WORST: usize = 5;
-
-/// When a run's late copies were sent, and whether a core stalled then. Late copies bunched
-/// into a moment when a core was taken from the machine point at the host; spread out, or
+/// When a run's late copies were sent, and whether the cores stalled then. Late copies
+/// bunched into a moment when every core stalled point at the machine; spread out, or
 /// without stalls, at the run's own queueing.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Tail {
-    /// Copies later than [`LATE`], percent of all: the p99 goal holds while this is under 1.
+    /// Copies later than 10 ms, percent of all: the p99 goal holds while this is under 1.
     pub late_percent: f64,
-    /// Percent of the late copies sent in the run's worst half second: the five 100 ms
-    /// windows that sent the most of them.
+    /// Percent of the late copies sent in the run's worst half second: the 500 ms in which
+    /// the most of them were sent. With a handful of late copies this is 100 by itself; spread
+    /// evenly over a 10 s run it would be 5.
     pub late_in_worst_half_second_percent: f64,
-    /// Stalls of 1 ms or more on any core during the run (see `machine::StallMeter`).
+    /// Stalls of 1 ms or more on any core while the run was measured (its setup and teardown
+    /// included; see `machine::StallMeter`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stalls: Option<usize>,
     /// The longest, ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stall_ms_max: Option<f64>,
-    /// The longest that overlapped the worst half second (or up to 10 ms after a window,
-    /// when copies sent in it were still on their way), ms.
+    /// The longest that overlapped the worst half second (or the 10 ms after it, when copies
+    /// sent in it were still on their way), ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stall_ms_in_worst_half_second: Option<f64>,
-    /// How many cores those stalls were on: all of them means the whole machine was held.
+    /// The longest time every core was stalled at once in that stretch, ms: the machine paused.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stalled_cores_in_worst_half_second: Option<usize>,
+    pub all_cores_stalled_ms_in_worst_half_second: Option<f64>,
     /// Whether the meter's threads had real-time priority (see `machine::Stalls`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stall_meter_realtime: Option<bool>,
-    /// The worst windows: (start, end) of when their copies were sent.
+    /// The worst half second: when its copies were sent.
     #[serde(skip)]
-    worst: Vec<(Instant, Instant)>,
+    worst: Option<(Instant, Instant)>,
 }
 
 impl Tail {
     fn of(received: &[Received], start: Instant) -> Self {
-        let late: Vec<Duration> = received.iter().filter(|r| r.latency > LATE).map(|r| r.sent).collect();
-        let mut windows: Vec<(u128, usize)> = Vec::new();
-        for sent in &late {
-            let w = sent.as_millis() / WINDOW.as_millis();
-            match windows.iter_mut().find(|(at, _)| *at == w) {
-                Some((_, n)) => *n += 1,
-                None => windows.push((w, 1)),
+        let mut late: Vec<Duration> = received.iter().filter(|r| r.latency > LATE).map(|r| r.sent).collect();
+        late.sort_unstable();
+        // The half second holding the most: a window sliding over the sorted send times.
+        let (mut most, mut from, mut first) = (0, Duration::ZERO, 0);
+        for (last, sent) in late.iter().enumerate() {
+            while *sent - late[first] >= WORST {
+                first += 1;
+            }
+            if last + 1 - first > most {
+                (most, from) = (last + 1 - first, late[first]);
             }
         }
-        windows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        windows.truncate(WORST);
-        let in_worst: usize = windows.iter().map(|(_, n)| n).sum();
-        let worst = windows
-            .iter()
-            .map(|(w, _)| {
-                let from = start + WINDOW * u32::try_from(*w).unwrap_or(u32::MAX);
-                (from, from + WINDOW)
-            })
-            .collect();
         Self {
             late_percent: late.len() as f64 * 100.0 / received.len().max(1) as f64,
-            late_in_worst_half_second_percent: if late.is_empty() {
-                0.0
-            } else {
-                in_worst as f64 * 100.0 / late.len() as f64
-            },
-            worst,
+            late_in_worst_half_second_percent: most as f64 * 100.0 / late.len().max(1) as f64,
+            worst: (!late.is_empty()).then(|| (start + from, start + from + WORST)),
             ..Self::default()
         }
     }
@@ -115,21 +103,42 @@ impl Tail {
     /// Adds what a stall meter saw during the run.
     pub fn with_stalls(mut self, seen: &crate::machine::Stalls) -> Self {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let overlaps = |s: &crate::machine::Stall| {
-            let began = s.at.checked_sub(s.late).unwrap_or(s.at);
-            self.worst.iter().any(|(from, to)| began < *to + LATE && s.at > *from)
+        // Each stall as (began, ended, core), and those that overlap the worst half second.
+        let spans = seen.stalls.iter().map(|s| (s.at.checked_sub(s.late).unwrap_or(s.at), s.at, s.cpu));
+        let in_worst: Vec<_> = match self.worst {
+            Some((from, to)) => spans.clone().filter(|(began, ended, _)| *began < to + LATE && *ended > from).collect(),
+            None => Vec::new(),
         };
         self.stalls = Some(seen.stalls.len());
         self.stall_ms_max = Some(seen.stalls.iter().map(|s| ms(s.late)).fold(0.0, f64::max));
-        let in_worst: Vec<_> = seen.stalls.iter().filter(|s| overlaps(s)).collect();
-        self.stall_ms_in_worst_half_second = Some(in_worst.iter().map(|s| ms(s.late)).fold(0.0, f64::max));
-        let mut cores: Vec<usize> = in_worst.iter().map(|s| s.cpu).collect();
-        cores.sort_unstable();
-        cores.dedup();
-        self.stalled_cores_in_worst_half_second = Some(cores.len());
+        self.stall_ms_in_worst_half_second = Some(in_worst.iter().map(|(b, e, _)| ms(*e - *b)).fold(0.0, f64::max));
+        self.all_cores_stalled_ms_in_worst_half_second = Some(ms(all_stalled_at_once(&in_worst, seen.cores)));
         self.stall_meter_realtime = Some(seen.realtime);
         self
     }
+}
+
+/// The longest time all `cores` were inside one of `stalls` at once. One core's stalls never
+/// overlap (its meter thread notes one at a time), so counting open stalls counts cores.
+fn all_stalled_at_once(stalls: &[(Instant, Instant, usize)], cores: usize) -> Duration {
+    let mut edges: Vec<(Instant, bool)> = stalls.iter().flat_map(|(b, e, _)| [(*b, true), (*e, false)]).collect();
+    // At the same instant an end comes first: touching stalls do not overlap.
+    edges.sort_by_key(|(at, begins)| (*at, *begins));
+    let (mut open, mut since, mut longest) = (0usize, None, Duration::ZERO);
+    for (at, begins) in edges {
+        if begins {
+            open += 1;
+            if open == cores {
+                since = Some(at);
+            }
+        } else {
+            if let Some(t) = since.take() {
+                longest = longest.max(at - t);
+            }
+            open = open.saturating_sub(1);
+        }
+    }
+    longest
 }
 
 /// What the relay's own histograms counted during a run, in ms (bucket upper bounds).
@@ -306,32 +315,45 @@ mod tests {
     #[test]
     fn the_tail_finds_when_late_copies_were_sent_and_the_stalls_then() {
         let start = Instant::now();
-        // 1,000 copies over 1 s, 2 ms each; 8 late ones sent around 330 ms, 2 at 810 ms.
+        // 1,000 copies over 1 s, 2 ms each; 8 late ones sent from 330 ms, one at 910 ms, and
+        // one at exactly the goal, which is not late.
         let mut copies: Vec<Received> = (0..1_000).map(|i| copy(i, 2)).collect();
         for i in 0..8 {
             copies[330 + i] = copy(330 + i as u64, 25);
         }
-        copies[810] = copy(810, 11);
-        copies[811] = copy(811, 10);
+        copies[910] = copy(910, 11);
+        copies[911] = copy(911, 10);
         let tail = Tail::of(&copies, start);
-        assert!((tail.late_percent - 0.9).abs() < 1e-9, "exactly 10 ms is not late: {}", tail.late_percent);
-        assert_eq!(tail.late_in_worst_half_second_percent, 100.0, "two windows hold all nine");
+        assert!((tail.late_percent - 0.9).abs() < 1e-9, "{}", tail.late_percent);
+        let share = tail.late_in_worst_half_second_percent;
+        assert!((share - 800.0 / 9.0).abs() < 1e-9, "910 ms is more than 500 ms after 330: {share}");
         let at = |ms: u64| start + Duration::from_millis(ms);
-        let stall =
-            |ms: u64, late: u64| crate::machine::Stall { at: at(ms), late: Duration::from_millis(late), cpu: 0 };
-        let mut seen =
-            crate::machine::Stalls { stalls: vec![stall(352, 20), stall(640, 30), stall(2, 1)], realtime: true };
-        seen.stalls.push(crate::machine::Stall { cpu: 1, ..stall(815, 4) });
-        seen.stalls.push(crate::machine::Stall { cpu: 1, ..stall(905, 2) });
+        let stall = |ms: u64, late: u64, cpu: usize| crate::machine::Stall {
+            at: at(ms),
+            late: Duration::from_millis(late),
+            cpu,
+        };
+        let stalls = vec![
+            stall(352, 20, 0), // 332–352 on core 0 ...
+            stall(350, 25, 1), // ... and 325–350 on core 1: both stalled for 18 ms
+            stall(835, 4, 1),  // within 10 ms after the worst half second (330–830 ms)
+            stall(900, 30, 0), // after it
+            stall(2, 1, 0),
+        ];
+        let seen = crate::machine::Stalls { stalls, cores: 2, realtime: true };
         let tail = tail.with_stalls(&seen);
+        let close = |got: Option<f64>, want: f64| got.is_some_and(|g| (g - want).abs() < 1e-6);
         assert_eq!(tail.stalls, Some(5));
-        assert_eq!(tail.stall_ms_max, Some(30.0));
-        assert_eq!(tail.stall_ms_in_worst_half_second, Some(20.0), "the 30 ms stall was outside the late windows");
-        assert_eq!(tail.stalled_cores_in_worst_half_second, Some(2), "core 1 stalled at 815 and 905 ms");
+        assert!(close(tail.stall_ms_max, 30.0), "{:?}", tail.stall_ms_max);
+        assert!(close(tail.stall_ms_in_worst_half_second, 25.0), "{:?}", tail.stall_ms_in_worst_half_second);
+        let together = tail.all_cores_stalled_ms_in_worst_half_second;
+        assert!(close(together, 18.0), "{together:?}");
+        let three_cores = Tail::of(&copies, start).with_stalls(&crate::machine::Stalls { cores: 3, ..seen.clone() });
+        assert!(close(three_cores.all_cores_stalled_ms_in_worst_half_second, 0.0), "a third core never stalled");
 
         let on_time = Tail::of(&copies[..300], start).with_stalls(&seen);
         assert_eq!((on_time.late_percent, on_time.late_in_worst_half_second_percent), (0.0, 0.0));
-        assert_eq!(on_time.stall_ms_in_worst_half_second, Some(0.0), "no late windows, no stall in them");
+        assert!(close(on_time.stall_ms_in_worst_half_second, 0.0), "no late copies, no worst half second");
     }
 
     #[test]

@@ -82,8 +82,8 @@ metrics! {
     histograms {
         write_seconds: "Time from a write's hand-off to the writer until it is durable: queueing, the group commit and its fsync.";
         notice_seconds: "Time from a write's hand-off to the writer until its notice is encoded for a subscriber's connection (embedded store): the write, then the session's wake-up.";
-        commit_seconds: "Time the embedded store's COMMIT of one group-commit batch took: writing its log frames and the fsync. Long ones while the cores are idle point at the disk.";
-        checkpoint_seconds: "Time a checkpoint of the embedded store's log took (copying its pages into the database file, and the fsyncs); the writer runs one after a commit once the log holds 1,000 pages, and the batch's writes wait for it.";
+        commit_seconds: "Time the embedded store's COMMIT of one group-commit batch took: writing its log frames, and with durability fsync the fsync. Long ones while the cores are idle point at the disk.";
+        checkpoint_seconds: "Time a checkpoint of the embedded store's log took (copying its pages into the database file, and the fsyncs); the writer runs one after answering a batch once the log holds 1,000 pages, and the next batch waits for it.";
     }
 }
 
@@ -109,11 +109,6 @@ impl Histogram {
         let bucket = BUCKET_BOUNDS.iter().position(|&bound| seconds <= bound).unwrap_or(BUCKET_BOUNDS.len());
         self.buckets[bucket].fetch_add(1, Relaxed);
         self.sum_micros.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
-    }
-
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
     }
 
     /// Appends the cumulative `_bucket`, `_sum` and `_count` lines.

@@ -280,10 +280,12 @@ pub(crate) fn room_in_table() -> Result<usize, String> {
     Ok(soft.saturating_sub(open).saturating_sub(SPARE))
 }
 
-/// Draws from both random generators the relay uses (the sessions' and the TLS provider's)
-/// before any shard leaves the shared table. Where `getrandom(2)` is missing, each falls back
-/// to a device file it opens on first use and keeps by number; opened now, that number means
-/// the same file in every shard's copy of the table.
+/// Draws from the random generators the relay's serving path uses before any shard leaves
+/// the shared table: rand's `OsRng` (through getrandom 0.2, shared with ring and ed25519) and
+/// the TLS provider's (aws-lc). Where `getrandom(2)` is missing, each falls back to a device
+/// file it opens on first use and keeps by number; opened now, that number means the same
+/// file in every shard's copy of the table. A generator the relay starts using elsewhere
+/// (getrandom 0.3 is in the build, for the WebSocket library's client side) belongs here too.
 fn draw_randomness_before_split() -> Result<(), RelayError> {
     use rand::RngCore;
     let mut bytes = [0u8; 16];

@@ -39,7 +39,7 @@ pub(crate) fn open(path: &Path, durability: Durability) -> Result<Connection, Re
     conn.pragma_update(None, "synchronous", sync).map_err(storage)?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(storage)?;
     conn.set_prepared_statement_cache_capacity(32);
-    conn.wal_hook(Some(checkpoint_when_due));
+    conn.wal_hook(Some(note_checkpoint_due));
     Ok(conn)
 }
 
@@ -47,29 +47,36 @@ pub(crate) fn open(path: &Path, durability: Durability) -> Result<Connection, Re
 const CHECKPOINT_PAGES: c_int = 1000;
 
 thread_local! {
-    /// How long the checkpoint inside the last COMMIT on this thread took, if one ran.
-    static CHECKPOINTED: Cell<Option<Duration>> = const { Cell::new(None) };
+    /// Set when a commit on this thread left the log holding [`CHECKPOINT_PAGES`] or more.
+    static CHECKPOINT_DUE: Cell<bool> = const { Cell::new(false) };
 }
 
-/// SQLite's automatic checkpoint, the same one (passive, by the committing connection, once
-/// the log holds [`CHECKPOINT_PAGES`]), timed apart from the commit around it: the writes
-/// of a batch that triggers one wait for it, and its cost belongs to neither the disk's
-/// fsync nor the batch.
-fn checkpoint_when_due(wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
+/// Takes the place of SQLite's automatic checkpoint, which runs inside the `COMMIT` that
+/// crosses [`CHECKPOINT_PAGES`], so that batch's answers would wait for it: this only notes
+/// that one is due, for [`checkpoint_if_due`] to run once the batch is answered.
+fn note_checkpoint_due(_wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
     if pages >= CHECKPOINT_PAGES {
-        let started = Instant::now();
-        // The transaction is durable already: an error here must not fail its COMMIT (SQLite's
-        // own hook ignores it too); the next one tries again.
-        if let Err(e) = wal.checkpoint() {
-            tracing::warn!(error = %e, "checkpoint failed");
-        }
-        CHECKPOINTED.set(Some(started.elapsed()));
+        CHECKPOINT_DUE.set(true);
     }
     Ok(())
 }
 
+/// Runs the checkpoint a commit left due, the same one SQLite would have (passive: it copies
+/// what no reader still needs and never blocks them); returns how long it took, if it ran.
+fn checkpoint_if_due(conn: &Connection) -> Option<Duration> {
+    if !CHECKPOINT_DUE.replace(false) {
+        return None;
+    }
+    let started = Instant::now();
+    // A failed checkpoint loses nothing: the log keeps the pages, and the next commit asks again.
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        tracing::warn!(error = %e, "checkpoint failed");
+    }
+    Some(started.elapsed())
+}
+
 /// Group commit on a blocking thread: take everything waiting, apply it in one transaction,
-/// answer after COMMIT, then announce what was stored.
+/// answer after COMMIT, then announce what was stored, then checkpoint the log if it is due.
 pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<NoticeHub>) {
     while let Some(first) = rx.blocking_recv() {
         let jobs = fill_batch(first, &mut rx);
@@ -84,6 +91,9 @@ pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<No
         };
         answer(jobs, results);
         hub.publish(&notices);
+        if let Some(took) = checkpoint_if_due(&conn) {
+            crate::metrics::global().checkpoint_seconds.observe(took);
+        }
     }
     let _ = conn.close();
 }
@@ -101,16 +111,9 @@ fn apply_batch(conn: &mut Connection, jobs: &[Job], notices: &mut Vec<Notice>) -
             Ok(outcome)
         })
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    CHECKPOINTED.set(None);
     let committing = Instant::now();
     tx.commit()?;
-    let took = committing.elapsed();
-    let metrics = crate::metrics::global();
-    let checkpoint = CHECKPOINTED.take().unwrap_or_default();
-    if !checkpoint.is_zero() {
-        metrics.checkpoint_seconds.observe(checkpoint);
-    }
-    metrics.commit_seconds.observe(took.saturating_sub(checkpoint));
+    crate::metrics::global().commit_seconds.observe(committing.elapsed());
     Ok(outcomes)
 }
 
@@ -277,6 +280,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         let mut conn = open(&path, Durability::OsBuffered).unwrap();
+        CHECKPOINT_DUE.set(false);
         conn.execute_batch("CREATE TABLE t (b BLOB)").unwrap();
         // 40 MiB through the log in 256 KiB transactions, each freeing the last one's pages:
         // without checkpoints the log would hold all of it.
@@ -285,9 +289,8 @@ mod tests {
             let tx = conn.transaction().unwrap();
             tx.execute("DELETE FROM t", []).unwrap();
             tx.execute("INSERT INTO t VALUES (zeroblob(262144))", []).unwrap();
-            CHECKPOINTED.set(None);
             tx.commit().unwrap();
-            checkpoints += usize::from(CHECKPOINTED.take().is_some());
+            checkpoints += usize::from(checkpoint_if_due(&conn).is_some());
         }
         let wal = std::fs::metadata(dir.path().join("w.db-wal")).unwrap().len();
         assert!(wal < 8 << 20, "the log grew to {wal} bytes");
