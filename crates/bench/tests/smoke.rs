@@ -54,6 +54,12 @@ fn a_relay_load_delivers_what_was_acknowledged_with_latencies() {
     assert!(number(&v, &["load", "write_ms_p99"]) > 0.0, "the relay's write histogram counted the run: {v}");
     assert!(number(&v, &["load", "notice_ms_p99"]) > 0.0, "and its notice histogram: {v}");
     assert!(number(&v, &["load", "cpu_probe_ms"]) > 0.0, "the machine was probed before the run: {v}");
+    assert!(number(&v, &["load", "commit_ms_max"]) > 0.0, "the relay timed its commits: {v}");
+    assert!(number(&v, &["load", "tail", "late_percent"]) >= 0.0, "{v}");
+    assert!(number(&v, &["load", "tail", "stalls"]) >= 0.0, "the stall meter ran: {v}");
+    if std::env::var("CI").is_ok() {
+        assert_eq!(v["load"]["tail"]["stall_meter_realtime"], true, "CI runs as root: {v}");
+    }
 }
 
 #[test]
