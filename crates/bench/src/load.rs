@@ -128,10 +128,10 @@ pub async fn run(relay: &RelayProcess, spec: &Spec) -> anyhow::Result<Throughput
     )
     .with_batches(batches / elapsed, if batches > 0.0 { delta("write_batch_items_total") / batches } else { 0.0 })
     .with_relay_latency(RelayLatency {
-        write_p99: ms("write_seconds", 0.99),
-        notice_p99: ms("notice_seconds", 0.99),
-        commit_max: ms("commit_seconds", 1.0),
-        checkpoint_max: ms("checkpoint_seconds", 1.0),
+        write_ms_p99: ms("write_seconds", 0.99),
+        notice_ms_p99: ms("notice_seconds", 0.99),
+        commit_ms_max: ms("commit_seconds", 1.0),
+        checkpoint_ms_max: ms("checkpoint_seconds", 1.0),
     }))
 }
 

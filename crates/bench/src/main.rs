@@ -378,18 +378,12 @@ fn bucket_bound(ms: Option<f64>) -> String {
 /// The stall meter's figures for a run, marked when its threads could not run at real-time
 /// priority (their stalls then include waiting behind the run's own threads).
 fn stalls_cell(tail: &stats::Tail) -> String {
-    match (
-        tail.stalls,
-        tail.stall_ms_max,
-        tail.stall_ms_in_worst_half_second,
-        tail.all_cores_stalled_ms_in_worst_half_second,
-    ) {
-        (Some(n), Some(max), Some(worst), Some(together)) => {
-            let mark = if tail.stall_meter_realtime == Some(true) { "" } else { " (not real-time)" };
-            format!("{n}, {max:.1}, {worst:.1}, {together:.1}{mark}")
-        }
-        _ => "–".into(),
-    }
+    let Some(m) = &tail.meter else { return "–".into() };
+    let mark = if m.stall_meter_realtime { "" } else { " (not real-time)" };
+    format!(
+        "{}, {:.1}, {:.1}, {:.1}{mark}",
+        m.stalls, m.stall_ms_max, m.stall_ms_in_worst_half_second, m.all_cores_stalled_ms_in_worst_half_second
+    )
 }
 
 /// A Markdown table of throughput runs.
@@ -410,10 +404,10 @@ fn throughput_table(rows: &[(String, Throughput)]) -> String {
             t.server_rss_mib,
             t.wire_bytes_per_message,
             t.writes_per_commit.map(|w| format!("{w:.0}")).unwrap_or_else(|| "–".into()),
-            bucket_bound(t.write_ms_p99),
-            bucket_bound(t.notice_ms_p99),
-            bucket_bound(t.commit_ms_max),
-            bucket_bound(t.checkpoint_ms_max),
+            bucket_bound(t.relay.write_ms_p99),
+            bucket_bound(t.relay.notice_ms_p99),
+            bucket_bound(t.relay.commit_ms_max),
+            bucket_bound(t.relay.checkpoint_ms_max),
             t.steal_percent,
             t.cpu_probe_ms,
             t.client_threads,

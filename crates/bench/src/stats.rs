@@ -56,26 +56,29 @@ pub struct Tail {
     /// the most of them were sent. With a handful of late copies this is 100 by itself; spread
     /// evenly over a 10 s run it would be 5.
     pub late_in_worst_half_second_percent: f64,
-    /// Stalls of 1 ms or more on any core while the run was measured (its setup and teardown
-    /// included; see `machine::StallMeter`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stalls: Option<usize>,
-    /// The longest, ms.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stall_ms_max: Option<f64>,
-    /// The longest that overlapped the worst half second (or the 10 ms after it, when copies
-    /// sent in it were still on their way), ms.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stall_ms_in_worst_half_second: Option<f64>,
-    /// The longest time every core was stalled at once in that stretch, ms: the machine paused.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub all_cores_stalled_ms_in_worst_half_second: Option<f64>,
-    /// Whether the meter's threads had real-time priority (see `machine::Stalls`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stall_meter_realtime: Option<bool>,
+    /// What the stall meter saw, once it is added.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub meter: Option<MeterFigures>,
     /// The worst half second: when its copies were sent.
     #[serde(skip)]
     worst: Option<(Instant, Instant)>,
+}
+
+/// A stall meter's figures for one run (see `machine::StallMeter`).
+#[derive(Clone, Debug, Serialize)]
+pub struct MeterFigures {
+    /// Stalls of 1 ms or more on any core while the run was measured (its setup and teardown
+    /// included).
+    pub stalls: usize,
+    /// The longest, ms.
+    pub stall_ms_max: f64,
+    /// The longest that overlapped the worst half second (or the 10 ms after it, when copies
+    /// sent in it were still on their way), ms.
+    pub stall_ms_in_worst_half_second: f64,
+    /// The longest time every core was stalled at once in that stretch, ms: the machine paused.
+    pub all_cores_stalled_ms_in_worst_half_second: f64,
+    /// Whether the meter's threads had real-time priority (see `machine::Stalls`).
+    pub stall_meter_realtime: bool,
 }
 
 impl Tail {
@@ -106,47 +109,62 @@ impl Tail {
         // Each stall as (began, ended, core), and those that overlap the worst half second.
         let spans = seen.stalls.iter().map(|s| (s.at.checked_sub(s.late).unwrap_or(s.at), s.at, s.cpu));
         let in_worst: Vec<_> = match self.worst {
-            Some((from, to)) => spans.clone().filter(|(began, ended, _)| *began < to + LATE && *ended > from).collect(),
+            Some((from, to)) => spans.filter(|(began, ended, _)| *began < to + LATE && *ended > from).collect(),
             None => Vec::new(),
         };
-        self.stalls = Some(seen.stalls.len());
-        self.stall_ms_max = Some(seen.stalls.iter().map(|s| ms(s.late)).fold(0.0, f64::max));
-        self.stall_ms_in_worst_half_second = Some(in_worst.iter().map(|(b, e, _)| ms(*e - *b)).fold(0.0, f64::max));
-        self.all_cores_stalled_ms_in_worst_half_second = Some(ms(all_stalled_at_once(&in_worst, seen.cores)));
-        self.stall_meter_realtime = Some(seen.realtime);
+        self.meter = Some(MeterFigures {
+            stalls: seen.stalls.len(),
+            stall_ms_max: seen.stalls.iter().map(|s| ms(s.late)).fold(0.0, f64::max),
+            stall_ms_in_worst_half_second: in_worst.iter().map(|(b, e, _)| ms(*e - *b)).fold(0.0, f64::max),
+            all_cores_stalled_ms_in_worst_half_second: ms(all_stalled_at_once(&in_worst, seen.cores)),
+            stall_meter_realtime: seen.realtime,
+        });
         self
     }
 }
 
-/// The longest time all `cores` were inside one of `stalls` at once. One core's stalls never
-/// overlap (its meter thread notes one at a time), so counting open stalls counts cores.
+/// The longest time all `cores` were inside one of `stalls` (began, ended, core) at once.
 fn all_stalled_at_once(stalls: &[(Instant, Instant, usize)], cores: usize) -> Duration {
-    let mut edges: Vec<(Instant, bool)> = stalls.iter().flat_map(|(b, e, _)| [(*b, true), (*e, false)]).collect();
+    let mut edges: Vec<(Instant, bool, usize)> =
+        stalls.iter().flat_map(|&(b, e, core)| [(b, true, core), (e, false, core)]).collect();
     // At the same instant an end comes first: touching stalls do not overlap.
-    edges.sort_by_key(|(at, begins)| (*at, *begins));
-    let (mut open, mut since, mut longest) = (0usize, None, Duration::ZERO);
-    for (at, begins) in edges {
-        if begins {
-            open += 1;
-            if open == cores {
-                since = Some(at);
-            }
-        } else {
-            if let Some(t) = since.take() {
+    edges.sort_by_key(|&(at, begins, _)| (at, begins));
+    // Stalls open on each core; a core counts as stalled while it has any.
+    let mut open: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+    let (mut since, mut longest) = (None, Duration::ZERO);
+    for (at, begins, core) in edges {
+        let n = open.entry(core).or_default();
+        *n = if begins { *n + 1 } else { n.saturating_sub(1) };
+        let stalled = open.values().filter(|&&n| n > 0).count();
+        match (stalled == cores && cores > 0, since) {
+            (true, None) => since = Some(at),
+            (false, Some(t)) => {
                 longest = longest.max(at - t);
+                since = None;
             }
-            open = open.saturating_sub(1);
+            _ => {}
         }
     }
     longest
 }
 
-/// What the relay's own histograms counted during a run, in ms (bucket upper bounds).
+/// What the relay's own histograms counted during a run, in ms, each the upper bound of the
+/// bucket it falls in (Tamizdat only; the commit and checkpoint with the embedded store only).
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct RelayLatency {
-    pub write_p99: Option<f64>,
-    pub notice_p99: Option<f64>,
-    pub commit_max: Option<f64>,
-    pub checkpoint_max: Option<f64>,
+    /// 99th percentile of a write, hand-off to durable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_ms_p99: Option<f64>,
+    /// 99th percentile of the relay's share of a pushed notice, hand-off to encoded for the
+    /// recipient's connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notice_ms_p99: Option<f64>,
+    /// The longest COMMIT of a group-commit batch (its log frames and fsync).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_ms_max: Option<f64>,
+    /// The longest checkpoint of the log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_ms_max: Option<f64>,
 }
 
 /// The result of one throughput run.
@@ -180,21 +198,9 @@ pub struct Throughput {
     /// Writes per transaction (Tamizdat only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub writes_per_commit: Option<f64>,
-    /// 99th percentile of the relay's own write latency, hand-off to durable, in ms: the
-    /// upper bound of the histogram bucket it falls in (Tamizdat only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub write_ms_p99: Option<f64>,
-    /// 99th percentile of the relay's own share of a pushed notice, hand-off to encoded for
-    /// the recipient's connection, in ms, the same way (Tamizdat only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub notice_ms_p99: Option<f64>,
-    /// The longest COMMIT of a group-commit batch in the relay (its log frames and fsync), in
-    /// ms, as the upper bound of its histogram bucket (Tamizdat with the embedded store only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub commit_ms_max: Option<f64>,
-    /// The longest checkpoint of the relay's log, the same way.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub checkpoint_ms_max: Option<f64>,
+    /// The relay's own view of the run.
+    #[serde(flatten)]
+    pub relay: RelayLatency,
     /// Percent of the machine's CPU time the hypervisor stole during the run.
     pub steal_percent: f64,
     /// How long a fixed piece of work took one core just before the run (ms; see
@@ -235,10 +241,7 @@ impl Throughput {
             wire_bytes_per_message: wire_bytes as f64 / delivered.max(1) as f64,
             commits_per_second: None,
             writes_per_commit: None,
-            write_ms_p99: None,
-            notice_ms_p99: None,
-            commit_ms_max: None,
-            checkpoint_ms_max: None,
+            relay: RelayLatency::default(),
             steal_percent: 0.0,
             cpu_probe_ms: 0.0,
             client_threads: 0,
@@ -253,13 +256,9 @@ impl Throughput {
         self
     }
 
-    /// Adds the relay's own latency p99s and its longest commit and checkpoint (ms), when
-    /// its histograms counted anything.
+    /// Adds what the relay's own histograms counted.
     pub fn with_relay_latency(mut self, relay: RelayLatency) -> Self {
-        self.write_ms_p99 = relay.write_p99;
-        self.notice_ms_p99 = relay.notice_p99;
-        self.commit_ms_max = relay.commit_max;
-        self.checkpoint_ms_max = relay.checkpoint_max;
+        self.relay = relay;
         self
     }
 }
@@ -341,18 +340,26 @@ mod tests {
             stall(2, 1, 0),
         ];
         let seen = crate::machine::Stalls { stalls, cores: 2, realtime: true };
-        let tail = tail.with_stalls(&seen);
-        let close = |got: Option<f64>, want: f64| got.is_some_and(|g| (g - want).abs() < 1e-6);
-        assert_eq!(tail.stalls, Some(5));
-        assert!(close(tail.stall_ms_max, 30.0), "{:?}", tail.stall_ms_max);
-        assert!(close(tail.stall_ms_in_worst_half_second, 25.0), "{:?}", tail.stall_ms_in_worst_half_second);
-        let together = tail.all_cores_stalled_ms_in_worst_half_second;
-        assert!(close(together, 18.0), "{together:?}");
-        let three_cores = Tail::of(&copies, start).with_stalls(&crate::machine::Stalls { cores: 3, ..seen.clone() });
+        let figures = |tail: Tail| tail.meter.unwrap();
+        let close = |got: f64, want: f64| (got - want).abs() < 1e-6;
+        let seen_in = figures(tail.with_stalls(&seen));
+        assert_eq!(seen_in.stalls, 5);
+        assert!(close(seen_in.stall_ms_max, 30.0), "{seen_in:?}");
+        assert!(close(seen_in.stall_ms_in_worst_half_second, 25.0), "{seen_in:?}");
+        assert!(close(seen_in.all_cores_stalled_ms_in_worst_half_second, 18.0), "{seen_in:?}");
+        let three_cores =
+            figures(Tail::of(&copies, start).with_stalls(&crate::machine::Stalls { cores: 3, ..seen.clone() }));
         assert!(close(three_cores.all_cores_stalled_ms_in_worst_half_second, 0.0), "a third core never stalled");
+        let one_core = crate::machine::Stalls { stalls: vec![stall(352, 20, 0), stall(350, 25, 0)], ..seen.clone() };
+        let one_core = figures(Tail::of(&copies, start).with_stalls(&one_core));
+        assert!(
+            close(one_core.all_cores_stalled_ms_in_worst_half_second, 0.0),
+            "two stalls on core 0 are not two cores"
+        );
 
-        let on_time = Tail::of(&copies[..300], start).with_stalls(&seen);
+        let on_time = Tail::of(&copies[..300], start);
         assert_eq!((on_time.late_percent, on_time.late_in_worst_half_second_percent), (0.0, 0.0));
+        let on_time = figures(on_time.with_stalls(&seen));
         assert!(close(on_time.stall_ms_in_worst_half_second, 0.0), "no late copies, no worst half second");
     }
 
