@@ -39,6 +39,26 @@ pub fn steal_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
     if all == 0 { 0.0 } else { after.0.saturating_sub(before.0) as f64 * 100.0 / all as f64 }
 }
 
+/// Writes every dirty page on the machine to disk, and returns how many MiB were dirty.
+///
+/// Taken just before a run, so that the run does not pay for data written before it: the
+/// kernel writes dirty data back in the background once it is 30 s old
+/// (`vm.dirty_expire_centisecs`), and on one disk the relay's fsyncs then wait behind that
+/// writeback (15–48 ms each, traced). Syncing also lets the filesystem discard what an earlier
+/// run's deleted files held (the root filesystem here is mounted with `discard`).
+pub fn flush_dirty_pages() -> f64 {
+    let dirty_kib = |meminfo: String| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("Dirty:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let dirty = dirty_kib(std::fs::read_to_string("/proc/meminfo").unwrap_or_default());
+    nix::unistd::sync();
+    dirty / 1024.0
+}
+
 /// Milliseconds one core takes for a fixed piece of work (SHA-256 over 8 MiB; the median of
 /// five tries), taken just before a run. It moves with the host: the same machine gives a
 /// larger figure when its cores are slower, whatever the relay does.

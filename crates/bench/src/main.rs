@@ -197,7 +197,8 @@ impl Bench {
     }
 
     /// Runs one throughput measurement and records it with the threads it ran on, how fast a
-    /// core was just before, the CPU time stolen meanwhile, and the cores' stalls.
+    /// core was just before, the CPU time stolen meanwhile, and the cores' stalls. Dirty pages
+    /// are written out first, so the run does not pay for writeback it did not cause.
     fn measure(
         &mut self,
         label: &str,
@@ -206,6 +207,7 @@ impl Bench {
         run: impl Future<Output = anyhow::Result<Throughput>>,
     ) -> anyhow::Result<Throughput> {
         let threads = self.threads_for(spec);
+        let dirty_mib_flushed_before = machine::flush_dirty_pages();
         let cpu_probe_ms = machine::cpu_probe_ms();
         let ticks = machine::cpu_ticks();
         let meter = machine::StallMeter::start();
@@ -215,6 +217,7 @@ impl Bench {
         t.tail = t.tail.with_stalls(&stalls);
         t.steal_percent = machine::steal_percent(ticks, machine::cpu_ticks());
         t.cpu_probe_ms = cpu_probe_ms;
+        t.dirty_mib_flushed_before = dirty_mib_flushed_before;
         t.client_threads = threads;
         self.record(label, &t);
         self.runs.push((label.to_string(), t.clone()));

@@ -56,6 +56,14 @@ pub struct Tail {
     /// the most of them were sent. With a handful of late copies this is 100 by itself; spread
     /// evenly over a 10 s run it would be 5.
     pub late_in_worst_half_second_percent: f64,
+    /// When the worst half second began, seconds after the first send (none without late
+    /// copies): near 0 it is the fresh relay's start, not the steady state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worst_half_second_at_s: Option<f64>,
+    /// The same moment on CLOCK_MONOTONIC, seconds: where to look in a trace of the run taken
+    /// with `perf record -k CLOCK_MONOTONIC`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worst_half_second_clock_s: Option<f64>,
     /// What the stall meter saw, once it is added.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub meter: Option<MeterFigures>,
@@ -95,10 +103,13 @@ impl Tail {
                 (most, from) = (last + 1 - first, late[first]);
             }
         }
+        let any_late = !late.is_empty();
         Self {
             late_percent: late.len() as f64 * 100.0 / received.len().max(1) as f64,
             late_in_worst_half_second_percent: most as f64 * 100.0 / late.len().max(1) as f64,
-            worst: (!late.is_empty()).then(|| (start + from, start + from + WORST)),
+            worst_half_second_at_s: any_late.then_some(from.as_secs_f64()),
+            worst_half_second_clock_s: if any_late { monotonic_clock_s(start + from) } else { None },
+            worst: any_late.then_some((start + from, start + from + WORST)),
             ..Self::default()
         }
     }
@@ -121,6 +132,17 @@ impl Tail {
         });
         self
     }
+}
+
+/// Where `at` falls on CLOCK_MONOTONIC (the clock `Instant` reads on Linux), in seconds.
+fn monotonic_clock_s(at: Instant) -> Option<f64> {
+    let now = Instant::now();
+    let clock = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+    let from_now = match now.checked_duration_since(at) {
+        Some(past) => -past.as_secs_f64(),
+        None => (at - now).as_secs_f64(),
+    };
+    Some(Duration::from(clock).as_secs_f64() + from_now)
 }
 
 /// The longest time all `cores` were inside one of `stalls` (began, ended, core) at once.
@@ -206,6 +228,9 @@ pub struct Throughput {
     /// How long a fixed piece of work took one core just before the run (ms; see
     /// `machine::cpu_probe_ms`): larger when the host is slower.
     pub cpu_probe_ms: f64,
+    /// Dirty page cache written to disk just before the run, MiB (see
+    /// `machine::flush_dirty_pages`): the run starts without anyone else's writeback pending.
+    pub dirty_mib_flushed_before: f64,
     /// Worker threads of the load generator.
     pub client_threads: usize,
     /// When the late copies were sent, and the cores' stalls.
@@ -244,6 +269,7 @@ impl Throughput {
             relay: RelayLatency::default(),
             steal_percent: 0.0,
             cpu_probe_ms: 0.0,
+            dirty_mib_flushed_before: 0.0,
             client_threads: 0,
             tail: Tail::of(received, start),
         }
@@ -326,6 +352,11 @@ mod tests {
         assert!((tail.late_percent - 0.9).abs() < 1e-9, "{}", tail.late_percent);
         let share = tail.late_in_worst_half_second_percent;
         assert!((share - 800.0 / 9.0).abs() < 1e-9, "910 ms is more than 500 ms after 330: {share}");
+        assert_eq!(tail.worst_half_second_at_s, Some(0.33));
+        let clock = Duration::from(nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap());
+        let clock_then = clock.as_secs_f64() - start.elapsed().as_secs_f64() + 0.33;
+        let got = tail.worst_half_second_clock_s.unwrap();
+        assert!((got - clock_then).abs() < 0.01, "{got} against {clock_then}");
         let at = |ms: u64| start + Duration::from_millis(ms);
         let stall = |ms: u64, late: u64, cpu: usize| crate::machine::Stall {
             at: at(ms),
@@ -359,6 +390,7 @@ mod tests {
 
         let on_time = Tail::of(&copies[..300], start);
         assert_eq!((on_time.late_percent, on_time.late_in_worst_half_second_percent), (0.0, 0.0));
+        assert_eq!(on_time.worst_half_second_at_s, None);
         let on_time = figures(on_time.with_stalls(&seen));
         assert!(close(on_time.stall_ms_in_worst_half_second, 0.0), "no late copies, no worst half second");
     }
