@@ -39,24 +39,23 @@ pub fn steal_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
     if all == 0 { 0.0 } else { after.0.saturating_sub(before.0) as f64 * 100.0 / all as f64 }
 }
 
-/// Writes every dirty page on the machine to disk, and returns how many MiB were dirty.
+/// Writes every dirty page on the machine to disk, and returns how many MiB were dirty (none
+/// if `/proc/meminfo` could not be read).
 ///
 /// Taken just before a run, so that the run does not pay for data written before it: the
 /// kernel writes dirty data back in the background once it is 30 s old
-/// (`vm.dirty_expire_centisecs`), and on one disk the relay's fsyncs then wait behind that
-/// writeback (15–48 ms each, traced). Syncing also lets the filesystem discard what an earlier
-/// run's deleted files held (the root filesystem here is mounted with `discard`).
-pub fn flush_dirty_pages() -> f64 {
-    let dirty_kib = |meminfo: String| {
-        meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix("Dirty:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let dirty = dirty_kib(std::fs::read_to_string("/proc/meminfo").unwrap_or_default());
+/// (`vm.dirty_expire_centisecs`), and on one disk the relay's fsyncs were traced taking
+/// 15–48 ms while that writeback was under way.
+pub fn flush_dirty_pages() -> Option<f64> {
+    let dirty_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| proc_kib(&m, "Dirty:"));
     nix::unistd::sync();
-    dirty / 1024.0
+    dirty_kib.map(|kib| kib as f64 / 1024.0)
+}
+
+/// The number after `key` (such as `Dirty:` or `VmRSS:`) in a `/proc` file of
+/// `key value kB` lines: KiB.
+pub fn proc_kib(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(key))?.split_whitespace().next()?.parse().ok()
 }
 
 /// Milliseconds one core takes for a fixed piece of work (SHA-256 over 8 MiB; the median of
@@ -194,6 +193,15 @@ fn meter(cpu: usize, stop: &AtomicBool) -> (Vec<Stall>, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_kib_reads_one_key_of_a_proc_file() {
+        let meminfo = "MemTotal:       24576000 kB\nDirty:              76776 kB\nWriteback:             0 kB\n";
+        assert_eq!(proc_kib(meminfo, "Dirty:"), Some(76_776));
+        assert_eq!(proc_kib(meminfo, "Writeback:"), Some(0));
+        assert_eq!(proc_kib(meminfo, "VmRSS:"), None);
+        assert_eq!(proc_kib("Dirty:   some kB\n", "Dirty:"), None);
+    }
 
     #[test]
     fn steal_is_a_share_of_the_time_between_readings() {

@@ -56,7 +56,7 @@ pub struct Tail {
     /// the most of them were sent. With a handful of late copies this is 100 by itself; spread
     /// evenly over a 10 s run it would be 5.
     pub late_in_worst_half_second_percent: f64,
-    /// When the worst half second began, seconds after the first send (none without late
+    /// When the worst half second began, seconds after the run's start (none without late
     /// copies): near 0 it is the fresh relay's start, not the steady state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worst_half_second_at_s: Option<f64>,
@@ -230,7 +230,8 @@ pub struct Throughput {
     pub cpu_probe_ms: f64,
     /// Dirty page cache written to disk just before the run, MiB (see
     /// `machine::flush_dirty_pages`): the run starts without anyone else's writeback pending.
-    pub dirty_mib_flushed_before: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dirty_mib_flushed_before: Option<f64>,
     /// Worker threads of the load generator.
     pub client_threads: usize,
     /// When the late copies were sent, and the cores' stalls.
@@ -269,7 +270,7 @@ impl Throughput {
             relay: RelayLatency::default(),
             steal_percent: 0.0,
             cpu_probe_ms: 0.0,
-            dirty_mib_flushed_before: 0.0,
+            dirty_mib_flushed_before: None,
             client_threads: 0,
             tail: Tail::of(received, start),
         }
@@ -339,7 +340,8 @@ mod tests {
 
     #[test]
     fn the_tail_finds_when_late_copies_were_sent_and_the_stalls_then() {
-        let start = Instant::now();
+        // A run that started 2 s ago, so that its worst half second is in the past.
+        let start = Instant::now().checked_sub(Duration::from_secs(2)).unwrap();
         // 1,000 copies over 1 s, 2 ms each; 8 late ones sent from 330 ms, one at 910 ms, and
         // one at exactly the goal, which is not late.
         let mut copies: Vec<Received> = (0..1_000).map(|i| copy(i, 2)).collect();
@@ -390,7 +392,7 @@ mod tests {
 
         let on_time = Tail::of(&copies[..300], start);
         assert_eq!((on_time.late_percent, on_time.late_in_worst_half_second_percent), (0.0, 0.0));
-        assert_eq!(on_time.worst_half_second_at_s, None);
+        assert_eq!((on_time.worst_half_second_at_s, on_time.worst_half_second_clock_s), (None, None));
         let on_time = figures(on_time.with_stalls(&seen));
         assert!(close(on_time.stall_ms_in_worst_half_second, 0.0), "no late copies, no worst half second");
     }
