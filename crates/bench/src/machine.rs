@@ -168,15 +168,7 @@ fn allowed_cpus() -> Vec<usize> {
 /// One meter thread: pins itself to `cpu`, asks for real-time priority, and times its sleeps
 /// until told to stop. Returns its stalls and whether it got the priority.
 fn meter(cpu: usize, stop: &AtomicBool) -> (Vec<Stall>, bool) {
-    let mut only = CpuSet::new();
-    let pinned = only.set(cpu).is_ok() && sched_setaffinity(Pid::from_raw(0), &only).is_ok();
-    // `chrt` changes one thread's policy given its id; the standard library has no call for it.
-    let realtime = pinned
-        && std::process::Command::new("chrt")
-            .args(["--fifo", "--pid", "10", &gettid().to_string()])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+    let realtime = pin_at_realtime_priority(cpu, 10);
     let mut stalls = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let asleep = Instant::now();
@@ -190,6 +182,20 @@ fn meter(cpu: usize, stop: &AtomicBool) -> (Vec<Stall>, bool) {
     (stalls, realtime)
 }
 
+/// Pins the calling thread to `cpu` and gives it real-time (FIFO) `priority`; says whether
+/// both worked.
+fn pin_at_realtime_priority(cpu: usize, priority: u8) -> bool {
+    let mut only = CpuSet::new();
+    let pinned = only.set(cpu).is_ok() && sched_setaffinity(Pid::from_raw(0), &only).is_ok();
+    // `chrt` changes one thread's policy given its id; the standard library has no call for it.
+    pinned
+        && std::process::Command::new("chrt")
+            .args(["--fifo", "--pid", &priority.to_string(), &gettid().to_string()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +207,17 @@ mod tests {
         assert_eq!(proc_kib(meminfo, "Writeback:"), Some(0));
         assert_eq!(proc_kib(meminfo, "VmRSS:"), None);
         assert_eq!(proc_kib("Dirty:   some kB\n", "Dirty:"), None);
+    }
+
+    #[test]
+    fn the_flush_writes_out_what_was_dirty() {
+        // 64 MiB left in the page cache: the flush must count it and leave it written.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("dirty"), vec![7u8; 64 << 20]).unwrap();
+        let flushed = flush_dirty_pages().unwrap();
+        assert!(flushed >= 48.0, "{flushed} MiB dirty after writing 64 MiB");
+        let left = flush_dirty_pages().unwrap();
+        assert!(left < flushed - 32.0, "{left} MiB still dirty after flushing {flushed}");
     }
 
     #[test]
@@ -219,13 +236,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         let cpu = allowed_cpus()[0];
         let hog = std::thread::spawn(move || {
-            let mut only = CpuSet::new();
-            only.set(cpu).unwrap();
-            sched_setaffinity(Pid::from_raw(0), &only).unwrap();
-            let realtime = std::process::Command::new("chrt")
-                .args(["--fifo", "--pid", "20", &gettid().to_string()])
-                .status()
-                .is_ok_and(|s| s.success());
+            let realtime = pin_at_realtime_priority(cpu, 20);
             let until = Instant::now() + Duration::from_millis(30);
             while Instant::now() < until {
                 std::hint::spin_loop();

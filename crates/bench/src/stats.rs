@@ -67,9 +67,9 @@ pub struct Tail {
     /// What the stall meter saw, once it is added.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub meter: Option<MeterFigures>,
-    /// The worst half second: when its copies were sent.
+    /// When the worst half second began, for matching stalls to it.
     #[serde(skip)]
-    worst: Option<(Instant, Instant)>,
+    worst_from: Option<Instant>,
 }
 
 /// A stall meter's figures for one run (see `machine::StallMeter`).
@@ -109,7 +109,7 @@ impl Tail {
             late_in_worst_half_second_percent: most as f64 * 100.0 / late.len().max(1) as f64,
             worst_half_second_at_s: any_late.then_some(from.as_secs_f64()),
             worst_half_second_clock_s: if any_late { monotonic_clock_s(start + from) } else { None },
-            worst: any_late.then_some((start + from, start + from + WORST)),
+            worst_from: any_late.then_some(start + from),
             ..Self::default()
         }
     }
@@ -119,8 +119,8 @@ impl Tail {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         // Each stall as (began, ended, core), and those that overlap the worst half second.
         let spans = seen.stalls.iter().map(|s| (s.at.checked_sub(s.late).unwrap_or(s.at), s.at, s.cpu));
-        let in_worst: Vec<_> = match self.worst {
-            Some((from, to)) => spans.filter(|(began, ended, _)| *began < to + LATE && *ended > from).collect(),
+        let in_worst: Vec<_> = match self.worst_from {
+            Some(from) => spans.filter(|(began, ended, _)| *began < from + WORST + LATE && *ended > from).collect(),
             None => Vec::new(),
         };
         self.meter = Some(MeterFigures {
