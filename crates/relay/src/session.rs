@@ -203,8 +203,14 @@ fn is_write(op: &Op) -> bool {
 }
 
 /// Moves the replies at the head of the line that are already durable into `out`, in order.
+///
+/// Polled outside tokio's cooperative budget: a task that has used its budget sees even a
+/// ready reply as pending, and a notice would then leave before the reply to its own write,
+/// which a notice may never do on the connection that made the write (protocol §8). The
+/// writer answers a batch before it announces it, so a reply is ready by the time its
+/// notice arrives.
 fn take_ready_replies(committing: &mut Replies, out: &mut Vec<Vec<u8>>) {
-    while let Some(Some(reply)) = committing.next().now_or_never() {
+    while let Some(Some(reply)) = tokio::task::unconstrained(committing.next()).now_or_never() {
         out.push(reply);
     }
 }
@@ -525,4 +531,31 @@ fn done_when(commit: Commit) -> Committing {
         commit.await.map_err(internal)?;
         Ok(Reply::Done(Done {}))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn a_ready_reply_is_taken_even_after_the_task_used_its_budget() {
+        let mut committing = Replies::new();
+        let (answer, reply) = tokio::sync::oneshot::channel::<Vec<u8>>();
+        answer.send(b"stored".to_vec()).unwrap();
+        committing.push_back(Box::pin(async move { reply.await.unwrap() }));
+        // A busy session spends its budget on other channels first.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..1_000 {
+            tx.send(()).unwrap();
+        }
+        let mut taken = 0;
+        while rx.recv().now_or_never().is_some() {
+            taken += 1;
+        }
+        assert!(taken < 1_000, "the budget ran out after {taken} receives");
+        let mut out = Vec::new();
+        take_ready_replies(&mut committing, &mut out);
+        assert_eq!(out, vec![b"stored".to_vec()]);
+    }
 }
