@@ -68,16 +68,17 @@ pub async fn run(url: &str, pid: u32, spec: &Spec) -> anyhow::Result<Throughput>
                 })
                 .await
                 .context("creating a consumer")?;
-            consumers.push((consumer, expected.clone()));
+            // Pulling starts before the clock, as the Tamizdat readers subscribe before it.
+            let messages = consumer.messages().await.context("starting a consumer's pulls")?;
+            consumers.push((messages, expected.clone()));
         }
     }
     let (before, lo_before) = (Usage::of(pid), loopback_bytes());
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(spec.seconds);
     let mut readers = Vec::new();
-    for (consumer, expected) in consumers {
+    for (mut messages, expected) in consumers {
         readers.push(tokio::spawn(async move {
-            let mut messages = consumer.messages().await?;
             let mut copies = Vec::new();
             let mut got = 0usize;
             loop {
@@ -99,9 +100,9 @@ pub async fn run(url: &str, pid: u32, spec: &Spec) -> anyhow::Result<Throughput>
     for c in 0..spec.conversations {
         let (js, spec, subject) = (js.clone(), spec.clone(), format!("{name}.{c}"));
         writers.push(tokio::spawn(async move {
-            let interval =
-                (spec.rate > 0).then(|| Duration::from_secs_f64(spec.conversations as f64 / spec.rate as f64));
-            let mut next_send = Instant::now();
+            let pacing = spec.pacing(c, start);
+            let interval = pacing.map(|(_, interval)| interval);
+            let mut next_send = pacing.map_or(start, |(first, _)| first);
             let mut acks = tokio::task::JoinSet::new();
             let mut acked = 0usize;
             loop {

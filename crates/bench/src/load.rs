@@ -42,6 +42,20 @@ pub struct Spec {
     pub pushed_entries: bool,
 }
 
+impl Spec {
+    /// When paced writer `writer` sends first, and how far apart its messages follow; `None`
+    /// when writers send as fast as possible. The writers' first sends are spread evenly over
+    /// one interval, as independent clients' would fall, so the server sees a steady stream
+    /// rather than every writer sending at the same instant.
+    pub fn pacing(&self, writer: usize, start: Instant) -> Option<(Instant, Duration)> {
+        (self.rate > 0).then(|| {
+            let interval = Duration::from_secs_f64(self.conversations as f64 / self.rate as f64);
+            let phase = interval.mul_f64(writer as f64 / self.conversations.max(1) as f64);
+            (start + phase, interval)
+        })
+    }
+}
+
 /// An MLS PrivateMessage-shaped application message of `size` bytes (the relay reads its
 /// header), ending with the send time.
 fn mls_payload(size: usize, start: Instant) -> Vec<u8> {
@@ -57,6 +71,8 @@ fn mls_payload(size: usize, start: Instant) -> Vec<u8> {
 struct Conversation {
     key: SigningKey,
     log_id: Vec<u8>,
+    /// The writer's connection, opened before the clock starts, like the readers'.
+    writer: RelayClient,
     /// Each reader's connection and cursor.
     readers: Vec<(RelayClient, Vec<u8>)>,
 }
@@ -67,14 +83,14 @@ pub async fn run(relay: &RelayProcess, spec: &Spec) -> anyhow::Result<Throughput
     let mut conversations = Vec::new();
     for _ in 0..spec.conversations {
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
-        let mut admin = RelayClient::connect(&d).await?;
-        let Reply::LogCreated(l) = admin
+        // The writer creates its conversation's log on the connection it will write on.
+        let mut writer = RelayClient::connect(&d).await?;
+        let Reply::LogCreated(l) = writer
             .call(Op::CreateLog(CreateLog { log_key: key.verifying_key().to_bytes().to_vec() }), Some(&key))
             .await?
         else {
             bail!("no log");
         };
-        admin.close().await;
         let mut readers = Vec::new();
         for _ in 1..spec.group_size.max(2) {
             let mut r = RelayClient::connect(&d).await?;
@@ -87,19 +103,18 @@ pub async fn run(relay: &RelayProcess, spec: &Spec) -> anyhow::Result<Throughput
             r.call(Op::AckLog(register), Some(&key)).await?;
             readers.push((r, cursor_id));
         }
-        conversations.push(Conversation { key, log_id: l.log_id, readers });
+        conversations.push(Conversation { key, log_id: l.log_id, writer, readers });
     }
     let (before, lo_before, counters_before) = (relay.usage(), loopback_bytes(), relay.counters());
     let start = Instant::now();
-    let deadline = start + Duration::from_secs_f64(spec.seconds);
     let mut writers = Vec::new();
     let mut readers = Vec::new();
-    for c in conversations {
+    for (i, c) in conversations.into_iter().enumerate() {
         let (done_tx, done_rx) = watch::channel(None);
         for (r, cursor_id) in c.readers {
             readers.push(tokio::spawn(reader(r, c.log_id.clone(), cursor_id, done_rx.clone(), start)));
         }
-        writers.push(tokio::spawn(writer(d.clone(), c.key, c.log_id, spec.clone(), start, deadline, done_tx)));
+        writers.push(tokio::spawn(writer(c.writer, c.key, c.log_id, spec.clone(), i, start, done_tx)));
     }
     let mut sent = 0;
     let mut peak_rss = 0;
@@ -135,21 +150,23 @@ pub async fn run(relay: &RelayProcess, spec: &Spec) -> anyhow::Result<Throughput
     }))
 }
 
-/// Appends as fast as allowed, `window` in flight, until `deadline`; returns how many were
-/// acknowledged and tells the readers the last sequence number.
+/// Writer number `index` appends as fast as allowed ([`Spec::pacing`]), `window` in flight,
+/// for the run's seconds from `start`; returns how many were acknowledged and tells the
+/// readers the last sequence number.
 async fn writer(
-    d: RelayDescriptor,
+    rc: RelayClient,
     key: SigningKey,
     log_id: Vec<u8>,
     spec: Spec,
+    index: usize,
     start: Instant,
-    deadline: Instant,
     done: watch::Sender<Option<u64>>,
 ) -> anyhow::Result<usize> {
-    let rc = RelayClient::connect(&d).await?;
     let (mut conn, nonce, mut next_id) = rc.into_parts();
-    let interval = (spec.rate > 0).then(|| Duration::from_secs_f64(spec.conversations as f64 / spec.rate as f64));
-    let mut next_send = Instant::now();
+    let deadline = start + Duration::from_secs_f64(spec.seconds);
+    let pacing = spec.pacing(index, start);
+    let interval = pacing.map(|(_, interval)| interval);
+    let mut next_send = pacing.map_or(start, |(first, _)| first);
     let (mut in_flight, mut acked, mut last_seq, mut counter) = (0usize, 0usize, 0u64, 0u64);
     loop {
         let open = Instant::now() < deadline;
@@ -285,4 +302,39 @@ async fn reader(
     }
     conn.close().await;
     Ok(copies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(conversations: usize, rate: u64) -> Spec {
+        Spec { conversations, group_size: 2, payload: 256, window: 32, rate, seconds: 1.0, pushed_entries: true }
+    }
+
+    #[test]
+    fn paced_writers_start_spread_over_one_interval() {
+        let start = Instant::now();
+        let s = spec(64, 20_000);
+        let interval = Duration::from_micros(3_200);
+        let firsts: Vec<Duration> = (0..64)
+            .map(|w| {
+                let (first, every) = s.pacing(w, start).expect("paced");
+                assert_eq!(every, interval);
+                first - start
+            })
+            .collect();
+        assert_eq!(firsts[0], Duration::ZERO);
+        assert_eq!(firsts[32], interval / 2);
+        // Evenly apart (to a microsecond of rounding), all within the first interval.
+        for pair in firsts.windows(2) {
+            assert!((pair[1] - pair[0]).abs_diff(Duration::from_micros(50)) <= Duration::from_micros(1), "{pair:?}");
+        }
+        assert!(firsts[63] < interval);
+    }
+
+    #[test]
+    fn writers_at_full_speed_have_no_pacing() {
+        assert_eq!(spec(64, 0).pacing(3, Instant::now()), None);
+    }
 }
