@@ -21,16 +21,20 @@ use sha2::{Digest, Sha256};
 /// the first line of `/proc/stat`. On a virtual machine, stolen time is time this machine's
 /// cores wanted to run and the host ran something else: runs with much of it are noisy.
 pub fn cpu_ticks() -> (u64, u64) {
+    let fields = machine_cpu_fields();
+    let all = fields.iter().take(8).sum();
+    (fields.get(7).copied().unwrap_or(0), all)
+}
+
+/// The first line of `/proc/stat`, every core's time in ticks: user nice system idle iowait
+/// irq softirq steal (guest time is counted in user); empty if it could not be read.
+fn machine_cpu_fields() -> Vec<u64> {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .lines()
+    stat.lines()
         .next()
         .and_then(|l| l.strip_prefix("cpu "))
         .map(|rest| rest.split_whitespace().filter_map(|f| f.parse().ok()).collect())
-        .unwrap_or_default();
-    // user nice system idle iowait irq softirq steal (guest time is counted in user).
-    let all = fields.iter().take(8).sum();
-    (fields.get(7).copied().unwrap_or(0), all)
+        .unwrap_or_default()
 }
 
 /// Percent of the CPU time between two [`cpu_ticks`] readings that the host stole.
@@ -158,6 +162,99 @@ impl Drop for StallMeter {
     }
 }
 
+/// `/proc` counts CPU time in ticks of 1/100 s (`USER_HZ`, the same on every Linux the bench
+/// runs on).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// How often [`OthersMeter`] reads the counters.
+const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+
+/// The machine's CPU time and the run's own, in ticks, at one moment.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSample {
+    pub at: Instant,
+    /// Every core's busy time (`user nice system irq softirq` of `/proc/stat`; not idle,
+    /// I/O wait or stolen).
+    pub machine: u64,
+    /// The run's processes' (this one and the server): `utime + stime` of each.
+    pub ours: u64,
+}
+
+/// Reads the machine's busy time and the run's own processes' every 50 ms, so that a run can
+/// say how much CPU everything else took (other programs, the kernel's threads) when its tail
+/// was made. The stall meter sees only what runs above ordinary threads; an ordinary program
+/// competing for the cores shows here instead.
+pub struct OthersMeter {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<CpuSample>>>,
+}
+
+impl OthersMeter {
+    /// Starts reading; `server` is the server process the run drives (relay or JetStream).
+    pub fn start(server: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("others-meter".into())
+            .spawn(move || {
+                let mut samples = Vec::new();
+                while !stopping.load(Ordering::Relaxed) {
+                    samples.extend(cpu_sample(server));
+                    std::thread::sleep(SAMPLE_EVERY);
+                }
+                samples.extend(cpu_sample(server));
+                samples
+            })
+            .ok();
+        Self { stop, thread }
+    }
+
+    /// Stops reading and returns the samples, oldest first.
+    pub fn stop(mut self) -> Vec<CpuSample> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for OthersMeter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// CPU taken by everything but the run's processes between `from` and `to`, percent of one
+/// core (200 is the whole of two cores), from the samples nearest outside that stretch; none
+/// when the samples do not cover it.
+pub fn others_cpu_percent(samples: &[CpuSample], from: Instant, to: Instant) -> Option<f64> {
+    let first = samples.iter().rev().find(|s| s.at <= from)?;
+    let last = samples.iter().find(|s| s.at >= to)?;
+    let seconds = last.at.duration_since(first.at).as_secs_f64();
+    let machine = last.machine.saturating_sub(first.machine);
+    let ours = last.ours.saturating_sub(first.ours);
+    (seconds > 0.0).then(|| machine.saturating_sub(ours) as f64 * 100.0 / TICKS_PER_SECOND / seconds)
+}
+
+fn cpu_sample(server: u32) -> Option<CpuSample> {
+    let fields = machine_cpu_fields();
+    if fields.len() < 7 {
+        return None;
+    }
+    let machine = [0, 1, 2, 5, 6].iter().map(|&i| fields[i]).sum();
+    let ours = process_ticks("self")? + process_ticks(&server.to_string()).unwrap_or(0);
+    Some(CpuSample { at: Instant::now(), machine, ours })
+}
+
+/// `utime + stime` of the process `pid` (or `self`), in ticks.
+fn process_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis,
+    // where field 3 (the state) comes first, so utime (14) and stime (15) are 11 and 12.
+    let mut after_name = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = after_name.next()?.parse().ok()?;
+    let stime: u64 = after_name.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// The cores this process may run on.
 fn allowed_cpus() -> Vec<usize> {
     sched_getaffinity(Pid::from_raw(0))
@@ -257,6 +354,37 @@ mod tests {
             "longest stall on cpu {cpu}: {longest:?} ({:?})",
             seen.stalls
         );
+    }
+
+    #[test]
+    fn others_cpu_counts_other_processes_not_ours() {
+        // For 400 ms this process keeps a core busy, then another process does: only the
+        // second stretch is others' CPU (each busy loop is about 100 % of a core).
+        let spin = |for_ms: u64| {
+            let until = Instant::now() + Duration::from_millis(for_ms);
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        };
+        let meter = OthersMeter::start(std::process::id());
+        std::thread::sleep(Duration::from_millis(120));
+        let ours = (Instant::now(), {
+            spin(400);
+            Instant::now()
+        });
+        let mut other = std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
+        let theirs_from = Instant::now();
+        std::thread::sleep(Duration::from_millis(400));
+        let theirs = (theirs_from, Instant::now());
+        other.kill().unwrap();
+        other.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(120));
+        let samples = meter.stop();
+        let during_ours = others_cpu_percent(&samples, ours.0, ours.1).unwrap();
+        let during_theirs = others_cpu_percent(&samples, theirs.0, theirs.1).unwrap();
+        assert!(during_theirs > 60.0, "another process's busy loop counted as {during_theirs:.0} % of a core");
+        assert!(during_ours < 40.0, "our own busy loop counted as others' {during_ours:.0} %");
+        assert_eq!(others_cpu_percent(&samples, theirs.0, Instant::now() + Duration::from_secs(5)), None);
     }
 
     #[test]

@@ -186,35 +186,37 @@ impl Bench {
         durability: &str,
     ) -> anyhow::Result<Throughput> {
         let relay = self.relay(store, durability)?;
-        self.measure(label, spec, "Tamizdat", load::run(&relay, spec))
+        self.measure(label, spec, "Tamizdat", relay.pid(), load::run(&relay, spec))
     }
 
     fn jetstream(&mut self, label: &str, spec: &Spec) -> anyhow::Result<Throughput> {
         let port = self.nats.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(4222);
         let pid = jetstream::server_pid(port).context("no nats-server process found for the JetStream address")?;
         let nats = self.nats.clone();
-        self.measure(label, spec, "JetStream", jetstream::run(&nats, pid, spec))
+        self.measure(label, spec, "JetStream", pid, jetstream::run(&nats, pid, spec))
     }
 
     /// Runs one throughput measurement and records it with the threads it ran on, how fast a
-    /// core was just before, the CPU time stolen meanwhile, and the cores' stalls. Dirty pages
-    /// are written out first, so the run does not pay for writeback it did not cause.
+    /// core was just before, the CPU time stolen meanwhile, the cores' stalls, and the CPU
+    /// everything but the bench and the server process `server_pid` took. Dirty pages are
+    /// written out first, so the run does not pay for writeback it did not cause.
     fn measure(
         &mut self,
         label: &str,
         spec: &Spec,
         server: &str,
+        server_pid: u32,
         run: impl Future<Output = anyhow::Result<Throughput>>,
     ) -> anyhow::Result<Throughput> {
         let threads = self.threads_for(spec);
         let dirty_mib_flushed_before = machine::flush_dirty_pages();
         let cpu_probe_ms = machine::cpu_probe_ms();
         let ticks = machine::cpu_ticks();
-        let meter = machine::StallMeter::start();
+        let (meter, others) = (machine::StallMeter::start(), machine::OthersMeter::start(server_pid));
         let run = Self::on_threads(threads, run);
-        let stalls = meter.stop();
+        let (stalls, samples) = (meter.stop(), others.stop());
         let mut t = run.with_context(|| format!("{label}: {server} run"))?;
-        t.tail = t.tail.with_stalls(&stalls);
+        t.tail = t.tail.with_stalls(&stalls).with_others(&samples);
         t.steal_percent = machine::steal_percent(ticks, machine::cpu_ticks());
         t.cpu_probe_ms = cpu_probe_ms;
         t.dirty_mib_flushed_before = dirty_mib_flushed_before;
@@ -389,15 +391,21 @@ fn stalls_cell(tail: &stats::Tail) -> String {
     )
 }
 
+/// The CPU everything but the run's processes took, over the run and in its worst half second.
+fn others_cell(tail: &stats::Tail) -> String {
+    let percent = |p: Option<f64>| p.map_or_else(|| "–".into(), |p| format!("{p:.0}"));
+    format!("{}, {}", percent(tail.others_cpu_percent), percent(tail.others_cpu_percent_in_worst_half_second))
+}
+
 /// A Markdown table of throughput runs.
 fn throughput_table(rows: &[(String, Throughput)]) -> String {
     let mut out = String::from(
-        "| run | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server RSS MiB | wire B/msg | writes/commit | relay write p99 ms | relay notice p99 ms | relay commit max ms | relay checkpoint max ms | stolen % | cpu probe ms | load threads | late > 10 ms % | of them in worst 0.5 s % | core stalls ≥ 1 ms: count, longest ms, longest in worst 0.5 s, all cores at once in it |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| run | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server RSS MiB | wire B/msg | writes/commit | relay write p99 ms | relay notice p99 ms | relay commit max ms | relay checkpoint max ms | stolen % | cpu probe ms | load threads | late > 10 ms % | of them in worst 0.5 s % | core stalls ≥ 1 ms: count, longest ms, longest in worst 0.5 s, all cores at once in it | others' CPU %: run, worst 0.5 s |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (label, t) in rows {
         out += &format!(
-            "| {label} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} | {:.2} | {:.0} | {} |\n",
+            "| {label} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} | {:.2} | {:.0} | {} | {} |\n",
             t.sent_per_second,
             t.delivered_per_second,
             t.latency_ms_p50,
@@ -417,6 +425,7 @@ fn throughput_table(rows: &[(String, Throughput)]) -> String {
             t.tail.late_percent,
             t.tail.late_in_worst_half_second_percent,
             stalls_cell(&t.tail),
+            others_cell(&t.tail),
         );
     }
     out

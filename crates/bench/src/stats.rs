@@ -64,6 +64,13 @@ pub struct Tail {
     /// with `perf record -k CLOCK_MONOTONIC`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worst_half_second_clock_s: Option<f64>,
+    /// CPU taken by everything but the run's own processes (other programs, the kernel's
+    /// threads) while the run was measured, percent of one core; once it is added.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub others_cpu_percent: Option<f64>,
+    /// The same in the worst half second (and the 10 ms after it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub others_cpu_percent_in_worst_half_second: Option<f64>,
     /// What the stall meter saw, once it is added.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub meter: Option<MeterFigures>,
@@ -112,6 +119,17 @@ impl Tail {
             worst_from: any_late.then_some(start + from),
             ..Self::default()
         }
+    }
+
+    /// Adds the CPU everything else took, from an `OthersMeter`'s samples.
+    pub fn with_others(mut self, samples: &[crate::machine::CpuSample]) -> Self {
+        use crate::machine::others_cpu_percent;
+        let (Some(first), Some(last)) = (samples.first(), samples.last()) else { return self };
+        self.others_cpu_percent = others_cpu_percent(samples, first.at, last.at);
+        // A worst half second at the very end runs past the last sample, taken as the run ended.
+        self.others_cpu_percent_in_worst_half_second =
+            self.worst_from.and_then(|from| others_cpu_percent(samples, from, (from + WORST + LATE).min(last.at)));
+        self
     }
 
     /// Adds what a stall meter saw during the run.
