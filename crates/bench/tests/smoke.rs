@@ -58,6 +58,7 @@ fn a_relay_load_delivers_what_was_acknowledged_with_latencies() {
     assert!(number(&v, &["load", "tail", "late_percent"]) >= 0.0, "{v}");
     assert!(number(&v, &["load", "tail", "stalls"]) >= 0.0, "the stall meter ran: {v}");
     assert!(number(&v, &["load", "dirty_mib_flushed_before"]) >= 0.0, "dirty pages went out first: {v}");
+    assert!(number(&v, &["load", "tail", "others_cpu_percent"]) >= 0.0, "others' CPU was read: {v}");
     if std::env::var("CI").is_ok() {
         assert_eq!(v["load"]["tail"]["stall_meter_realtime"], true, "CI runs as root: {v}");
     }
