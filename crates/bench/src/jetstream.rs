@@ -18,7 +18,7 @@ use async_nats::jetstream::{
     consumer::{AckPolicy, pull},
     stream::{RetentionPolicy, StorageType},
 };
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use crate::{
     load::Spec,
@@ -68,11 +68,17 @@ pub async fn run(url: &str, pid: u32, spec: &Spec) -> anyhow::Result<Throughput>
                 })
                 .await
                 .context("creating a consumer")?;
-            // Pulling starts before the clock, as the Tamizdat readers subscribe before it.
-            let messages = consumer.messages().await.context("starting a consumer's pulls")?;
+            // Pulling starts before the clock, as the Tamizdat readers subscribe before it: the
+            // stream sends its first pull request when it is first polled.
+            let mut messages = consumer.messages().await.context("starting a consumer's pulls")?;
+            if messages.next().now_or_never().is_some() {
+                anyhow::bail!("a JetStream consumer had something before anything was published");
+            }
             consumers.push((messages, expected.clone()));
         }
     }
+    // Time for those pull requests to reach the server.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let (before, lo_before) = (Usage::of(pid), loopback_bytes());
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(spec.seconds);
@@ -100,9 +106,7 @@ pub async fn run(url: &str, pid: u32, spec: &Spec) -> anyhow::Result<Throughput>
     for c in 0..spec.conversations {
         let (js, spec, subject) = (js.clone(), spec.clone(), format!("{name}.{c}"));
         writers.push(tokio::spawn(async move {
-            let pacing = spec.pacing(c, start);
-            let interval = pacing.map(|(_, interval)| interval);
-            let mut next_send = pacing.map_or(start, |(first, _)| first);
+            let (mut next_send, interval) = spec.pacing(c, start);
             let mut acks = tokio::task::JoinSet::new();
             let mut acked = 0usize;
             loop {

@@ -144,12 +144,11 @@ pub struct Usage {
 impl Usage {
     /// Reads `/proc/PID/stat` and `/proc/PID/status`.
     pub fn of(pid: u32) -> Self {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        use crate::machine::{TICKS_PER_SECOND, proc_kib, process_ticks};
+        let ticks = process_ticks(&pid.to_string()).unwrap_or(0);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let rss_kib = crate::machine::proc_kib(&status, "VmRSS:").unwrap_or(0);
-        Self { cpu: (ticks(11) + ticks(12)) / 100.0, rss_kib }
+        let rss_kib = proc_kib(&status, "VmRSS:").unwrap_or(0);
+        Self { cpu: ticks as f64 / TICKS_PER_SECOND, rss_kib }
     }
 
     /// CPU use between two readings over `seconds`, in percent of one core.

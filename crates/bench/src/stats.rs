@@ -65,7 +65,8 @@ pub struct Tail {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worst_half_second_clock_s: Option<f64>,
     /// CPU taken by everything but the run's own processes (other programs, the kernel's
-    /// threads) while the run was measured, percent of one core; once it is added.
+    /// threads) while the run was measured (its setup and teardown included), percent of one
+    /// core; once it is added.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub others_cpu_percent: Option<f64>,
     /// The same in the worst half second (and the 10 ms after it).
