@@ -71,8 +71,10 @@ pub async fn run(url: &str, pid: u32, spec: &Spec) -> anyhow::Result<Throughput>
             // Pulling starts before the clock, as the Tamizdat readers subscribe before it: the
             // stream sends its first pull request when it is first polled.
             let mut messages = consumer.messages().await.context("starting a consumer's pulls")?;
-            if messages.next().now_or_never().is_some() {
-                anyhow::bail!("a JetStream consumer had something before anything was published");
+            match messages.next().now_or_never() {
+                None => {}
+                Some(Some(Err(e))) => anyhow::bail!("starting a consumer's pulls: {e}"),
+                Some(_) => anyhow::bail!("a JetStream consumer ended or had a message before any was published"),
             }
             consumers.push((messages, expected.clone()));
         }

@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::SigningKey;
 use prost::Message;
 use tamizdat_client::relay::RelayClient;
 use tamizdat_wire::{
-    auth_payload, frame,
+    frame,
     proto::{
         AckLog, Append, ClientFrame, Command as WireCommand, CreateLog, Op, ReadLog, RelayDescriptor, Reply,
         ServerFrame, Subscribe,
@@ -70,7 +70,6 @@ fn mls_payload(size: usize, start: Instant) -> Vec<u8> {
 }
 
 struct Conversation {
-    key: SigningKey,
     log_id: Vec<u8>,
     /// The writer's connection, opened before the clock starts, like the readers'.
     writer: RelayClient,
@@ -104,7 +103,7 @@ pub async fn run(relay: &RelayProcess, spec: &Spec) -> anyhow::Result<Throughput
             r.call(Op::AckLog(register), Some(&key)).await?;
             readers.push((r, cursor_id));
         }
-        conversations.push(Conversation { key, log_id: l.log_id, writer, readers });
+        conversations.push(Conversation { log_id: l.log_id, writer, readers });
     }
     let (before, lo_before, counters_before) = (relay.usage(), loopback_bytes(), relay.counters());
     let start = Instant::now();
@@ -115,7 +114,7 @@ pub async fn run(relay: &RelayProcess, spec: &Spec) -> anyhow::Result<Throughput
         for (r, cursor_id) in c.readers {
             readers.push(tokio::spawn(reader(r, c.log_id.clone(), cursor_id, done_rx.clone(), start)));
         }
-        writers.push(tokio::spawn(writer(c.writer, c.key, c.log_id, spec.clone(), i, start, done_tx)));
+        writers.push(tokio::spawn(writer(c.writer, c.log_id, spec.clone(), i, start, done_tx)));
     }
     let mut sent = 0;
     let mut peak_rss = 0;
@@ -156,14 +155,14 @@ pub async fn run(relay: &RelayProcess, spec: &Spec) -> anyhow::Result<Throughput
 /// readers the last sequence number.
 async fn writer(
     rc: RelayClient,
-    key: SigningKey,
     log_id: Vec<u8>,
     spec: Spec,
     index: usize,
     start: Instant,
     done: watch::Sender<Option<u64>>,
 ) -> anyhow::Result<usize> {
-    let (mut conn, nonce, mut next_id) = rc.into_parts();
+    // Creating the log proved its key for this session: appends go unsigned.
+    let (mut conn, _nonce, mut next_id) = rc.into_parts();
     let deadline = start + Duration::from_secs_f64(spec.seconds);
     let (mut next_send, interval) = spec.pacing(index, start);
     let (mut in_flight, mut acked, mut last_seq, mut counter) = (0usize, 0usize, 0u64, 0u64);
@@ -179,13 +178,7 @@ async fn writer(
                 payload: mls_payload(spec.payload, start),
             });
             let command = WireCommand { op: Some(op) }.encode_to_vec();
-            // The first request proves the log key; the relay remembers it for the session.
-            let signature = if counter == 1 {
-                key.sign(&auth_payload(&nonce, next_id, &command)).to_bytes().to_vec()
-            } else {
-                Vec::new()
-            };
-            conn.send(frame::encode(&ClientFrame { request_id: next_id, command, signature })?).await?;
+            conn.send(frame::encode(&ClientFrame { request_id: next_id, command, signature: Vec::new() })?).await?;
             next_id += 1;
             in_flight += 1;
             if let Some(i) = interval {

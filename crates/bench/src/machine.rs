@@ -111,10 +111,7 @@ pub struct Stall {
 /// run's own network or disk work, and paths that cannot be preempted). Every core stalled at
 /// once, for tens of milliseconds, is the machine pausing; late copies with no stall queued
 /// among the run's threads.
-pub struct StallMeter {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<(Vec<Stall>, bool)>>,
-}
+pub struct StallMeter(UntilStopped<(Vec<Stall>, bool)>);
 
 /// What a [`StallMeter`] saw.
 #[derive(Clone, Debug, Default)]
@@ -130,24 +127,18 @@ pub struct Stalls {
 impl StallMeter {
     /// Starts a meter thread on each core this process may run on.
     pub fn start() -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = allowed_cpus()
-            .into_iter()
-            .filter_map(|cpu| {
-                let stop = stop.clone();
-                std::thread::Builder::new().name(format!("stall-meter-{cpu}")).spawn(move || meter(cpu, &stop)).ok()
-            })
-            .collect();
-        Self { stop, threads }
+        Self(UntilStopped::start(
+            allowed_cpus()
+                .into_iter()
+                .map(|cpu| (format!("stall-meter-{cpu}"), move |stop: &AtomicBool| meter(cpu, stop))),
+        ))
     }
 
     /// Stops the threads and returns the stalls they saw, in no particular order.
-    pub fn stop(mut self) -> Stalls {
-        self.stop.store(true, Ordering::Relaxed);
-        let threads = std::mem::take(&mut self.threads);
-        let mut seen = Stalls { stalls: Vec::new(), cores: threads.len(), realtime: !threads.is_empty() };
-        for thread in threads {
-            let (stalls, realtime) = thread.join().unwrap_or_default();
+    pub fn stop(self) -> Stalls {
+        let per_core = self.0.stop();
+        let mut seen = Stalls { stalls: Vec::new(), cores: per_core.len(), realtime: !per_core.is_empty() };
+        for (stalls, realtime) in per_core {
             seen.stalls.extend(stalls);
             seen.realtime &= realtime;
         }
@@ -155,8 +146,39 @@ impl StallMeter {
     }
 }
 
-impl Drop for StallMeter {
-    /// A meter dropped without [`StallMeter::stop`] (a run that failed) still ends its threads.
+/// Threads that run until told to stop and then hand back what they gathered: what the
+/// meters have in common.
+struct UntilStopped<T> {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<T>>,
+}
+
+impl<T: Default + Send + 'static> UntilStopped<T> {
+    /// Starts one thread for each named job, which runs until the flag it is given is set.
+    fn start<F>(jobs: impl IntoIterator<Item = (String, F)>) -> Self
+    where
+        F: FnOnce(&AtomicBool) -> T + Send + 'static,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = jobs
+            .into_iter()
+            .filter_map(|(name, job)| {
+                let stop = stop.clone();
+                std::thread::Builder::new().name(name).spawn(move || job(&stop)).ok()
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    /// Stops the threads and returns what each gathered (nothing from one that panicked).
+    fn stop(mut self) -> Vec<T> {
+        self.stop.store(true, Ordering::Relaxed);
+        std::mem::take(&mut self.threads).into_iter().map(|t| t.join().unwrap_or_default()).collect()
+    }
+}
+
+impl<T> Drop for UntilStopped<T> {
+    /// Threads dropped without `stop` (a run that failed) still end.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
@@ -186,43 +208,29 @@ pub struct CpuSample {
 /// competing for the cores shows here instead. Softirq work counts as the task it interrupted
 /// on this kernel (no `CONFIG_IRQ_TIME_ACCOUNTING`); done in `ksoftirqd` or on an idle core,
 /// even the run's own network work counts as others'.
-pub struct OthersMeter {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Vec<CpuSample>>>,
-}
+pub struct OthersMeter(UntilStopped<Vec<CpuSample>>);
 
 impl OthersMeter {
     /// Starts reading; `server` is the server process the run drives (relay or JetStream).
     pub fn start(server: u32) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("others-meter".into())
-            .spawn(move || {
-                let mut samples = Vec::new();
-                while !stopping.load(Ordering::Relaxed) {
-                    samples.extend(cpu_sample(server));
-                    std::thread::sleep(SAMPLE_EVERY);
-                }
-                samples.extend(cpu_sample(server));
-                samples
-            })
-            .ok();
-        Self { stop, thread }
+        Self(UntilStopped::start([("others-meter".to_string(), move |stop: &AtomicBool| sample(server, stop))]))
     }
 
     /// Stops reading and returns the samples, oldest first.
-    pub fn stop(mut self) -> Vec<CpuSample> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
+    pub fn stop(self) -> Vec<CpuSample> {
+        self.0.stop().into_iter().flatten().collect()
     }
 }
 
-impl Drop for OthersMeter {
-    /// A meter dropped without [`OthersMeter::stop`] (a run that failed) still ends its thread.
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+/// The others' meter's thread: a reading every 50 ms until told to stop, and one as it stops.
+fn sample(server: u32, stop: &AtomicBool) -> Vec<CpuSample> {
+    let mut samples = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        samples.extend(cpu_sample(server));
+        std::thread::sleep(SAMPLE_EVERY);
     }
+    samples.extend(cpu_sample(server));
+    samples
 }
 
 /// CPU taken by everything but the run's processes between `from` and `to`, percent of one

@@ -122,6 +122,12 @@ impl Tail {
         }
     }
 
+    /// The worst half second and the 10 ms after it, when copies sent in it were still on
+    /// their way: the stretch the stalls and others' CPU are matched to.
+    fn worst_stretch(&self) -> Option<(Instant, Instant)> {
+        self.worst_from.map(|from| (from, from + WORST + LATE))
+    }
+
     /// Adds the CPU everything else took, from an `OthersMeter`'s samples.
     pub fn with_others(mut self, samples: &[crate::machine::CpuSample]) -> Self {
         use crate::machine::others_cpu_percent;
@@ -129,7 +135,7 @@ impl Tail {
         self.others_cpu_percent = others_cpu_percent(samples, first.at, last.at);
         // A worst half second at the very end runs past the last sample, taken as the run ended.
         self.others_cpu_percent_in_worst_half_second =
-            self.worst_from.and_then(|from| others_cpu_percent(samples, from, (from + WORST + LATE).min(last.at)));
+            self.worst_stretch().and_then(|(from, to)| others_cpu_percent(samples, from, to.min(last.at)));
         self
     }
 
@@ -138,8 +144,8 @@ impl Tail {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         // Each stall as (began, ended, core), and those that overlap the worst half second.
         let spans = seen.stalls.iter().map(|s| (s.at.checked_sub(s.late).unwrap_or(s.at), s.at, s.cpu));
-        let in_worst: Vec<_> = match self.worst_from {
-            Some(from) => spans.filter(|(began, ended, _)| *began < from + WORST + LATE && *ended > from).collect(),
+        let in_worst: Vec<_> = match self.worst_stretch() {
+            Some((from, to)) => spans.filter(|(began, ended, _)| *began < to && *ended > from).collect(),
             None => Vec::new(),
         };
         self.meter = Some(MeterFigures {
